@@ -1,0 +1,28 @@
+"""ddcli: dataset distillation (Wang, Zhu, Torralba, Efros 2018) as a library and CLI.
+
+Example:
+    >>> from ddcli import DistillConfig, distill, Bundle
+    >>> cfg = DistillConfig.from_dict({"data": {"dataset": "mnist"}, "optim": {"iterations": 300}})
+    >>> result = distill(cfg, out="m.safetensors")  # doctest: +SKIP
+    >>> Bundle.load("m.safetensors").images.shape  # doctest: +SKIP
+    torch.Size([10, 10, 1, 28, 28])
+"""
+
+from ._engine import DistillResult, EvalInfo, IterationInfo, StartInfo, distill, resume
+from ._version import __version__
+from .bundle import Bundle
+from .config import DistillConfig
+from .errors import DDError
+
+__all__ = [
+    "Bundle",
+    "DDError",
+    "DistillConfig",
+    "DistillResult",
+    "EvalInfo",
+    "IterationInfo",
+    "StartInfo",
+    "__version__",
+    "distill",
+    "resume",
+]

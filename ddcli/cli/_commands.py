@@ -1,0 +1,3 @@
+"""Mounts every subcommand on the app, one module per command."""
+
+from . import distill  # noqa: F401

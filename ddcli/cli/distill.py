@@ -1,0 +1,151 @@
+"""`dd distill`: learn a synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .. import _engine
+from ..config import DistillConfig, load_config_file, merge_dicts
+from ._app import app
+from ._options import DataRoot, Device, Json, Quiet, Seed
+from ._progress import DistillProgress
+
+# flag name -> (config section, key)
+FLAG_TO_CONFIG = {
+    "dataset": ("data", "dataset"),
+    "data_root": ("data", "data_root"),
+    "batch_size": ("data", "batch_size"),
+    "augment": ("data", "augment"),
+    "model": ("model", "name"),
+    "init_scheme": ("model", "init_scheme"),
+    "steps": ("synth", "steps"),
+    "epochs": ("synth", "epochs"),
+    "images_per_class": ("synth", "images_per_class"),
+    "distill_lr": ("synth", "distill_lr"),
+    "lr": ("optim", "lr"),
+    "decay_every": ("optim", "decay_every"),
+    "decay_factor": ("optim", "decay_factor"),
+    "iterations": ("optim", "iterations"),
+    "real_epochs": ("optim", "real_epochs"),
+    "init_mode": ("init", "mode"),
+    "seed": ("init", "seed"),
+    "n_nets": ("init", "n_nets"),
+    "sample_n_nets": ("init", "sample_n_nets"),
+    "device": ("run", "device"),
+    "unroll_memory": ("run", "unroll_memory"),
+    "checkpoint_every": ("run", "checkpoint_every"),
+    "eval_every": ("run", "eval_every"),
+    "eval_nets": ("run", "eval_nets"),
+    "log_every": ("run", "log_every"),
+}
+
+Opt = typer.Option
+
+
+def _flags_to_overrides(flags: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in flags.items():
+        if value is None or name not in FLAG_TO_CONFIG:
+            continue
+        section, key = FLAG_TO_CONFIG[name]
+        out.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
+    # --real-epochs given on the command line replaces an --iterations budget from a file
+    if "real_epochs" in out.get("optim", {}) and flags.get("iterations") is None:
+        out["optim"]["iterations"] = None
+    return out
+
+
+def build_config(config_file: Optional[Path], flags: dict[str, Any],
+                 base: dict[str, Any] | None = None) -> DistillConfig:
+    """Defaults, then ``base`` (a preset), then the config file, then flags."""
+    merged = DistillConfig().to_dict()
+    if base:
+        merged = merge_dicts(merged, base)
+    if config_file is not None:
+        merged = merge_dicts(merged, load_config_file(config_file))
+    merged = merge_dicts(merged, _flags_to_overrides(flags))
+    return DistillConfig.from_dict(merged).validate()
+
+
+@app.command("distill")
+def distill_command(
+    dataset: Annotated[Optional[str], typer.Argument(
+        help="mnist, fashion-mnist, cifar10, cifar100, svhn, or folder:PATH. [default: mnist]",
+        show_default=False)] = None,
+    steps: Annotated[Optional[int], Opt(help="GD steps per pass, each with its own images. [default: 10]", show_default=False)] = None,
+    epochs: Annotated[Optional[int], Opt(help="Passes over the steps; T = steps x epochs rates. [default: 3]", show_default=False)] = None,
+    images_per_class: Annotated[Optional[int], Opt("--images-per-class-per-step", "--ipc", help="Synthetic images per class in each step. [default: 1]", show_default=False)] = None,
+    model: Annotated[Optional[str], Opt(help="lenet, alexcifarnet, convnet or mlp. [default: the paper's for the dataset]", show_default=False)] = None,
+    init_scheme: Annotated[Optional[str], Opt(help="Weight init: xavier, xavier-uniform, kaiming, kaiming-out, orthogonal, normal, default. [default: xavier]", show_default=False)] = None,
+    init_mode: Annotated[Optional[str], Opt(help="fixed (one known init) or random (fresh inits every iteration). [default: fixed]", show_default=False)] = None,
+    n_nets: Annotated[Optional[int], Opt(help="Random init: nets drawn per iteration. [default: 1]", show_default=False)] = None,
+    sample_n_nets: Annotated[Optional[int], Opt(help="Random init: nets of those used per iteration; gradients averaged. [default: 1]", show_default=False)] = None,
+    seed: Seed = None,
+    distill_lr: Annotated[Optional[float], Opt(help="Initial learned GD rate of every step. [default: 0.02]", show_default=False)] = None,
+    lr: Annotated[Optional[float], Opt(help="Adam step size for images and rates. [default: 0.01]", show_default=False)] = None,
+    decay_every: Annotated[Optional[float], Opt(help="StepLR period, in real-data epochs. [default: 40]", show_default=False)] = None,
+    decay_factor: Annotated[Optional[float], Opt(help="StepLR factor. [default: 0.5]", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Real images per outer iteration. [default: 1024]", show_default=False)] = None,
+    iterations: Annotated[Optional[int], Opt(help="Budget in outer iterations (overrides --real-epochs).", show_default=False)] = None,
+    real_epochs: Annotated[Optional[float], Opt(help="Budget in passes over the real training set. [default: 400]", show_default=False)] = None,
+    augment: Annotated[Optional[bool], Opt("--augment/--no-augment", help="Pad-crop-flip the real batches (the reference does for CIFAR). [default: off]", show_default=False)] = None,
+    data_root: DataRoot = None,
+    device: Device = None,
+    unroll_memory: Annotated[Optional[str], Opt(help="Meta-gradient memory mode: full, stepwise or recompute. [default: full]", show_default=False)] = None,
+    checkpoint_every: Annotated[Optional[int], Opt(help="Checkpoint every N iterations (0: only at the end). [default: 50]", show_default=False)] = None,
+    eval_every: Annotated[Optional[int], Opt(help="Replay-evaluate on the full test set every N iterations (0: never). [default: 0]", show_default=False)] = None,
+    eval_nets: Annotated[Optional[int], Opt(help="Random init: nets per periodic evaluation. [default: 4]", show_default=False)] = None,
+    log_every: Annotated[Optional[int], Opt(help="Write metrics.jsonl every N iterations. [default: 10]", show_default=False)] = None,
+    out: Annotated[Optional[Path], Opt("--out", "-o", help="Bundle path. [default: a descriptive name here]", show_default=False)] = None,
+    run_dir: Annotated[Optional[Path], Opt(help="Run folder for checkpoints and metrics. [default: <bundle>.run]", show_default=False)] = None,
+    resume: Annotated[Optional[Path], Opt(help="Continue the run in RUN_DIR from its last checkpoint.", metavar="RUN_DIR", show_default=False)] = None,
+    force: Annotated[bool, Opt(help="Start afresh even if the run folder holds a checkpoint.")] = False,
+    config: Annotated[Optional[Path], Opt(help="TOML or JSON file of defaults (same shape as config.json); flags override it.", show_default=False)] = None,
+    quiet: Quiet = False,
+    json_out: Json = False,
+) -> None:
+    """Learn a tiny synthetic training set and its learning rates; write a bundle."""
+    flags = {k: v for k, v in locals().items()}
+    progress = DistillProgress(quiet=quiet or json_out)
+    with progress:
+        if resume is not None:
+            overrides = _flags_to_overrides(flags)
+            result = _engine.resume(resume, overrides=overrides, callbacks=progress)
+        else:
+            cfg = build_config(config, flags)
+            result = _engine.distill(cfg, out=out, run_dir=run_dir, callbacks=progress,
+                                     force=force)
+    print_result(result, json_out)
+
+
+def print_result(result: _engine.DistillResult, json_out: bool) -> None:
+    b = result.bundle
+    record = {
+        "bundle": str(result.bundle_path),
+        "run_dir": str(result.run_dir),
+        "dataset": b.dataset,
+        "model": b.model.get("name"),
+        "init_mode": b.init_mode,
+        "images": int(b.images.shape[0] * b.images.shape[1]),
+        "steps": b.steps,
+        "epochs": b.epochs,
+        "iterations": result.iterations,
+        "final_loss": result.final_loss,
+        "elapsed_s": round(result.elapsed, 2),
+        "lrs": {"min": b.lrs.min().item(), "mean": b.lrs.mean().item(), "max": b.lrs.max().item()},
+        "evals": [{"iteration": e.iteration, "test_acc": e.mean} for e in result.evals],
+    }
+    if json_out:
+        typer.echo(json.dumps(record))
+        return
+    acc = f", replay test acc {result.evals[-1].mean:.2%}" if result.evals else ""
+    typer.echo(
+        f"{result.bundle_path}: {record['images']} images ({b.steps} steps x "
+        f"{b.images.shape[1]}), {b.lrs.numel()} lrs, {b.dataset}/{record['model']} "
+        f"{b.init_mode} init, {result.iterations} iterations in {result.elapsed:.0f}s, "
+        f"loss {result.final_loss:.4f}{acc}"
+    )

@@ -1,0 +1,251 @@
+"""The typed configuration tree of a distillation run.
+
+One ``DistillConfig`` describes a run completely. It is written as ``config.json`` into
+the run folder and into every bundle, so a result always says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+INIT_MODES = ("fixed", "random", "pretrained-fixed", "pretrained-random")
+UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
+OBJECTIVES = ("distill", "adapt", "attack")
+
+# The paper's model for each named dataset; other inputs default to ConvNet.
+DEFAULT_MODELS = {
+    "mnist": "lenet",
+    "fashion-mnist": "lenet",
+    "cifar10": "alexcifarnet",
+    "cifar100": "alexcifarnet",
+    "svhn": "alexcifarnet",
+}
+
+
+class _Section:
+    """Mixin giving dataclasses a strict ``from_dict`` and a plain ``to_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, _Section) else _plain(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config"):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a table/object, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(unknown)} in {where}; known: {', '.join(known)}"
+            )
+        kwargs = {}
+        for name, value in data.items():
+            sub = _SECTIONS.get((cls.__name__, name))
+            kwargs[name] = sub.from_dict(value, where=f"{where}.{name}") if sub else value
+        return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class DataConfig(_Section):
+    dataset: str = "mnist"
+    data_root: str | None = None
+    batch_size: int = 1024  # real images per outer iteration
+    augment: bool = False  # reflect-pad 4, random crop, flip on real batches (CIFAR)
+
+
+@dataclass
+class ModelConfig(_Section):
+    name: str | None = None  # None: the paper's model for the dataset
+    init_scheme: str = "xavier"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SynthConfig(_Section):
+    steps: int = 10
+    epochs: int = 3
+    images_per_class: int = 1  # per class, per step
+    distill_lr: float = 0.02  # initial inner learning rate (softplus space)
+
+
+@dataclass
+class OptimConfig(_Section):
+    lr: float = 0.01
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_every: float = 40.0  # in real-data epochs
+    decay_factor: float = 0.5
+    real_epochs: float = 400.0  # budget, used when iterations is None
+    iterations: int | None = None
+
+
+@dataclass
+class InitConfig(_Section):
+    mode: str = "fixed"
+    seed: int = 0
+    n_nets: int = 1
+    sample_n_nets: int = 1
+    pool: str | None = None
+    pool_index: int = 0
+    pool_holdout: float = 0.2
+
+
+@dataclass
+class ObjectiveConfig(_Section):
+    kind: str = "distill"
+    source_dataset: str | None = None  # adapt: the pool's dataset
+    attack_class: int | None = None
+    target_class: int | None = None
+
+
+@dataclass
+class RunConfig(_Section):
+    device: str = "cpu"
+    unroll_memory: str = "full"
+    checkpoint_every: int = 50
+    eval_every: int = 0
+    eval_nets: int = 4
+    log_every: int = 10
+
+
+@dataclass
+class DistillConfig(_Section):
+    """Everything that defines a distillation run.
+
+    Example:
+        >>> cfg = DistillConfig.from_dict({"synth": {"steps": 2, "epochs": 1}})
+        >>> cfg.synth.steps * cfg.synth.epochs
+        2
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def total_steps(self) -> int:
+        return self.synth.steps * self.synth.epochs
+
+    def model_name(self, dataset: str | None = None) -> str:
+        return self.model.name or DEFAULT_MODELS.get(dataset or self.data.dataset, "convnet")
+
+    def validate(self) -> "DistillConfig":
+        """Raise ConfigError for values no run could use. Returns self."""
+        s, o, i, r = self.synth, self.optim, self.init, self.run
+        _positive("steps", s.steps)
+        _positive("epochs", s.epochs)
+        _positive("images-per-class", s.images_per_class)
+        _positive("batch-size", self.data.batch_size)
+        _positive("n-nets", i.n_nets)
+        _positive("sample-n-nets", i.sample_n_nets)
+        for name, value in (("distill-lr", s.distill_lr), ("lr", o.lr)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name} must be a positive number, got {value}")
+        if not 0 < o.decay_factor <= 1:
+            raise ConfigError(f"--decay-factor must be in (0, 1], got {o.decay_factor}")
+        if o.decay_every <= 0:
+            raise ConfigError(f"--decay-every must be positive, got {o.decay_every}")
+        if o.iterations is None:
+            if o.real_epochs <= 0:
+                raise ConfigError(f"--real-epochs must be positive, got {o.real_epochs}")
+        else:
+            _positive("iterations", o.iterations)
+        if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
+            raise ConfigError("Adam betas must be in [0, 1)")
+        if i.mode not in INIT_MODES:
+            raise ConfigError(f"--init-mode must be one of {', '.join(INIT_MODES)}, got {i.mode!r}")
+        if i.sample_n_nets > i.n_nets:
+            raise ConfigError(
+                f"--sample-n-nets ({i.sample_n_nets}) can't exceed --n-nets ({i.n_nets})"
+            )
+        if i.mode.startswith("pretrained") and not i.pool:
+            raise ConfigError(f"--init-mode {i.mode} needs --pool POOL_DIR (made by `dd pretrain`)")
+        if not 0 <= i.pool_holdout < 1:
+            raise ConfigError(f"--pool-holdout must be in [0, 1), got {i.pool_holdout}")
+        if r.unroll_memory not in UNROLL_MEMORY_MODES:
+            raise ConfigError(
+                f"--unroll-memory must be one of {', '.join(UNROLL_MEMORY_MODES)}, "
+                f"got {r.unroll_memory!r}"
+            )
+        if self.objective.kind not in OBJECTIVES:
+            raise ConfigError(
+                f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective.kind!r}"
+            )
+        for name in ("checkpoint_every", "eval_every", "log_every"):
+            if getattr(r, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        return self
+
+
+def _positive(flag: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"--{flag} must be a positive integer, got {value!r}")
+
+
+_SECTIONS = {
+    ("DistillConfig", f.name): f.default_factory  # type: ignore[misc]
+    for f in fields(DistillConfig)
+}
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a nested dict (not yet validated)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"can't read config file {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            return tomllib.loads(text.decode())
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:] or 'JSON'}: {exc}") from None
+
+
+def merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive merge: values in ``override`` win; nested tables merge."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def replace(cfg: DistillConfig, **sections: dict[str, Any]) -> DistillConfig:
+    """Copy of cfg with some fields of some sections changed: replace(cfg, run={"device": "cpu"})."""
+    changes = {
+        name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()
+    }
+    return dataclasses.replace(cfg, **changes)

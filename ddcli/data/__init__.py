@@ -1,0 +1,42 @@
+"""Dataset registry: whole datasets preloaded as normalised tensors.
+
+`load_dataset(name)` returns a `RealData` holding the complete train and test
+splits as `(N, C, H, W)` float32 tensors, normalised per channel. Named sets
+(`list_datasets()`: `cifar10`, `cifar100`, `fashion-mnist`, `mnist`, `svhn`) are
+read from torchvision's on-disk layout under the data root (`resolve_data_root`)
+and downloaded there when missing, unless `DDCLI_OFFLINE=1`. `folder:PATH` loads
+any ImageFolder tree with `train/` and `test/` (or `val/`) subfolders.
+
+Example:
+    >>> from ddcli.data import load_dataset, list_datasets
+    >>> list_datasets()
+    ['cifar10', 'cifar100', 'fashion-mnist', 'mnist', 'svhn']
+    >>> data = load_dataset("mnist", root="tests/fixtures", download=False)
+    >>> data
+    RealData(name='mnist', train=600, test=500, image=(1, 28, 28), classes=10)
+"""
+
+from __future__ import annotations
+
+from ddcli.data._api import (
+    DatasetInfo,
+    dataset_info,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    resolve_data_root,
+)
+from ddcli.data._realdata import RealData
+
+# Imported for its @register_dataset side effect.
+from ddcli.data import _builtin  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "DatasetInfo",
+    "RealData",
+    "dataset_info",
+    "list_datasets",
+    "load_dataset",
+    "register_dataset",
+    "resolve_data_root",
+]

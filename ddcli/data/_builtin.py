@@ -1,0 +1,204 @@
+"""The named datasets, read from torchvision's on-disk layouts under the data root.
+
+Each builder looks for its files, asks torchvision to download them only when
+they are missing (and downloading is allowed), then reads them with the fast
+readers in `_formats`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ddcli.data._api import DatasetInfo, register_dataset
+from ddcli.data._formats import read_cifar, read_cifar_names, read_idx_split, read_svhn
+from ddcli.data._realdata import RealData, labels_tensor, normalized_tensor
+from ddcli.errors import DatasetNotFoundError
+
+FIX_HINT = "pass --data-root DIR (or set DDCLI_DATA_ROOT)"
+
+# Debian's dataset-fashion-mnist package installs the gzipped IDX files here.
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+DIGITS = [str(d) for d in range(10)]
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+
+# Logical file -> accepted names on disk (torchvision keeps the .gz next to the
+# extracted file; Debian ships only the .gz).
+_IDX_FILES = {
+    base: (base, f"{base}.gz")
+    for base in (
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+    )
+}  # fmt: skip
+_CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+_CIFAR10_FILES = {f: (f,) for f in [*_CIFAR10_BATCHES, "test_batch", "batches.meta"]}
+_CIFAR100_FILES = {f: (f,) for f in ("train", "test", "meta")}
+_SVHN_FILES = {f: (f,) for f in ("train_32x32.mat", "test_32x32.mat")}
+
+
+def _info(name: str, channels: int, size: int, classes: int, files: str) -> DatasetInfo:
+    mean, std = _STATS[name]
+    return DatasetInfo(name, channels, size, classes, mean, std, files)
+
+
+@register_dataset("mnist", info=_info("mnist", 1, 28, 10, "MNIST/raw/"))
+def _build_mnist(*, root: Path, download: bool) -> RealData:
+    files = _require_files(
+        "mnist", [root / "MNIST" / "raw"], _IDX_FILES, download,
+        fetch=lambda: torchvision_download("MNIST", root),
+    )  # fmt: skip
+    return _from_idx("mnist", files, DIGITS)
+
+
+@register_dataset("fashion-mnist", info=_info("fashion-mnist", 1, 28, 10, "FashionMNIST/raw/"))
+def _build_fashion_mnist(*, root: Path, download: bool) -> RealData:
+    files = _require_files(
+        "fashion-mnist", [root / "FashionMNIST" / "raw", DEBIAN_FASHION_DIR], _IDX_FILES, download,
+        fetch=lambda: torchvision_download("FashionMNIST", root),
+        note=" (Debian: apt install dataset-fashion-mnist)",
+    )  # fmt: skip
+    return _from_idx("fashion-mnist", files, FASHION_CLASSES)
+
+
+@register_dataset("cifar10", info=_info("cifar10", 3, 32, 10, "cifar-10-batches-py/"))
+def _build_cifar10(*, root: Path, download: bool) -> RealData:
+    folder = root / "cifar-10-batches-py"
+    _require_files(
+        "cifar10", [folder], _CIFAR10_FILES, download,
+        fetch=lambda: torchvision_download("CIFAR10", root),
+    )  # fmt: skip
+    train = read_cifar(folder, _CIFAR10_BATCHES, "labels")
+    test = read_cifar(folder, ["test_batch"], "labels")
+    classes = read_cifar_names(folder / "batches.meta", "label_names")
+    return _assemble("cifar10", train, test, classes)
+
+
+@register_dataset("cifar100", info=_info("cifar100", 3, 32, 100, "cifar-100-python/"))
+def _build_cifar100(*, root: Path, download: bool) -> RealData:
+    folder = root / "cifar-100-python"
+    _require_files(
+        "cifar100", [folder], _CIFAR100_FILES, download,
+        fetch=lambda: torchvision_download("CIFAR100", root),
+    )  # fmt: skip
+    # The 100 fine labels; the 20 coarse superclasses are not used.
+    train = read_cifar(folder, ["train"], "fine_labels")
+    test = read_cifar(folder, ["test"], "fine_labels")
+    classes = read_cifar_names(folder / "meta", "fine_label_names")
+    return _assemble("cifar100", train, test, classes)
+
+
+@register_dataset("svhn", info=_info("svhn", 3, 32, 10, "train_32x32.mat, test_32x32.mat"))
+def _build_svhn(*, root: Path, download: bool) -> RealData:
+    def fetch() -> None:
+        # Only the missing splits: torchvision re-downloads (overwrites) any file
+        # whose MD5 differs, which would clobber a user's own subset.
+        for split in ("train", "test"):
+            if not (root / f"{split}_32x32.mat").is_file():
+                torchvision_download("SVHN", root, split=split)
+
+    _require_files("svhn", [root], _SVHN_FILES, download, fetch=fetch)
+    train = read_svhn(root / "train_32x32.mat")
+    test = read_svhn(root / "test_32x32.mat")
+    return _assemble("svhn", train, test, DIGITS)
+
+
+def torchvision_download(dataset: str, root: Path, **kwargs: object) -> None:
+    """Download with torchvision's dataset class `dataset` into `root` (its own layout)."""
+    import torchvision.datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    # torchvision prints "Downloading ..." on stdout, which belongs to results.
+    with contextlib.redirect_stdout(sys.stderr):
+        getattr(torchvision.datasets, dataset)(str(root), download=True, **kwargs)
+
+
+def _require_files(
+    dataset: str,
+    folders: list[Path],
+    files: dict[str, tuple[str, ...]],
+    download: bool,
+    *,
+    fetch: Callable[[], None],
+    note: str = "",
+) -> dict[str, Path]:
+    """Find every file in the first folder that has all of them, downloading into `folders[0]` if allowed."""
+    for folder in folders:
+        found = _find(folder, files)
+        if len(found) == len(files):
+            return found
+    if not download:
+        reason = "downloading is off"
+    else:
+        try:
+            fetch()
+        # No network, a proxy, a full disk, a bad checksum: to the user each just
+        # means the files are not available, so every failure gets the same message.
+        except Exception as exc:
+            reason = "downloading failed: " + " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        else:
+            found = _find(folders[0], files)
+            if len(found) == len(files):
+                return found
+            reason = "downloading did not produce them"
+    present = _find(folders[0], files)
+    missing = [_display(alternatives) for key, alternatives in files.items() if key not in present]
+    where = " or ".join(str(f) for f in folders)
+    raise DatasetNotFoundError(
+        f"{dataset}: {', '.join(missing)} not found in {where}{note} and {reason}; {FIX_HINT}"
+    )
+
+
+def _find(folder: Path, files: dict[str, tuple[str, ...]]) -> dict[str, Path]:
+    found = {}
+    for key, alternatives in files.items():
+        path = next((folder / a for a in alternatives if (folder / a).is_file()), None)
+        if path is not None:
+            found[key] = path
+    return found
+
+
+def _display(alternatives: tuple[str, ...]) -> str:
+    first, *others = alternatives
+    return first + "".join(f"[{o[len(first):]}]" if o.startswith(first) else f"|{o}" for o in others)
+
+
+def _from_idx(name: str, files: dict[str, Path], classes: list[str]) -> RealData:
+    train = read_idx_split(files["train-images-idx3-ubyte"], files["train-labels-idx1-ubyte"])
+    test = read_idx_split(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"])
+    return _assemble(name, train, test, classes)
+
+
+def _assemble(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    classes: list[str],
+) -> RealData:
+    mean, std = _STATS[name]
+    return RealData(
+        name=name,
+        train_x=normalized_tensor(train[0], mean, std),
+        train_y=labels_tensor(train[1]),
+        test_x=normalized_tensor(test[0], mean, std),
+        test_y=labels_tensor(test[1]),
+        classes=classes,
+        mean=mean,
+        std=std,
+    )

@@ -1,0 +1,57 @@
+"""Domain errors. The library raises these; the CLI maps each to one line and exit 1."""
+
+from __future__ import annotations
+
+
+class DDError(Exception):
+    """Base class of every error ddcli reports to a user as one line."""
+
+    exit_code = 1
+
+
+class ConfigError(DDError):
+    """A configuration value is invalid or inconsistent (a usage error: exit 2)."""
+
+    exit_code = 2
+
+
+class UnknownDatasetError(DDError):
+    """The dataset name is not in the registry."""
+
+
+class DatasetNotFoundError(DDError):
+    """The dataset files are missing and could not be downloaded."""
+
+
+class UnknownModelError(DDError):
+    """The model name is not in the registry."""
+
+
+class ModelError(DDError):
+    """A model can't be used as asked (mutable buffers, input shape mismatch)."""
+
+
+class BundleFormatError(DDError):
+    """A file is not a readable ddcli bundle (wrong kind, truncated, newer version)."""
+
+
+class CheckpointError(DDError):
+    """A run folder has no usable checkpoint."""
+
+
+class DivergedError(DDError):
+    """The outer loss became NaN or inf."""
+
+
+class PoolError(DDError):
+    """A pretrained-network pool is missing, empty or does not match."""
+
+
+class ExportError(DDError):
+    """An export could not be written."""
+
+
+class Interrupted(DDError):
+    """The run was stopped by the user (Ctrl-C) after writing a checkpoint."""
+
+    exit_code = 130
