@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from . import _io
 from ._checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ._inits import FixedInit, derive_seed, init_params, make_init_source
+from ._objectives import make_objective
 from ._batches import BatchSampler, augment_batch
 from ._replay import accuracy, replay
 from .bundle import Bundle
@@ -216,6 +217,7 @@ class _Run:
         ipe = self.sampler.iterations_per_epoch
         self.total = o.iterations if o.iterations is not None else max(1, round(o.real_epochs * ipe))
         self.decay_iters = max(1, round(o.decay_every * ipe))
+        self.objective = make_objective(cfg, d.num_classes)
         self.evals: list[EvalInfo] = []
         self.elapsed_before = 0.0
         self.last_loss = float("nan")
@@ -319,7 +321,7 @@ class _Run:
     def _outer_step(self, it: int) -> float:
         cfg = self.cfg
         idx = self.sampler.indices(it).to(self.device)
-        x, y = self.train_x[idx], self.train_y[idx]
+        x, y = self.train_x[idx], self.objective.relabel(self.train_y[idx])
         if cfg.data.augment:
             x = augment_batch(x, self.aug_gen)
         inits = self.source.sample(it)
@@ -441,7 +443,7 @@ class _Run:
             mean=tuple(d.mean), std=tuple(d.std), model=dict(self.model.ddcli_spec),
             init_scheme=cfg.model.init_scheme, init_mode=cfg.init.mode, seed=cfg.init.seed,
             epochs=cfg.synth.epochs, config=cfg.to_dict(), summary=summary,
-            extra={"init": self.source.describe(), "objective": cfg.objective.to_dict()},
+            extra={"init": self.source.describe(), "objective": self.objective.describe()},
             init_params=(
                 {k: v.cpu() for k, v in self.source.fixed_params.items()}
                 if self.source.fixed_params is not None else None
