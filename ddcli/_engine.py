@@ -6,21 +6,20 @@ The engine never draws anything. It reports through callbacks (``on_start``,
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import re
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from . import _io
+from . import _device, _distributed, _io
+from ._batched import NetsMetaGradient
+from ._device import resolve_device
+from ._events import DistillResult, EvalInfo, IterationInfo, StartInfo
+from ._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending, stop_on_sigint, trim_metrics
 from ._checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ._inits import FixedInit, derive_seed, init_params, make_init_source
 from ._objectives import make_objective
@@ -31,78 +30,16 @@ from .config import DistillConfig
 from .data import RealData, load_dataset
 from .errors import ConfigError, DivergedError, Interrupted
 from .models import check_functional, create_model
-from .unroll import meta_gradient, softplus_inverse
+from .unroll import softplus_inverse
 
 # Settings a resumed run may change; everything else must stay as the run began.
 RESUMABLE_OVERRIDES = {
     ("optim", "lr"), ("optim", "iterations"), ("optim", "real_epochs"),
     ("run", "checkpoint_every"), ("run", "eval_every"), ("run", "eval_nets"),
     ("run", "log_every"), ("run", "device"), ("data", "data_root"),
+    # These change speed and memory, not the result (beyond float rounding).
+    ("run", "nproc"), ("run", "unroll_memory"), ("run", "batch_nets"),
 }
-
-
-@dataclass
-class StartInfo:
-    config: DistillConfig
-    run_dir: Path
-    out: Path
-    start_iteration: int
-    total_iterations: int
-    iterations_per_epoch: int
-    device: str
-    model: str
-    num_params: int
-
-
-@dataclass
-class IterationInfo:
-    iteration: int  # completed outer iterations, 1-based
-    total: int
-    loss: float
-    lr_min: float
-    lr_mean: float
-    lr_max: float
-    meta_lr: float  # Adam's current (decayed) step size
-    elapsed: float  # seconds in this process
-
-
-@dataclass
-class EvalInfo:
-    iteration: int
-    accuracies: list[float]
-
-    @property
-    def mean(self) -> float:
-        return sum(self.accuracies) / len(self.accuracies)
-
-
-@dataclass
-class DistillResult:
-    """What ``distill`` returns: the bundle (also saved at ``bundle_path``) and run facts."""
-
-    bundle: Bundle
-    bundle_path: Path
-    run_dir: Path
-    iterations: int
-    final_loss: float
-    elapsed: float
-    evals: list[EvalInfo] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA GPU is available here")
-    return device
 
 
 def default_out(cfg: DistillConfig) -> Path:
@@ -198,7 +135,15 @@ class _Run:
 
     def __init__(self, cfg: DistillConfig, out: Path, run_dir: Path, data, callbacks) -> None:
         self.cfg, self.out, self.run_dir, self.callbacks = cfg, out, run_dir, callbacks
-        self.device = resolve_device(cfg.run.device)
+        _, world, local_rank = _distributed.env_world()
+        _distributed.check_config(cfg, world)
+        self.device = resolve_device(cfg.run.device, local_rank=local_rank if world > 1 else None)
+        self.dist = _distributed.setup(self.device)
+        if not self.dist.is_main:
+            self.callbacks = None  # only rank 0 reports and writes
+        self.sync_every = _device.sync_interval(self.device, cfg.run.log_every)
+        # Random nets are drawn on the CPU and copied over without a host sync.
+        self.init_device = torch.device("cpu") if cfg.init.mode == "random" else self.device
         self.data = data if data is not None else load_dataset(
             cfg.data.dataset, root=cfg.data.data_root
         )
@@ -209,6 +154,8 @@ class _Run:
         )
         check_functional(self.model)
         self.model.to(self.device)
+        self.nets = NetsMetaGradient(self.model, mode=cfg.run.unroll_memory,
+                                     batch=cfg.run.batch_nets)
         self.train_x, self.train_y = d.train_x.to(self.device), d.train_y.to(self.device)
         self.test_x, self.test_y = d.test_x.to(self.device), d.test_y.to(self.device)
         b = cfg.data.batch_size
@@ -247,18 +194,21 @@ class _Run:
         # softplus of distill_lr, so every step starts at exactly distill_lr.
         raw = softplus_inverse(s.distill_lr).repeat(cfg.total_steps)
         self.raw_lrs = raw.to(self.device).requires_grad_(True)  # (T,)
+        self.dist.broadcast_([self.images, self.raw_lrs])
         self._build_optim()
-        self.source = make_init_source(cfg, self.model, self.device)
+        self.source = make_init_source(cfg, self.model, self.init_device)
         self.aug_gen = torch.Generator().manual_seed(derive_seed(cfg.init.seed, "augment"))
         self.iteration = 0
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        _io.write_json(self.run_dir / "config.json", cfg.to_dict())
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            _io.write_json(self.run_dir / "config.json", cfg.to_dict())
 
     def restore(self, state: dict[str, Any]) -> None:
         self.images = state["images"].to(self.device).requires_grad_(True)
         self.raw_lrs = state["raw_lrs"].to(self.device).requires_grad_(True)
         self.labels = state["labels"].to(self.device)
+        self.dist.broadcast_([self.images, self.raw_lrs])
         self._build_optim()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -271,18 +221,20 @@ class _Run:
                 group["lr"] = new_lr * self.cfg.optim.decay_factor ** (
                     state["iteration"] // self.decay_iters)
         self.scheduler.step_size = self.decay_iters
-        if state.get("fixed_params") is not None:
+        # A pretrained-fixed run reloads its pool net, so its bundle keeps the pool's record.
+        if state.get("fixed_params") is not None and self.cfg.init.mode == "fixed":
             self.source = FixedInit({k: v.to(self.device) for k, v in state["fixed_params"].items()})
         else:
-            self.source = make_init_source(self.cfg, self.model, self.device)
+            self.source = make_init_source(self.cfg, self.model, self.init_device)
         self.aug_gen = torch.Generator()
         self.aug_gen.set_state(state["aug_rng"])
         self.iteration = state["iteration"]
         self.elapsed_before = state.get("elapsed", 0.0)
         self.last_loss = state.get("last_loss", float("nan"))
         self.evals = [EvalInfo(**e) for e in state.get("evals", [])]
-        _trim_metrics(self.run_dir / "metrics.jsonl", self.iteration)
-        _io.write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        if self.dist.is_main:
+            trim_metrics(self.run_dir / "metrics.jsonl", self.iteration)
+            _io.write_json(self.run_dir / "config.json", self.cfg.to_dict())
 
     # --- the loop -------------------------------------------------------------------------
     def loop(self) -> DistillResult:
@@ -294,57 +246,83 @@ class _Run:
             num_params=sum(p.numel() for p in self.model.parameters()),
         ))
         t0 = time.perf_counter()
-        with _stop_on_sigint() as stop:
-            while self.iteration < self.total:
-                it = self.iteration
-                loss = self._outer_step(it)
-                self.iteration = it + 1
-                self.last_loss = loss
-                elapsed = self.elapsed_before + time.perf_counter() - t0
-                self.elapsed_now = elapsed
-                self._after_iteration(loss, elapsed)
-                if stop.requested and self.iteration < self.total:
-                    path = self.save_checkpoint()
-                    raise Interrupted(
-                        f"interrupted at iteration {self.iteration}/{self.total}; checkpoint "
-                        f"saved to {path}; continue with `dd distill --resume {self.run_dir}`"
-                    )
-        self.elapsed_now = self.elapsed_before + time.perf_counter() - t0
-        self.save_checkpoint()
-        bundle = self.make_bundle()
-        bundle.save(self.out)
+        pending = Pending()
+        try:
+            with stop_on_sigint() as stop, _device.retain_freed_memory(self.device):
+                while self.iteration < self.total:
+                    record = self._outer_step(self.iteration, stop.requested)
+                    self.iteration += 1
+                    self.elapsed_now = self.elapsed_before + time.perf_counter() - t0
+                    pending.add(self.iteration, record, self.elapsed_now,
+                                self.optimizer.param_groups[0]["lr"])
+                    # Ranks must agree on where to stop, so with several processes a
+                    # Ctrl-C travels in the all-reduce and is acted on at a sync point.
+                    alone = self.dist.world == 1
+                    if not self._sync_due(stop.requested and alone):
+                        continue
+                    stopping = self._flush(pending) or (stop.requested and alone)
+                    if stopping and self.iteration < self.total:
+                        path = self.save_checkpoint()
+                        raise Interrupted(
+                            f"interrupted at iteration {self.iteration}/{self.total}; checkpoint "
+                            f"saved to {path}; continue with `dd distill --resume {self.run_dir}`"
+                        )
+            self.elapsed_now = self.elapsed_before + time.perf_counter() - t0
+            self.save_checkpoint()
+            bundle = self.make_bundle()
+            if self.dist.is_main:
+                bundle.save(self.out)
+        finally:
+            self.dist.close()
         return DistillResult(
             bundle=bundle, bundle_path=self.out, run_dir=self.run_dir, iterations=self.iteration,
             final_loss=self.last_loss, elapsed=self.elapsed_now, evals=self.evals,
         )
 
-    def _outer_step(self, it: int) -> float:
+    def _outer_step(self, it: int, stop: bool) -> torch.Tensor:
+        """One Adam step on the images and rates; returns the iteration's record (on device)."""
         cfg = self.cfg
-        idx = self.sampler.indices(it).to(self.device)
+        idx = _device.to_device(self.sampler.indices(it), self.device)
         x, y = self.train_x[idx], self.objective.relabel(self.train_y[idx])
         if cfg.data.augment:
             x = augment_batch(x, self.aug_gen)
-        inits = self.source.sample(it)
-        total_loss = torch.zeros((), device=self.device)
-        g_img = torch.zeros_like(self.images)
-        g_lr = torch.zeros_like(self.raw_lrs)
-        for params0 in inits:
-            loss, gi, gl = meta_gradient(
-                self.model, params0, self.images, self.labels, self.raw_lrs, x, y,
-                mode=cfg.run.unroll_memory,
-            )
-            total_loss += loss
-            g_img += gi
-            g_lr += gl
-        n = len(inits)
-        loss = (total_loss / n).item()
-        if not (math.isfinite(loss) and torch.isfinite(g_img).all() and torch.isfinite(g_lr).all()):
-            raise DivergedError(self._diverged_message(it, loss))
-        self.images.grad = g_img / n
-        self.raw_lrs.grad = g_lr / n
+        inits = self.source.sample(it)  # every rank draws all; each uses its share
+        mine = [_device.to_device(p, self.device) for p in self.dist.share(inits)]
+        loss, g_img, g_lr = self.nets(mine, self.images, self.labels, self.raw_lrs, x, y)
+        # One buffer, one all-reduce: [loss, stop flag, d/d images, d/d raw rates], each
+        # summed over this rank's nets, then over ranks, then divided by all the nets.
+        stop_flag = torch.full((1,), float(stop), dtype=loss.dtype, device=self.device)
+        flat = self.dist.all_reduce_sum_(torch.cat([loss.reshape(1), stop_flag, g_img.flatten(), g_lr]))
+        n, k = len(inits), g_img.numel()
+        finite = torch.isfinite(flat).all()
+        if self.sync_every == 1 and not finite:  # CPU: stop before stepping on a NaN
+            raise DivergedError(self._diverged_message(it, flat[0].item() / n))
+        self.images.grad = flat[2 : 2 + k].view_as(self.images) / n
+        self.raw_lrs.grad = flat[2 + k :] / n
         self.optimizer.step()
         self.scheduler.step()
-        return loss
+        lrs = F.softplus(self.raw_lrs.detach())
+        return torch.stack([flat[0] / n, finite.to(flat.dtype), flat[1], lrs.min(), lrs.mean(),
+                            lrs.max()])
+
+    def _sync_due(self, local_stop: bool) -> bool:
+        r, it = self.cfg.run, self.iteration
+        return local_stop or it % self.sync_every == 0 or it == self.total or any(
+            every and it % every == 0 for every in (r.log_every, r.eval_every, r.checkpoint_every))
+
+    def _flush(self, pending: Pending) -> bool:
+        """Read the pending iterations (one host sync), report them; True if asked to stop.
+
+        A non-finite loss or gradient raises here, before any checkpoint can hold it.
+        """
+        stop = False
+        for it, v, elapsed, meta_lr in pending.drain():
+            if v[FINITE] != 1.0:
+                raise DivergedError(self._diverged_message(it - 1, v[LOSS]))
+            self.last_loss = v[LOSS]
+            stop = stop or v[STOP] > 0
+            self._after_iteration(it, v, elapsed, meta_lr)
+        return stop
 
     def _diverged_message(self, it: int, loss: float) -> str:
         ckpt = self.run_dir / CHECKPOINT_NAME
@@ -356,19 +334,19 @@ class _Run:
         )
         return f"outer loss became {loss} at iteration {it + 1}; {where}"
 
-    def _after_iteration(self, loss: float, elapsed: float) -> None:
-        r, it = self.cfg.run, self.iteration
-        lrs = F.softplus(self.raw_lrs.detach())
+    def _after_iteration(self, it: int, v: list[float], elapsed: float, meta_lr: float) -> None:
+        r, loss = self.cfg.run, v[LOSS]
         info = IterationInfo(
-            iteration=it, total=self.total, loss=loss, lr_min=lrs.min().item(),
-            lr_mean=lrs.mean().item(), lr_max=lrs.max().item(),
-            meta_lr=self.optimizer.param_groups[0]["lr"], elapsed=elapsed,
+            iteration=it, total=self.total, loss=loss, lr_min=v[LR_MIN], lr_mean=v[LR_MEAN],
+            lr_max=v[LR_MAX], meta_lr=meta_lr, elapsed=elapsed,
         )
         self._emit("on_iteration", info)
         if r.log_every and (it % r.log_every == 0 or it == self.total):
             self._log_metrics({"iteration": it, "loss": loss, "lr_min": info.lr_min,
                                "lr_mean": info.lr_mean, "lr_max": info.lr_max,
                                "meta_lr": info.meta_lr, "elapsed": round(elapsed, 3)})
+        if not self.dist.is_main or it != self.iteration:
+            return  # evaluate and checkpoint the state the sync point left, on rank 0
         if r.eval_every and (it % r.eval_every == 0 or it == self.total):
             ev = EvalInfo(iteration=it, accuracies=self.quick_eval())
             self.evals.append(ev)
@@ -384,6 +362,8 @@ class _Run:
         images = self.images.detach()
         if self.source.fixed_params is not None:
             inits = [self.source.fixed_params]
+        elif (pool_nets := self.source.eval_inits(self.cfg.run.eval_nets)) is not None:
+            inits = pool_nets  # pretrained-random: held-out pool nets
         else:
             inits = [
                 {k: v.to(self.device) for k, v in init_params(
@@ -391,18 +371,23 @@ class _Run:
                 ).items()}
                 for j in range(self.cfg.run.eval_nets)
             ]
-        accs = []
-        for p0 in inits:
-            final, _ = replay(self.model, p0, images, self.labels, lrs)
-            accs.append(accuracy(self.model, final, self.test_x, self.test_y))
-        return accs
+        # Lazy import: ddcli.evaluate imports this module. All nets replay at once (vmap),
+        # with the code `dd eval` uses, so both report the same numbers for the same weights.
+        from .evaluate import replay_accuracies
+
+        accs = replay_accuracies(self.model, inits, images, self.labels, lrs, self.test_x, self.test_y)
+        return accs[-1].tolist()
 
     # --- outputs ----------------------------------------------------------------------------
     def _log_metrics(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def save_checkpoint(self) -> Path:
+        if not self.dist.is_main:
+            return self.run_dir / CHECKPOINT_NAME
         state = {
             "iteration": self.iteration,
             "images": self.images.detach().cpu(),
@@ -433,6 +418,8 @@ class _Run:
             "final_loss": self.last_loss,
             "elapsed_s": round(getattr(self, "elapsed_now", 0.0), 2),
             "device": str(self.device),
+            "processes": self.dist.world,
+            "nets_batched": self.nets.batched,
         }
         if self.evals:
             summary["last_eval"] = {"iteration": self.evals[-1].iteration,
@@ -443,7 +430,10 @@ class _Run:
             mean=tuple(d.mean), std=tuple(d.std), model=dict(self.model.ddcli_spec),
             init_scheme=cfg.model.init_scheme, init_mode=cfg.init.mode, seed=cfg.init.seed,
             epochs=cfg.synth.epochs, config=cfg.to_dict(), summary=summary,
-            extra={"init": self.source.describe(), "objective": self.objective.describe()},
+            extra={"init": self.source.describe(), "objective": self.objective.describe(),
+                   # adapt: nets pretrained on the source, distilled and tested on the target
+                   "datasets": {"source": self.source.describe().get("pool_dataset", d.name),
+                                "target": d.name}},
             init_params=(
                 {k: v.cpu() for k, v in self.source.fixed_params.items()}
                 if self.source.fixed_params is not None else None
@@ -454,36 +444,3 @@ class _Run:
         fn = getattr(self.callbacks, name, None)
         if fn is not None:
             fn(payload)
-
-
-def _trim_metrics(path: Path, iteration: int) -> None:
-    """Drop log lines past the checkpoint, so a resumed run doesn't log them twice."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-    _io.write_text(path, "".join(line + "\n" for line in keep))
-
-
-class _StopFlag:
-    requested = False
-
-
-@contextlib.contextmanager
-def _stop_on_sigint():
-    """First Ctrl-C asks the loop to stop after the current iteration; a second one kills."""
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag.requested:
-            raise KeyboardInterrupt
-        flag.requested = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -9,7 +9,7 @@ import hashlib
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, PoolError
 from .models import init_weights
 from .unroll import Params
 
@@ -40,6 +40,10 @@ class InitSource(abc.ABC):
 
     def describe(self) -> dict:
         return {"mode": self.mode}
+
+    def eval_inits(self, n: int) -> list[Params] | None:
+        """Nets for periodic evaluation, or None for fresh random ones."""
+        return None
 
 
 class FixedInit(InitSource):
@@ -80,6 +84,77 @@ class RandomInit(InitSource):
         return {"mode": self.mode, "n_nets": self.n_nets, "sample_n_nets": self.sample_n_nets}
 
 
+class PretrainedFixedInit(InitSource):
+    """One network of a pretrained pool, used at every iteration.
+
+    Its weights go into the bundle (so a replay needs no pool), with its index and hash.
+    """
+
+    mode = "pretrained-fixed"
+
+    def __init__(self, pool, index: int, holdout: float, device: torch.device,
+                 names: list[str]) -> None:
+        self.train, self.held_out = pool.split(holdout)
+        if index in self.held_out:
+            raise ConfigError(
+                f"--pool-index {index} is one of the held-out nets {self.held_out} of pool "
+                f"{pool.path}; pick a training net ({_span(self.train)}) or --pool-holdout 0")
+        self.fixed_params = _model_order(pool.load_net(index, device), names)
+        self.info = {**pool.describe(), "pool_index": index, "net_sha256": pool.net(index).sha256,
+                     "pool_holdout": holdout, "train_indices": self.train,
+                     "holdout_indices": self.held_out}
+
+    def sample(self, iteration: int) -> list[Params]:
+        return [self.fixed_params]
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, **self.info}
+
+
+class PretrainedRandomInit(InitSource):
+    """``sample_n_nets`` nets drawn from the pool's training part at every iteration.
+
+    Draws are seeded by (seed, iteration), so a resumed run draws the same nets; the
+    held-out nets are never drawn (they are what evaluation measures).
+    """
+
+    mode = "pretrained-random"
+
+    def __init__(self, pool, sample_n_nets: int, seed: int, holdout: float,
+                 device: torch.device, names: list[str]) -> None:
+        self.pool, self.seed, self.device, self.names = pool, seed, device, names
+        self.train, self.held_out = pool.split(holdout)
+        if sample_n_nets > len(self.train):
+            raise ConfigError(
+                f"--sample-n-nets {sample_n_nets} exceeds the {len(self.train)} training nets of "
+                f"pool {pool.path} ({len(pool.nets)} nets, {len(self.held_out)} held out)")
+        self.sample_n_nets = sample_n_nets
+        self.info = {**pool.describe(), "pool_holdout": holdout, "train_indices": self.train,
+                     "holdout_indices": self.held_out, "sample_n_nets": sample_n_nets}
+        self._cache: dict[int, Params] = {}
+
+    def picks(self, iteration: int) -> list[int]:
+        """The pool indices used at ``iteration``: always training nets."""
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "pool-pick", iteration))
+        order = torch.randperm(len(self.train), generator=g)[: self.sample_n_nets]
+        return [self.train[j] for j in sorted(order.tolist())]
+
+    def _load(self, index: int) -> Params:
+        if index not in self._cache:
+            self._cache[index] = _model_order(self.pool.load_net(index, self.device),
+                                              self.names)
+        return self._cache[index]
+
+    def sample(self, iteration: int) -> list[Params]:
+        return [self._load(i) for i in self.picks(iteration)]
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, **self.info}
+
+    def eval_inits(self, n: int) -> list[Params] | None:
+        return [self._load(i) for i in (self.held_out or self.train)[:n]]
+
+
 def make_init_source(cfg, model: nn.Module, device: torch.device) -> InitSource:
     """Build the init source named by ``cfg.init.mode``."""
     i = cfg.init
@@ -88,4 +163,28 @@ def make_init_source(cfg, model: nn.Module, device: torch.device) -> InitSource:
         return FixedInit({k: v.to(device) for k, v in params.items()})
     if i.mode == "random":
         return RandomInit(model, cfg.model.init_scheme, i.seed, i.n_nets, i.sample_n_nets, device)
+    if i.mode in ("pretrained-fixed", "pretrained-random"):
+        from ._pool import Pool  # imported here: _pool itself uses derive_seed
+
+        pool = Pool.load(i.pool)
+        spec = model.ddcli_spec
+        pool.check_fits(spec, dataset=cfg.data.dataset, num_classes=spec["num_classes"],
+                        input_shape=(spec["in_channels"], spec["image_size"], spec["image_size"]))
+        source = cfg.objective.source_dataset
+        if source and source != pool.dataset:
+            raise PoolError(f"--source-dataset is {source} but pool {i.pool} was pretrained on "
+                            f"{pool.dataset}")
+        names = [name for name, _ in model.named_parameters()]
+        if i.mode == "pretrained-fixed":
+            return PretrainedFixedInit(pool, i.pool_index, i.pool_holdout, device, names)
+        return PretrainedRandomInit(pool, i.sample_n_nets, i.seed, i.pool_holdout, device, names)
     raise ConfigError(f"--init-mode {i.mode} is not supported by this build")
+
+
+def _model_order(params: Params, names: list[str]) -> Params:
+    # The unroll's float rounding depends on the params' order: always the model's.
+    return {name: params[name] for name in names}
+
+
+def _span(indices: list[int]) -> str:
+    return ", ".join(map(str, indices[:8])) + (", ..." if len(indices) > 8 else "")

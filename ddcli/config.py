@@ -125,12 +125,14 @@ class ObjectiveConfig(_Section):
 
 @dataclass
 class RunConfig(_Section):
-    device: str = "cpu"
-    unroll_memory: str = "full"
+    device: str = "auto"  # auto: CUDA if present, then MPS, then CPU
+    unroll_memory: str = "full"  # see docs/performance.md for the measurements behind it
     checkpoint_every: int = 50
     eval_every: int = 0
     eval_nets: int = 4
     log_every: int = 10
+    nproc: int = 1  # processes the sampled nets are split over (dd distill --nproc)
+    batch_nets: bool = True  # evaluate the sampled nets together (vmap) rather than looping
 
 
 @dataclass
@@ -183,7 +185,7 @@ class DistillConfig(_Section):
             raise ConfigError("Adam betas must be in [0, 1)")
         if i.mode not in INIT_MODES:
             raise ConfigError(f"--init-mode must be one of {', '.join(INIT_MODES)}, got {i.mode!r}")
-        if i.sample_n_nets > i.n_nets:
+        if i.mode == "random" and i.sample_n_nets > i.n_nets:
             raise ConfigError(
                 f"--sample-n-nets ({i.sample_n_nets}) can't exceed --n-nets ({i.n_nets})"
             )
@@ -203,6 +205,9 @@ class DistillConfig(_Section):
         for name in ("checkpoint_every", "eval_every", "log_every"):
             if getattr(r, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        _positive("nproc", r.nproc)
+        if not isinstance(r.batch_nets, bool):
+            raise ConfigError(f"run.batch_nets must be true or false, got {r.batch_nets!r}")
         return self
 
 

@@ -55,3 +55,7 @@ class Interrupted(DDError):
     """The run was stopped by the user (Ctrl-C) after writing a checkpoint."""
 
     exit_code = 130
+
+
+class ImageSetError(DDError):
+    """An image set (.pt, .npz or ImageFolder) to evaluate is missing or malformed."""

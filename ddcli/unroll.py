@@ -20,11 +20,17 @@ with the cotangent a_{t+1}. The three memory modes compute exactly this, differe
 
 - ``full``: autograd through the whole unroll built with create_graph=True. Keeps every
   step's double-backward graph and chains them.
-- ``stepwise``: each step's graph is built from a detached copy of theta_t and kept; the
-  reverse loop walks the recursion above, one VJP per step (the reference's scheme).
+- ``stepwise``: each step's graph is built from detached leaves (theta_t, x_s, r_t) and
+  kept; the reverse loop walks the recursion above, one VJP per step (the reference's
+  scheme). Nothing chains across steps, but all T graphs are alive at the peak.
 - ``recompute``: only theta_t (detached, T x |theta| floats) is kept from the forward
-  pass; the reverse loop rebuilds one step's graph at a time, so graph memory no longer
-  grows with T at the cost of a second forward/backward per step.
+  pass; the reverse loop rebuilds one step's graph at a time and frees it before the
+  next, so graph memory is one step's whatever T is, at the cost of a second
+  forward/backward per step. a_0 is never needed, so step 0's VJP skips it.
+
+The step map is a parameter (``step``): ``gd_step`` for one network, or the batched
+step of ``ddcli._batched`` that moves N stacked networks at once; the recursion is the
+same for both because it only ever asks for VJPs of the step map.
 
 Invariants: theta_0 is never modified (steps build new tensors); synthetic labels are
 fixed; all three modes agree to float64 round-off (tests/test_unroll.py).
@@ -32,7 +38,7 @@ fixed; all three modes agree to float64 round-off (tests/test_unroll.py).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +47,13 @@ from torch.func import functional_call
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class StepFn(Protocol):
+    """One GD step on (x, y) with rate ``lr``: returns the new weights as new tensors."""
+
+    def __call__(self, params: Params, x: Tensor, y: Tensor, lr: Tensor, *,
+                 create_graph: bool) -> Params: ...
 
 
 def softplus_inverse(y: float | Tensor) -> Tensor:
@@ -86,14 +99,14 @@ def unroll(
     if not create_graph:
         # GD needs d loss / d theta even in evaluation: make the weights leaves that
         # require grad, but never connect them to anything the caller holds.
-        params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        params = _leaves(params)
     steps = images.shape[0]
     history: list[Params] | None = [params] if trace else None
     for t in range(lrs.shape[0]):
         s = t % steps
         params = gd_step(model, params, images[s], labels[s], lrs[t], create_graph=create_graph)
         if not create_graph:
-            params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            params = _leaves(params)
         if history is not None:
             history.append(params)
     return params, history
@@ -131,62 +144,105 @@ def meta_gradient(
     Returns:
         (loss, d loss / d images, d loss / d raw_lrs), all detached.
     """
-    images = images.detach().requires_grad_(True)
-    raw_lrs = raw_lrs.detach().requires_grad_(True)
-    theta0 = {k: v.detach().requires_grad_(True) for k, v in params0.items()}
+
+    def step(params, x, y, lr, *, create_graph):
+        return gd_step(model, params, x, y, lr, create_graph=create_graph)
+
+    return differentiate_unroll(
+        step, lambda params: loss_fn(model, params, real_x, real_y), params0, images, labels,
+        raw_lrs, mode=mode,
+    )
+
+
+def differentiate_unroll(
+    step: StepFn,
+    loss: Callable[[Params], Tensor],
+    params0: Params,
+    images: Tensor,
+    labels: Tensor,
+    raw_lrs: Tensor,
+    *,
+    mode: str = "full",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``meta_gradient`` for any step map and outer loss (e.g. N networks at once).
+
+    Args:
+        step: the GD step map (see ``StepFn``); it must return new tensors.
+        loss: the outer loss of the final weights, a scalar.
+        params0, images, labels, raw_lrs, mode: as in ``meta_gradient``.
+
+    Returns:
+        (loss, d loss / d images, d loss / d raw_lrs), all detached.
+    """
     if mode == "full":
+        images = images.detach().requires_grad_(True)
+        raw_lrs = raw_lrs.detach().requires_grad_(True)
         lrs = F.softplus(raw_lrs)
-        final, _ = unroll(model, theta0, images, labels, lrs, create_graph=True)
-        loss = loss_fn(model, final, real_x, real_y)
-        g_img, g_lr = torch.autograd.grad(loss, (images, raw_lrs))
-        return loss.detach(), g_img, g_lr
+        params, steps = _leaves(params0), images.shape[0]
+        for t in range(raw_lrs.shape[0]):
+            s = t % steps
+            params = step(params, images[s], labels[s], lrs[t], create_graph=True)
+        value = loss(params)
+        g_img, g_lr = torch.autograd.grad(value, (images, raw_lrs))
+        return value.detach(), g_img, g_lr
     if mode not in ("stepwise", "recompute"):
         raise ValueError(f"unknown unroll memory mode {mode!r}")
-    return _reverse_loop(model, theta0, images, labels, raw_lrs, real_x, real_y, mode, loss_fn)
+    return _reverse_loop(step, loss, params0, images.detach(), labels, raw_lrs.detach(),
+                         keep_graphs=mode == "stepwise")
 
 
-def _reverse_loop(model, theta0, images, labels, raw_lrs, real_x, real_y, mode, loss_fn):
+def _leaves(params: Params) -> Params:
+    """Fresh autograd leaves on the same storage (no copy), requiring grad."""
+    return {k: v.detach().requires_grad_(True) for k, v in params.items()}
+
+
+def _step_graph(step: StepFn, theta: Params, x: Tensor, y: Tensor, raw_lr: Tensor):
+    """One step's graph from detached leaves: (leaves, new weights)."""
+    x_leaf = x.requires_grad_(True)
+    r_leaf = raw_lr.requires_grad_(True)
+    inputs = _leaves(theta)
+    out = step(inputs, x_leaf, y, F.softplus(r_leaf), create_graph=True)
+    return (x_leaf, r_leaf, *inputs.values()), out
+
+
+def _reverse_loop(step, loss, theta0, images, labels, raw_lrs, *, keep_graphs):
     steps, total = images.shape[0], raw_lrs.shape[0]
-    keep_graphs = mode == "stepwise"
-    # Forward: theta_t detached for every t; with "stepwise" also the step's output
-    # theta_{t+1} (its graph reaches theta_t, x_s and r_t).
-    thetas: list[Params] = [theta0]
-    outputs: list[Params] = []
+    # Forward: theta_t for every t, detached; "stepwise" also keeps every step's graph,
+    # "recompute" runs the steps without one.
+    thetas: list[Params | None] = [theta0]
+    graphs: list[tuple] = []
     params = theta0
     for t in range(total):
         s = t % steps
         if keep_graphs:
-            lr = F.softplus(raw_lrs[t])
-            new = gd_step(model, params, images[s], labels[s], lr, create_graph=True)
-            outputs.append(new)
+            leaves, new = _step_graph(step, params, images[s].detach(), labels[s],
+                                      raw_lrs[t].detach())
+            graphs.append((leaves, new))
         else:
-            new = gd_step(
-                model, params, images[s].detach(), labels[s], F.softplus(raw_lrs[t].detach()),
-                create_graph=False,
-            )
-        params = {k: v.detach().requires_grad_(True) for k, v in new.items()}
+            new = step(_leaves(params), images[s], labels[s], F.softplus(raw_lrs[t]),
+                       create_graph=False)
+        params = {k: v.detach() for k, v in new.items()}
         thetas.append(params)
 
-    loss = loss_fn(model, thetas[-1], real_x, real_y)
-    adjoint: Sequence[Tensor] = torch.autograd.grad(loss, tuple(thetas[-1].values()))
+    final = _leaves(params)
+    value = loss(final)
+    adjoint = torch.autograd.grad(value, tuple(final.values()))
     g_img = torch.zeros_like(images)
     g_lr = torch.zeros_like(raw_lrs)
     for t in reversed(range(total)):
         s = t % steps
+        thetas[t + 1] = None  # theta_{t+1} is no longer needed: free it before rebuilding
         if keep_graphs:
-            out = outputs.pop()
+            leaves, out = graphs.pop()
         else:
-            lr = F.softplus(raw_lrs[t])
-            out = gd_step(model, thetas[t], images[s], labels[s], lr, create_graph=True)
-        theta_t = tuple(thetas[t].values())
-        grads = torch.autograd.grad(
-            tuple(out.values()), theta_t + (images, raw_lrs), grad_outputs=tuple(adjoint),
-            allow_unused=True,
-        )
-        adjoint = grads[: len(theta_t)]
-        if grads[-2] is not None:
-            g_img += grads[-2]
-        if grads[-1] is not None:
-            g_lr += grads[-1]
-        thetas[t + 1] = {}  # free theta_{t+1} early
-    return loss.detach(), g_img, g_lr
+            leaves, out = _step_graph(step, thetas[t], images[s].detach(), labels[s],
+                                      raw_lrs[t].detach())
+        # a_0 is never used: at t = 0 ask only for the image and rate terms.
+        wanted = leaves if t > 0 else leaves[:2]
+        grads = torch.autograd.grad(tuple(out.values()), wanted, grad_outputs=adjoint,
+                                    materialize_grads=True)
+        g_img[s] += grads[0]
+        g_lr[t] += grads[1]
+        adjoint = grads[2:]
+        del leaves, out
+    return value.detach(), g_img, g_lr

@@ -1,13 +1,19 @@
 """The inner loop and the meta-gradient: exact against independent computations."""
 
 import copy
+import json
+import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from ddcli._inits import init_params
+from ddcli._memory import estimate_memory
+from ddcli.config import DistillConfig, replace
 from ddcli.models import create_model
 from ddcli.unroll import meta_gradient, softplus_inverse, unroll
 
@@ -80,6 +86,23 @@ def test_memory_modes_agree_in_float64():
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_memory_modes_agree_in_float64_on_a_conv_net_with_a_custom_outer_loss():
+    """LeNet (conv, max-pool), T = 2 epochs x 2 steps, and an attack-style relabelled loss."""
+    model, params, images, labels, raw, x, y = _lenet_problem(2)
+    model = model.double()
+    params = {k: v.double() for k, v in params.items()}
+    images, raw, x = images.double(), torch.cat([raw, raw]).double(), x.double()
+
+    def attack_loss(m, p, xx, yy):
+        return F.cross_entropy(torch.func.functional_call(m, p, (xx,)), yy.masked_fill(yy == 3, 5))
+
+    ref = meta_gradient(model, params, images, labels, raw, x, y, mode="full", loss_fn=attack_loss)
+    for mode in ("stepwise", "recompute"):
+        got = meta_gradient(model, params, images, labels, raw, x, y, mode=mode, loss_fn=attack_loss)
+        for a, b in zip(ref, got):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-13)
+
+
 def test_unroll_equals_plain_sgd_loop():
     """The functional unroll against torch.optim.SGD stepping a stateful module copy."""
     torch.manual_seed(0)
@@ -120,3 +143,93 @@ def test_meta_gradient_leaves_init_and_model_untouched():
     for n in params:
         assert torch.equal(params[n], before[n])
         assert torch.equal(dict(model.named_parameters())[n], before_model[n])
+
+
+# --- memory modes: bounded graphs and the --dry-run estimate ------------------------------
+
+class _Box:
+    __slots__ = ("t", "__weakref__")
+
+
+def _peak_graph_bytes(fn) -> int:
+    """Peak bytes of distinct storages held by autograd graphs while ``fn`` runs.
+
+    Every saved tensor is packed in a box that lives exactly as long as the graph node
+    holding it; a storage counts while any box refers to it.
+    """
+    live, refs = {"now": 0, "peak": 0}, {}
+
+    def release(key):
+        refs[key][0] -= 1
+        if refs[key][0] == 0:
+            live["now"] -= refs.pop(key)[1]
+
+    def pack(t):
+        box = _Box()
+        box.t = t
+        key = StorageWeakRef(t.untyped_storage()).cdata
+        if key not in refs:
+            refs[key] = [0, t.untyped_storage().nbytes()]
+            live["now"] += refs[key][1]
+            live["peak"] = max(live["peak"], live["now"])
+        refs[key][0] += 1
+        weakref.finalize(box, release, key)
+        return box
+
+    with saved_tensors_hooks(pack, lambda box: box.t):
+        fn()
+    return live["peak"]
+
+
+def _lenet_problem(steps: int):
+    model = create_model("lenet", in_channels=1, num_classes=10, image_size=28)
+    params = init_params(model, "xavier", seed=0)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(steps, 10, 1, 28, 28, generator=g)
+    labels = torch.arange(10).expand(steps, 10)
+    raw = softplus_inverse(0.02).repeat(steps)
+    x, y = torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
+    return model, params, images, labels, raw, x, y
+
+
+def test_recompute_graph_memory_does_not_grow_with_steps():
+    peaks = {mode: [_peak_graph_bytes(lambda: meta_gradient(*_lenet_problem(t), mode=mode))
+                    for t in (2, 8)] for mode in ("full", "stepwise", "recompute")}
+    assert peaks["recompute"][0] == peaks["recompute"][1]  # one step's graph, whatever T
+    for mode in ("full", "stepwise"):  # every step's graph alive at once
+        assert peaks[mode][1] > 2 * peaks[mode][0], (mode, peaks)
+    assert peaks["recompute"][1] < peaks["full"][1] / 3
+
+
+def test_memory_estimate_matches_the_graphs_autograd_keeps():
+    model = _lenet_problem(1)[0]
+    cfg = DistillConfig.from_dict({"synth": {"steps": 2, "epochs": 1}, "data": {"batch_size": 32}})
+    est = estimate_memory(cfg, model=model, train_size=600, test_size=500)
+    per_step = (_peak_graph_bytes(lambda: meta_gradient(*_lenet_problem(8), mode="stepwise"))
+                - _peak_graph_bytes(lambda: meta_gradient(*_lenet_problem(2), mode="stepwise"))) / 6
+    assert est.step_graph == pytest.approx(per_step, rel=0.1)
+    long = estimate_memory(replace(cfg, synth={"epochs": 50}), model=model, train_size=600,
+                           test_size=500)
+    # T = 2 -> 100: full grows by T * step graph, recompute only by T * |theta|.
+    assert long.graphs["full"] - est.graphs["full"] == 98 * est.step_graph
+    assert long.graphs["recompute"] - est.graphs["recompute"] == 98 * est.weights
+    assert long.modes["recompute"] < long.modes["full"] / 2
+
+
+def test_dry_run_prints_every_mode_and_trains_nothing(tmp_path, fixture_root):
+    from typer.testing import CliRunner
+
+    from ddcli.cli import app
+
+    out = tmp_path / "m.safetensors"
+    r = CliRunner().invoke(app, ["distill", "mnist", "--data-root", str(fixture_root), "--dry-run",
+                                 "--epochs", "30", "--unroll-memory", "recompute", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("  ")}
+    assert {"full", "stepwise", "recompute"} <= set(rows)
+    assert "this run" in rows["recompute"] and "T = 300" in r.stdout
+    assert not out.exists() and not (tmp_path / "m.run").exists()
+    r = CliRunner().invoke(app, ["distill", "mnist", "--data-root", str(fixture_root), "--dry-run",
+                                 "--json"])
+    modes = json.loads(r.stdout)["estimate_bytes"]["modes"]
+    assert modes["recompute"] <= modes["stepwise"] == modes["full"]

@@ -1,0 +1,154 @@
+"""Several processes, one run: the sampled networks split across ranks (torch.distributed).
+
+Launched by ``torchrun --nproc-per-node N -m ddcli distill ...`` or by
+``dd distill --nproc N``, which runs torchrun for the user. The protocol:
+
+- Every rank builds the same run (same config, same seeds): the same real batch, the
+  same list of networks for the iteration. Network j of an iteration is seeded by its
+  global index j, so the union over ranks is the set a single process would use.
+- Rank r takes a contiguous share of that list (``Dist.share``).
+- At the start (fresh or resumed) rank 0 broadcasts the synthetic images and raw rates,
+  so all ranks begin from bit-identical state.
+- Each iteration, every rank sums (loss, d/d images, d/d raw rates) over its networks;
+  one all-reduce adds the sums (and a stop flag for Ctrl-C), and every rank divides by
+  the GLOBAL number of networks and takes the same Adam step.
+- Only rank 0 writes the run folder (config, checkpoints, metrics) and the bundle, and
+  only its callbacks draw progress. The run folder must be visible to every rank for a
+  resume (one machine, or a shared filesystem).
+- gloo on CPU, nccl on CUDA (each rank on cuda:LOCAL_RANK).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .errors import ConfigError
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def inside_launcher() -> bool:
+    """True in a process started by torchrun (so ``--nproc`` must not launch again)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or env_world()[1] > 1
+
+
+def check_config(cfg, world: int) -> None:
+    """Refuse a configuration that can't be split over ``world`` processes."""
+    n = cfg.run.nproc
+    if world == 1 and n > 1:
+        raise ConfigError(
+            f"run.nproc is {n} but this is a single process: use `dd distill --nproc {n}`, or "
+            f"`torchrun --nproc-per-node {n} -m ddcli distill ...`")
+    if world > 1 and n > 1 and n != world:
+        raise ConfigError(f"run.nproc is {n} but torchrun started {world} processes; "
+                          f"pass --nproc {world}")
+    if world == 1:
+        return
+    mode = cfg.init.mode
+    if mode in ("fixed", "pretrained-fixed"):
+        raise ConfigError(
+            f"--init-mode {mode} trains one network, which can't be split over {world} "
+            "processes: run it in one process, or use --init-mode random / pretrained-random")
+    if cfg.init.sample_n_nets < world:
+        raise ConfigError(
+            f"{world} processes share --sample-n-nets {cfg.init.sample_n_nets} networks; "
+            f"each needs at least one: use --sample-n-nets >= {world} or fewer processes")
+
+
+@dataclass
+class Dist:
+    """This process's place in the run: rank, world size, and the collectives used."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, items: Sequence) -> list:
+        """This rank's contiguous share of ``items`` (sizes differ by at most one)."""
+        base, extra = divmod(len(items), self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return list(items[start : start + base + (self.rank < extra)])
+
+    def all_reduce_sum_(self, flat: Tensor) -> Tensor:
+        if self.world > 1:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        return flat
+
+    def broadcast_(self, tensors: Sequence[Tensor]) -> None:
+        """Overwrite ``tensors`` in place with rank 0's values."""
+        if self.world > 1:
+            for t in tensors:
+                dist.broadcast(t.detach(), src=0)
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def setup(device: torch.device) -> Dist:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA), or a 1-process Dist."""
+    rank, world, local_rank = env_world()
+    if world == 1:
+        return Dist()
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"several processes need --device cpu or cuda, not {device.type}")
+    owns = False
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+        owns = True
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
+                owns_group=owns)
+
+
+def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
+    """The command that runs ``dd <args>`` in ``nproc`` processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", "ddcli", *args]
+
+
+def launch(nproc: int, args: Sequence[str]) -> int:
+    """Run ``dd <args>`` under torchrun with ``nproc`` processes; return its exit code.
+
+    Each process gets an equal share of the CPU cores (OMP_NUM_THREADS) unless the
+    caller set it. Ctrl-C reaches torchrun once, which passes it to every process; they
+    agree on the iteration to stop after, rank 0 writes a checkpoint, and all exit.
+    """
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # A session of its own: the terminal's Ctrl-C goes to this process only, so each
+    # worker is signalled exactly once (by torchrun) and stops gracefully.
+    proc = subprocess.Popen(torchrun_command(nproc, args), env=env, start_new_session=True)
+    interrupted = False
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT if not interrupted else signal.SIGTERM)
+            interrupted = True
+    return 130 if interrupted and code != 0 else code

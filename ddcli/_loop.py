@@ -1,0 +1,71 @@
+"""Pieces of the outer loop that aren't the loop: deferred reads, Ctrl-C, metrics trimming."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+from pathlib import Path
+
+import torch
+
+from . import _io
+
+# The layout of an iteration's record: one small tensor on the device, read in batches.
+LOSS, FINITE, STOP, LR_MIN, LR_MEAN, LR_MAX = range(6)
+
+
+class Pending:
+    """Iterations whose device-side record hasn't been read back to the host yet.
+
+    ``drain`` reads all of them with one ``tolist()``: a single host sync however many
+    iterations ran since the last one.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[int, torch.Tensor, float, float]] = []
+
+    def add(self, iteration: int, record: torch.Tensor, elapsed: float, meta_lr: float) -> None:
+        self._items.append((iteration, record, elapsed, meta_lr))
+
+    def drain(self) -> list[tuple[int, list[float], float, float]]:
+        if not self._items:
+            return []
+        values = torch.stack([r for _, r, _, _ in self._items]).tolist()
+        out = [(it, v, el, lr) for (it, _, el, lr), v in zip(self._items, values)]
+        self._items = []
+        return out
+
+
+def trim_metrics(path: Path, iteration: int) -> None:
+    """Drop log lines past the checkpoint, so a resumed run doesn't log them twice."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+    _io.write_text(path, "".join(line + "\n" for line in keep))
+
+
+class StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def stop_on_sigint():
+    """First Ctrl-C asks the loop to stop after the current iteration; a second one kills."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,163 @@
+"""Peak-memory estimates for ``dd distill --dry-run``, without training.
+
+How they are estimated. The model runs once on PyTorch's ``meta`` device (shapes only,
+no data, no arithmetic) under ``saved_tensors_hooks``, which report every tensor autograd
+keeps for a backward pass. Counting the distinct storages gives
+
+- ``step_graph``: what one inner GD step built with ``create_graph=True`` keeps (its
+  activations on the n synthetic images, the backward pass's own saved tensors, and the
+  new weights), per network;
+- ``outer_graph``: what the outer loss on a real batch keeps, per network, plus the
+  gradient buffers its backward pass needs at once (twice its largest saved tensor).
+
+The modes then hold, per network evaluated at once (``nets``):
+
+    full, stepwise   T * step_graph + outer_graph + step_graph   (all T graphs alive)
+    recompute        (T + 1) * |theta| + 2 * step_graph + outer_graph
+
+on top of what every mode holds: the real data on the device, the synthetic images and
+rates with their gradients and Adam moments, the initial weights and the real batch.
+Not counted: the framework itself (about 0.3-0.5 GB of RSS for torch on a CPU, a CUDA
+context on a GPU), allocator slack and kernels' scratch space. ``bench/memory_modes.py``
+prints these estimates next to measured peaks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.graph import saved_tensors_hooks
+from torch.func import functional_call
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from .unroll import gd_step, meta_gradient
+
+MODES = ("full", "stepwise", "recompute")
+
+
+@dataclass
+class MemoryEstimate:
+    """Estimated peak memory of one distillation process, in bytes, for each mode."""
+
+    steps: int  # T, GD steps in the unroll
+    nets: int  # networks whose graphs are alive at once in one process
+    data: int  # real train and test sets on the device
+    synthetic: int  # images and raw rates, with gradients and Adam moments
+    weights: int  # |theta| of one network
+    real_batch: int
+    step_graph: int  # one inner step's graph, one network
+    outer_graph: int  # the outer loss's graph and backward buffers, one network
+    common: int  # held whatever the mode: data, synthetic set, inits, real batch
+    graphs: dict[str, int]  # what each mode adds for its graphs (all nets)
+
+    @property
+    def modes(self) -> dict[str, int]:
+        """Estimated peak per memory mode."""
+        return {mode: self.common + extra for mode, extra in self.graphs.items()}
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "modes": self.modes}
+
+
+def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: int,
+                    nproc: int = 1) -> MemoryEstimate:
+    """Estimate each memory mode's peak for ``cfg`` with ``model``'s architecture.
+
+    Args:
+        cfg: the run's DistillConfig.
+        model: the network (only its structure and parameter shapes are used).
+        train_size, test_size: images in the real train and test sets.
+        nproc: processes the sampled networks are split over.
+    """
+    spec = model.ddcli_spec
+    c, hw, classes = spec["in_channels"], spec["image_size"], spec["num_classes"]
+    s = cfg.synth
+    n = classes * s.images_per_class
+    total_steps = cfg.total_steps
+    batch = min(cfg.data.batch_size, train_size)
+    elem = 4  # float32
+    image = c * hw * hw * elem
+    params = {k: torch.empty_like(v, device="meta") for k, v in model.named_parameters()}
+    weights = sum(v.numel() for v in params.values()) * elem
+
+    step_graph = _step_graph_bytes(model, params, n, c, hw, classes)
+    outer_saved, outer_largest = _outer_graph_bytes(model, params, batch, c, hw, classes)
+    outer_graph = outer_saved + 2 * outer_largest
+
+    nets = 1
+    if cfg.init.mode in ("random", "pretrained-random") and cfg.run.batch_nets:
+        nets = math.ceil(cfg.init.sample_n_nets / max(1, nproc))
+    data = (train_size + test_size) * (image + 8)  # images, and int64 labels
+    synthetic = 4 * (s.steps * n * image + total_steps * elem)  # value, grad, Adam m and v
+    common = data + synthetic + nets * weights + batch * image
+    graphs = {
+        "full": total_steps * step_graph + outer_graph + step_graph,
+        "stepwise": total_steps * step_graph + outer_graph + step_graph,
+        "recompute": (total_steps + 1) * weights + 2 * step_graph + outer_graph,
+    }
+    return MemoryEstimate(
+        steps=total_steps, nets=nets, data=data, synthetic=synthetic, weights=weights,
+        real_batch=batch * image, step_graph=step_graph, outer_graph=outer_graph,
+        common=common, graphs={mode: nets * graphs[mode] for mode in MODES},
+    )
+
+
+def _counting(exclude: list[torch.Tensor]):
+    """saved_tensors_hooks that record distinct storages, minus those of ``exclude``."""
+    skip = {StorageWeakRef(t.untyped_storage()).cdata for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = StorageWeakRef(t.untyped_storage()).cdata
+        if key not in skip:
+            seen[key] = t.untyped_storage().nbytes()
+        return t
+
+    return saved_tensors_hooks(pack, lambda t: t), seen
+
+
+def _step_graph_bytes(model, params, n, c, hw, classes) -> int:
+    theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    x = torch.empty(n, c, hw, hw, device="meta", requires_grad=True)
+    y = torch.zeros(n, dtype=torch.long, device="meta")
+    lr = torch.empty((), device="meta", requires_grad=True)
+    hooks, seen = _counting([*theta.values(), x, lr])
+    with hooks:
+        new = gd_step(model, theta, x, y, lr, create_graph=True)
+    return sum(seen.values()) + sum(v.untyped_storage().nbytes() for v in new.values())
+
+
+def _outer_graph_bytes(model, params, batch, c, hw, classes) -> tuple[int, int]:
+    theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    x = torch.empty(batch, c, hw, hw, device="meta")
+    y = torch.zeros(batch, dtype=torch.long, device="meta")
+    hooks, seen = _counting([*theta.values(), x])
+    with hooks:
+        F.cross_entropy(functional_call(model, theta, (x,)), y)
+    return sum(seen.values()), max(seen.values(), default=0)
+
+
+def warm_framework(model: torch.nn.Module) -> None:
+    """Run what a distillation run runs, tiny: one meta-gradient on 2 images and an Adam step.
+
+    Importing and first using these pulls in a good part of a CPU process's RSS (Adam's
+    first step alone imports about 150 MB of torch modules); after this call the
+    process's RSS stands for a training process's fixed part.
+    """
+    spec = model.ddcli_spec
+    c, hw, classes = spec["in_channels"], spec["image_size"], spec["num_classes"]
+    params = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+    images = torch.zeros(1, 2, c, hw, hw, requires_grad=True)
+    labels = torch.zeros(1, 2, dtype=torch.long)
+    raw = torch.zeros(1, requires_grad=True)
+    _, g_img, g_lr = meta_gradient(model, params, images, labels, raw, images[0].detach(),
+                                   labels[0] % classes)
+    images.grad, raw.grad = g_img, g_lr
+    torch.optim.Adam([images, raw]).step()
+
+
+def format_bytes(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"

@@ -1,0 +1,267 @@
+"""Evaluating bundles made from pretrained pools, and the adapt and attack objectives.
+
+Every net is measured three times on the full test set of the bundle's (target)
+dataset: ``before`` (its initial weights), ``after`` (the distilled steps replayed with
+the learned rates) and ``baseline`` (the same number of steps with the same rates on
+random real target images, in the distilled set's shape and label layout). From one
+confusion matrix per measurement come the overall accuracy, per-class accuracy and,
+for attack bundles, the accuracy on classes other than A and the attack success rate
+(the fraction of class-A test images predicted as B).
+
+Which nets: a pool bundle's held-out pool nets (never seen in distillation); a
+pretrained-fixed or fixed bundle's stored init as well; fresh random inits for a
+random-init attack bundle.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ._inits import derive_seed, init_params
+from ._pool import Pool
+from ._replay import replay
+from .bundle import Bundle
+from .data import RealData, load_dataset
+from .errors import ConfigError, PoolError
+from .models import create_model
+from .unroll import Params
+
+PHASES = ("before", "after", "baseline")
+HELD_OUT, STORED, RANDOM = "held-out", "stored", "random"
+
+
+@dataclass
+class NetMetrics:
+    """One net's test numbers at one phase; attack fields are None for other bundles."""
+
+    accuracy: float
+    per_class: list[float]
+    other_accuracy: float | None = None  # attack: accuracy on the classes other than A
+    success_rate: float | None = None  # attack: class-A images predicted as B
+
+
+@dataclass
+class NetEval:
+    group: str  # HELD_OUT, STORED or RANDOM
+    pool_index: int | None
+    before: NetMetrics
+    after: NetMetrics
+    baseline: NetMetrics
+
+
+@dataclass
+class PoolEvalReport:
+    """Every number of one evaluation; ``summary`` aggregates the main group's nets."""
+
+    bundle: str
+    objective: str  # distill, adapt or attack
+    init_mode: str
+    dataset: str  # where the nets are tested (adapt: the target)
+    source_dataset: str | None  # the pool's dataset, if any
+    classes: list[str]
+    attack_class: int | None
+    target_class: int | None
+    pool: str | None
+    steps: int
+    epochs: int
+    images: int
+    seed: int
+    nets: list[NetEval] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def group(self) -> str:
+        """The group the summary reports: held-out pool nets if any were evaluated."""
+        groups = [n.group for n in self.nets]
+        return next(g for g in (HELD_OUT, RANDOM, STORED) if g in groups)
+
+    def values(self, phase: str, metric: str, group: str | None = None) -> list[float]:
+        group = group or self.group
+        return [getattr(getattr(n, phase), metric) for n in self.nets if n.group == group]
+
+    def stat(self, phase: str, metric: str, group: str | None = None) -> tuple[float, float]:
+        """(mean, population std) of a metric over a group's nets."""
+        v = self.values(phase, metric, group)
+        return statistics.fmean(v), (statistics.pstdev(v) if len(v) > 1 else 0.0)
+
+    def per_class(self, phase: str, group: str | None = None) -> list[float]:
+        rows = self.values(phase, "per_class", group)
+        return [statistics.fmean(col) for col in zip(*rows)]
+
+    def metrics(self) -> list[str]:
+        names = ["accuracy"]
+        return names + (["other_accuracy", "success_rate"] if self.objective == "attack" else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["summary"] = {
+            "group": self.group, "n_nets": len(self.values("before", "accuracy")),
+            **{f"{phase}_{m}": dict(zip(("mean", "std"), self.stat(phase, m)))
+               for phase in PHASES for m in self.metrics()},
+            **{f"{phase}_per_class": self.per_class(phase) for phase in PHASES},
+        }
+        return out
+
+
+def is_pool_bundle(bundle: Bundle) -> bool:
+    """Whether ``evaluate_pool_bundle`` is the evaluation for this bundle."""
+    kind = _objective(bundle).get("kind", "distill")
+    return bundle.init_mode.startswith("pretrained") or kind in ("adapt", "attack")
+
+
+def evaluate_pool_bundle(
+    bundle: Bundle | str | Path,
+    *,
+    data_root: str | Path | None = None,
+    pool: str | Path | None = None,
+    n_nets: int | None = None,
+    seed: int = 0,
+    data: RealData | None = None,
+    device: str = "cpu",
+) -> PoolEvalReport:
+    """Before/after/baseline test numbers for a pretrained, adapt or attack bundle.
+
+    Args:
+        bundle: a Bundle or a bundle path.
+        data_root: data root for the bundle's dataset.
+        pool: the pool folder; default the path recorded in the bundle.
+        n_nets: at most this many held-out nets (default all); fresh nets for a
+            random-init attack bundle (default 10).
+        seed: seeds the random real baseline images (and fresh nets).
+        data: preloaded target data (skips ``load_dataset``), mainly for tests.
+        device: where to run.
+
+    Raises:
+        PoolError: the pool is missing or changed since distillation.
+
+    Example:
+        >>> report = evaluate_pool_bundle("attack.safetensors")  # doctest: +SKIP
+        >>> report.stat("after", "success_rate")  # doctest: +SKIP
+        (0.97, 0.01)
+    """
+    path = None
+    if not isinstance(bundle, Bundle):
+        path, bundle = str(bundle), Bundle.load(bundle)
+    if n_nets is not None and n_nets < 1:
+        raise ConfigError(f"--n-nets must be a positive integer, got {n_nets}")
+    data = data if data is not None else load_dataset(bundle.dataset, root=data_root)
+    if tuple(data.test_x.shape[1:]) != bundle.input_shape or data.num_classes != bundle.num_classes:
+        raise ConfigError(f"{bundle.dataset} test images don't match the bundle's shape "
+                          f"{bundle.input_shape} and {bundle.num_classes} classes")
+    dev = torch.device(device)
+    model = create_model(**bundle.model).to(dev)
+    objective, init = _objective(bundle), bundle.extra.get("init", {})
+    kind = objective.get("kind", "distill")
+    a, b = objective.get("attack_class"), objective.get("target_class")
+    report = PoolEvalReport(
+        bundle=path or "", objective=kind, init_mode=bundle.init_mode, dataset=bundle.dataset,
+        source_dataset=bundle.extra.get("datasets", {}).get("source") or init.get("pool_dataset"),
+        classes=list(bundle.classes),
+        attack_class=a if kind == "attack" else None, target_class=b if kind == "attack" else None,
+        pool=None, steps=bundle.steps, epochs=bundle.epochs,
+        images=int(bundle.images.shape[0] * bundle.images.shape[1]), seed=seed)
+    nets = _nets(bundle, model, init, pool, n_nets, seed, dev, report)
+    test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
+    images, labels, lrs = bundle.images.to(dev), bundle.labels.to(dev), bundle.lrs.to(dev)
+    for j, (group, index, params0) in enumerate(nets):
+        real = random_real_images(labels, data, derive_seed(seed, "pool-baseline", j)).to(dev)
+        after, _ = replay(model, params0, images, labels, lrs)
+        tuned, _ = replay(model, params0, real, labels, lrs)
+        measured = [_metrics(_confusion(model, p, test_x, test_y, bundle.num_classes), a, b, kind)
+                    for p in (params0, after, tuned)]
+        report.nets.append(NetEval(group, index, *measured))
+    return report
+
+
+def random_real_images(labels: Tensor, data: RealData, seed: int) -> Tensor:
+    """Real training images with the same labels layout: (S, n) labels -> (S, n, C, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    flat = labels.reshape(-1).cpu()
+    out = torch.empty(flat.shape[0], *data.train_x.shape[1:])
+    for c in flat.unique().tolist():
+        slots = (flat == c).nonzero().squeeze(1)
+        candidates = (data.train_y == c).nonzero().squeeze(1)
+        if candidates.numel() == 0:
+            raise ConfigError(f"{data.name} has no training images of class {c}")
+        n = candidates.numel()
+        pick = candidates[torch.randperm(n, generator=g)[: slots.numel()]]
+        if pick.numel() < slots.numel():  # fewer real images than slots: draw with repeats
+            pick = candidates[torch.randint(n, (slots.numel(),), generator=g)]
+        out[slots] = data.train_x[pick]
+    return out.reshape(*labels.shape, *data.train_x.shape[1:])
+
+
+def _objective(bundle: Bundle) -> dict[str, Any]:
+    return bundle.extra.get("objective") or dict(bundle.config.get("objective", {}))
+
+
+def _nets(bundle: Bundle, model: nn.Module, init: dict, pool_path, n_nets, seed, dev,
+          report: PoolEvalReport) -> list[tuple[str, int | None, Params]]:
+    """(group, pool index, weights) of every net to evaluate."""
+    nets: list[tuple[str, int | None, Params]] = []
+    names = [name for name, _ in model.named_parameters()]  # a fixed order: same rounding
+    if bundle.init_params is not None:
+        nets.append((STORED, init.get("pool_index"),
+                     {k: bundle.init_params[k].to(dev) for k in names}))
+    pooled = bundle.init_mode.startswith("pretrained")
+    if pooled:
+        pool_path = pool_path or init.get("pool")
+        held = list(init.get("holdout_indices", []))
+        if pool_path is None or not Path(pool_path).exists():
+            if bundle.init_params is None:
+                raise PoolError(f"the bundle's pool {pool_path} is not there; pass --pool POOL_DIR")
+            report.notes.append(f"pool {pool_path} not found: only the stored net is evaluated")
+            return nets
+        pool = Pool.load(pool_path)
+        report.pool = str(pool_path)
+        recorded = list(init.get("train_indices", [])) + held
+        try:
+            same = pool.content_hash(recorded) == init.get("pool_hash")
+        except ConfigError:
+            same = False
+        if not same:
+            raise PoolError(f"pool {pool_path} is not the pool this bundle was distilled with "
+                            "(its nets changed or are missing)")
+        if not held:
+            report.notes.append("the bundle holds out no pool nets (--pool-holdout 0)")
+        for i in held[: n_nets or len(held)]:
+            params = pool.load_net(i, dev)
+            nets.append((HELD_OUT, i, {k: params[k] for k in names}))
+    elif bundle.init_mode == "random":
+        for j in range(n_nets or 10):
+            params = init_params(model, bundle.init_scheme, derive_seed(seed, "eval", j))
+            nets.append((RANDOM, None, {k: v.to(dev) for k, v in params.items()}))
+    if not nets:
+        raise PoolError("this bundle has no nets to evaluate (no stored init, no held-out nets)")
+    return nets
+
+
+@torch.no_grad()
+def _confusion(model: nn.Module, params: Params, x: Tensor, y: Tensor, k: int,
+               batch_size: int = 2048) -> Tensor:
+    """(K, K) counts: row = true class, column = prediction."""
+    params = {name: v.detach() for name, v in params.items()}
+    counts = torch.zeros(k * k, dtype=torch.long, device=x.device)
+    for start in range(0, x.shape[0], batch_size):
+        pred = functional_call(model, params, (x[start : start + batch_size],)).argmax(1)
+        counts += torch.bincount(y[start : start + batch_size] * k + pred, minlength=k * k)
+    return counts.reshape(k, k).cpu()
+
+
+def _metrics(conf: Tensor, a: int | None, b: int | None, kind: str) -> NetMetrics:
+    rows = conf.sum(1).clamp(min=1).double()
+    diag = conf.diag().double()
+    m = NetMetrics(accuracy=(diag.sum() / conf.sum().clamp(min=1)).item(),
+                   per_class=(diag / rows).tolist())
+    if kind == "attack":
+        keep = torch.arange(conf.shape[0]) != a
+        m.other_accuracy = (diag[keep].sum() / conf[keep].sum().clamp(min=1)).item()
+        m.success_rate = (conf[a, b] / rows[a]).item()
+    return m

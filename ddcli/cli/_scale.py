@@ -1,0 +1,106 @@
+"""`dd distill --nproc N` and `--dry-run`: launching torchrun, printing memory estimates."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+
+from .. import _memory
+from ..config import DistillConfig, load_config_file
+from ..data import load_dataset
+from ..models import create_model
+
+
+def forward_args(ctx: typer.Context) -> list[str]:
+    """The command line of this `dd distill` call, for the processes torchrun starts.
+
+    Rebuilt from the parsed parameters (not ``sys.argv``) so that it is exact however
+    the command was invoked. ``--dry-run`` and ``--nproc`` are dropped: torchrun's own
+    parser takes ``--nproc`` for an ambiguous abbreviation, and the processes read their
+    number from torchrun's environment instead.
+    """
+    args = [ctx.info_name or "distill"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in ("nproc", "dry_run") or value is None:
+            continue
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif getattr(param, "is_flag", False):
+            if param.secondary_opts:
+                args.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                args.append(param.opts[0])
+        else:
+            for item in value if getattr(param, "multiple", False) else [value]:
+                args += [param.opts[0], str(item)]
+    return args
+
+
+def resumed_config(run_dir: Path, overrides: dict[str, dict[str, Any]]) -> DistillConfig | None:
+    """The config a resume of ``run_dir`` would run with (None if the folder has none)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    merged = load_config_file(path)
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update(values)
+    return DistillConfig.from_dict(merged).validate()
+
+
+def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
+    """Estimate each memory mode's peak for ``cfg`` (see ``ddcli._memory``) and print it."""
+    data = load_dataset(cfg.data.dataset, root=cfg.data.data_root)
+    model = create_model(cfg.model_name(data.name), in_channels=data.in_channels,
+                         num_classes=data.num_classes, image_size=data.image_size,
+                         **cfg.model.kwargs)
+    est = _memory.estimate_memory(cfg, model=model, train_size=data.train_x.shape[0],
+                                  test_size=data.test_x.shape[0], nproc=nproc)
+    # What this process holds once it has loaded the data and used what a run uses: the
+    # framework's share of a training process's RSS, which the tensor counts leave out.
+    _memory.warm_framework(model)
+    baseline = _current_rss() if cfg.run.device in ("cpu", "auto") and not (
+        torch.cuda.is_available() or torch.backends.mps.is_available()) else 0
+    chosen = cfg.run.unroll_memory
+    if json_out:
+        typer.echo(json.dumps({
+            "dry_run": True, "unroll_memory": chosen, "processes": nproc,
+            "estimate_bytes": est.to_dict(),
+            "peak_rss_bytes": ({m: baseline + v - est.data for m, v in est.modes.items()}
+                               if baseline else None),
+        }))
+        return
+    fmt = _memory.format_bytes
+    typer.echo(
+        f"memory estimate per process: {data.name} / {cfg.model_name(data.name)}, "
+        f"T = {est.steps} GD steps, {est.nets} net(s) at once, real batch "
+        f"{est.real_batch // (data.in_channels * data.image_size ** 2 * 4)}, "
+        f"{nproc} process(es)")
+    header = f"  {'mode':10s} {'graphs':>12s} {'tensors':>12s}"
+    header += f" {'peak RSS':>12s}" if baseline else ""
+    typer.echo(header)
+    for mode, total in est.modes.items():
+        line = f"  {mode:10s} {fmt(est.graphs[mode]):>12s} {fmt(total):>12s}"
+        line += f" {fmt(baseline + total - est.data):>12s}" if baseline else ""
+        typer.echo(line + ("   <- this run" if mode == chosen else ""))
+    typer.echo(
+        f"  held by every mode: real data {fmt(est.data)}, synthetic set with Adam state "
+        f"{fmt(est.synthetic)}, weights {fmt(est.weights)} per net; one inner step's graph "
+        f"{fmt(est.step_graph)}, the outer loss's {fmt(est.outer_graph)}")
+    typer.echo(
+        "  estimated by counting the tensors autograd saves for one inner step and for the "
+        "outer loss on the meta device (no compute); 'peak RSS' (CPU) adds what this process "
+        "holds after loading the data and one tiny step; allocator slack is not counted")
+
+
+def _current_rss() -> int:
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

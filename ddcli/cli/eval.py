@@ -1,0 +1,130 @@
+"""`dd eval`: train fresh networks on a distilled set and report test accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import numpy as np
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report
+from ._app import app
+from ._options import DataRoot, Device, Json, Quiet, Seed
+from ._progress import stderr
+
+Opt = typer.Option
+
+
+class _Stages:
+    """Prints one line per row being computed, on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def on_stage(self, info) -> None:
+        if not self.quiet:
+            stderr.print(f"[{info.index}/{info.total}] {info.label}")
+
+
+@app.command("eval")
+def eval_command(
+    path: Annotated[Path, typer.Argument(help="A bundle (.safetensors), a .pt or .npz set, or an ImageFolder directory.", show_default=False)],
+    protocol: Annotated[Optional[str], Opt(help="replay (the paper's: learned steps and rates; bundles only) or train (SGD on the images). [default: replay for bundles, train for other sets]", show_default=False)] = None,
+    n_nets: Annotated[int, Opt(help="Fresh nets per row (baseline draws for a fixed-init bundle).")] = 20,
+    seed: Seed = None,
+    per_step: Annotated[bool, Opt(help="Replay: measure accuracy after every GD step, not only after each epoch.")] = False,
+    baseline: Annotated[Optional[List[str]], Opt("--baseline", help=f"Also evaluate a real-data baseline; repeatable: {', '.join(BASELINES)}.", show_default=False)] = None,
+    compare: Annotated[bool, Opt(help="Evaluate every baseline.")] = False,
+    candidates: Annotated[int, Opt(help="optimized-real: random draws to pick the best of (scored on training data).")] = 10,
+    model: Annotated[Optional[str], Opt(help="Train protocol: any registered model (cross-architecture). [default: the set's own]", show_default=False)] = None,
+    lr: Annotated[Optional[float], Opt(help="Train protocol: SGD lr, halved at half the epochs. [default: mean learned lr, else 0.01]", show_default=False)] = None,
+    train_epochs: Annotated[int, Opt(help="Train protocol: epochs over the images.")] = 300,
+    batch_size: Annotated[int, Opt(help="Train protocol: batch size.")] = 256,
+    init_scheme: Annotated[Optional[str], Opt(help="Weight init of fresh nets. [default: the bundle's, else xavier]", show_default=False)] = None,
+    dataset: Annotated[Optional[str], Opt(help="Test set and normalisation (needed for .pt/.npz/folder sets). [default: the bundle's]", show_default=False)] = None,
+    data_root: DataRoot = None,
+    device: Device = None,
+    batching: Annotated[str, Opt(help="How nets run together: vmap (stacked, torch.func.vmap), loop (one at a time), or auto (vmap on GPUs; on CPUs only where it is faster).")] = "auto",
+    record: Annotated[bool, Opt(help="Also write the results to the sidecar <set>.eval.json (never into the bundle).")] = False,
+    quiet: Quiet = False,
+    json_out: Json = False,
+) -> None:
+    """Train fresh networks on a distilled set; print test accuracy (mean ± std over nets)."""
+    cfg = EvalConfig(
+        protocol=protocol, n_nets=n_nets, seed=0 if seed is None else seed, per_step=per_step,
+        baselines=tuple(BASELINES if compare else baseline or ()), candidates=candidates,
+        model=model, lr=lr, train_epochs=train_epochs, batch_size=batch_size,
+        init_scheme=init_scheme, device=device or "auto", batching=batching,
+    )
+    report = evaluate(path, cfg, dataset=dataset, data_root=data_root,
+                      callbacks=_Stages(quiet or json_out))
+    if record:
+        where = record_report(report)
+        if not json_out and not quiet:
+            stderr.print(f"recorded to {where}")
+    if json_out:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    print_report(report, Console(highlight=False, soft_wrap=False,
+                                 width=None if Console().is_terminal else 120))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def print_report(report: EvalReport, console: Console) -> None:
+    """The header line, the results table, the replay curve and the notes."""
+    s = report.settings
+    what = (f"{s['steps']} steps x {s['images_per_step']} images"
+            + (f", {s['gd_steps']} GD steps" if report.protocol == "replay" else
+               f", {s['train_epochs']} epochs, lr {s['lr']:.4g}, batch {s['batch_size']}"))
+    console.print(f"{report.source}: {report.protocol} protocol · {report.model['name']} · "
+                  f"{report.dataset} test set ({report.test_size:,} images) · {what} · "
+                  f"seed {s['seed']}", soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, title_justify="left")
+    for col, justify in (("set", "left"), ("nets", "left"), ("n", "right"),
+                         ("acc % (mean ± std)", "right"), ("min", "right"), ("max", "right")):
+        table.add_column(col, justify=justify)
+    margin_col = report.row("random-real") is not None
+    if margin_col:
+        table.add_column("vs random-real", justify="right")
+    base = report.row("random-real")
+    for row in report.rows:
+        name, nets = (f"knn on {row.group}", "none: 1-NN") if row.name == "knn" else (
+            row.name, row.group)
+        cells = [name, nets, str(row.n), f"{_pct(row.mean)} ± {_pct(row.std)}",
+                 _pct(row.min), _pct(row.max)]
+        if margin_col:
+            # only the primary row: the baselines start from the primary row's nets
+            cells.append(f"{100 * (row.mean - base.mean):+.2f}" if row is report.primary else "")
+        table.add_row(*cells)
+    console.print(table)
+    curves = [r for r in report.rows if r.curve is not None]
+    if curves:
+        console.print(_curve_table(report, curves))
+    for note in report.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+
+
+def _curve_table(report: EvalReport, rows) -> Table:
+    steps = report.settings["steps"]
+    table = Table(box=box.SIMPLE_HEAD, title="test accuracy % during replay (mean ± std)",
+                  title_justify="left")
+    table.add_column("after", justify="left")
+    for row in rows:
+        table.add_column(row.group, justify="right")
+    for i, t in enumerate(rows[0].at):
+        when = "before training" if t == 0 else (
+            f"epoch {t // steps} (step {t})" if t % steps == 0 else f"step {t}")
+        cells = []
+        for row in rows:
+            accs = row.curve[i]
+            cells.append(f"{_pct(float(np.mean(accs)))} ± {_pct(float(np.std(accs)))}")
+        table.add_row(when, *cells)
+    return table

@@ -1,0 +1,133 @@
+"""`dd pretrain`: train a pool of networks on real data for the pretrained init modes."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TimeRemainingColumn
+
+from .._pretrain import PretrainRecipe, PretrainResult, pretrain
+from ._app import app
+from ._options import DataRoot, Device, Json, Quiet, Seed
+from ._progress import stderr
+
+Opt = typer.Option
+
+
+class PretrainProgress:
+    """Callbacks for ``pretrain``: a live bar on a terminal, a line every ~15 s otherwise."""
+
+    def __init__(self, quiet: bool = False, console: Console = stderr, every_s: float = 15.0):
+        self.quiet, self.console, self.every_s = quiet, console, every_s
+        self.live = not quiet and console.is_terminal
+        self.progress: Progress | None = None
+        self._last_line = 0.0
+        self._done_steps = 0
+
+    def __enter__(self) -> "PretrainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def on_start(self, info) -> None:
+        self.steps_per_net = info.steps_per_net
+        self.total = len(info.to_train) * info.steps_per_net
+        if self.quiet:
+            return
+        kept = info.n_nets - len(info.to_train)
+        self.console.print(
+            f"pretraining {len(info.to_train)} {info.model} nets ({info.num_params:,} params) "
+            f"on {info.dataset}, {info.nets_per_batch} at a time, on {info.device}, "
+            f"{info.steps_per_net} steps each" + (f"; keeping {kept} already in {info.pool}"
+                                                  if kept else f", into {info.pool}"))
+        if self.live and self.total:
+            self.progress = Progress(
+                TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+                TimeRemainingColumn(), console=self.console, refresh_per_second=4)
+            self.progress.start()
+            self.task = self.progress.add_task("pretrain", total=self.total, stats="")
+
+    def on_step(self, info) -> None:
+        if self.quiet:
+            return
+        done = self._done_steps + info.step
+        stats = f"nets {info.nets[0]}..{info.nets[-1]} · loss {info.loss:.4f}"
+        if info.step == info.total:
+            self._done_steps += info.total
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, stats=stats)
+            return
+        now = time.perf_counter()
+        if now - self._last_line >= self.every_s:
+            self._last_line = now
+            self.console.print(f"step {done}/{self.total} · {stats}")
+
+    def on_net(self, info) -> None:
+        if not self.quiet:
+            console = self.progress.console if self.progress else self.console
+            console.print(f"net {info.index}: test accuracy {info.test_acc:.2%}")
+
+
+@app.command("pretrain")
+def pretrain_command(
+    dataset: Annotated[str, typer.Argument(
+        help="mnist, fashion-mnist, cifar10, cifar100, svhn, or folder:PATH.")],
+    out: Annotated[Path, Opt("--out", "-o", help="Pool folder (created; nets already in it are kept).", show_default=False)],
+    model: Annotated[Optional[str], Opt(help="lenet, alexcifarnet, convnet or mlp. [default: the paper's for the dataset]", show_default=False)] = None,
+    n_nets: Annotated[int, Opt(help="Networks the pool should hold.")] = 10,
+    real_epochs: Annotated[float, Opt(help="Passes over the real training set per network.")] = 2.0,
+    optimizer: Annotated[str, Opt(help="adam or sgd (with --momentum).")] = "adam",
+    lr: Annotated[Optional[float], Opt(help="Learning rate. [default: 0.001 for adam, 0.01 for sgd]", show_default=False)] = None,
+    batch_size: Annotated[int, Opt(help="Real images per step, per network.")] = 128,
+    momentum: Annotated[float, Opt(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, Opt(help="L2 weight decay.")] = 0.0,
+    init_scheme: Annotated[str, Opt(help="Weight init of every net (as in dd distill).")] = "xavier",
+    nets_per_batch: Annotated[Optional[int], Opt(help="Networks trained together with torch.func.vmap. [default: 1 on CPU, 16 on a GPU]", show_default=False)] = None,
+    seed: Seed = None,
+    data_root: DataRoot = None,
+    device: Device = None,
+    quiet: Quiet = False,
+    json_out: Json = False,
+) -> None:
+    """Train a pool of networks on real data (for --init-mode pretrained-fixed/-random)."""
+    recipe = PretrainRecipe(real_epochs=real_epochs, optimizer=optimizer, lr=lr,
+                            batch_size=batch_size, momentum=momentum, weight_decay=weight_decay)
+    with PretrainProgress(quiet=quiet or json_out) as progress:
+        result = pretrain(dataset, out=out, n_nets=n_nets, model=model, recipe=recipe,
+                          init_scheme=init_scheme, seed=seed or 0, nets_per_batch=nets_per_batch,
+                          data_root=data_root, device=device or "auto", callbacks=progress)
+    print_pretrain_result(result, json_out)
+
+
+def print_pretrain_result(result: PretrainResult, json_out: bool) -> None:
+    pool = result.pool
+    accs = [n.test_acc for n in pool.nets]
+    record = {
+        "pool": str(pool.path), "dataset": pool.dataset, "model": pool.model.get("name"),
+        "n_nets": len(pool.nets), "trained": result.trained, "kept": result.kept,
+        "test_acc": {"mean": statistics.fmean(accs), "min": min(accs), "max": max(accs)},
+        "recipe": pool.recipe, "elapsed_s": round(result.elapsed, 2),
+        "train_s": round(result.train_seconds, 2),
+        "s_per_net_epoch": (round(result.seconds_per_net_epoch, 3)
+                            if result.trained else None),
+    }
+    if json_out:
+        typer.echo(json.dumps(record))
+        return
+    speed = (f"; {result.seconds_per_net_epoch:.2f} s per net-epoch"
+             if result.trained else "")
+    typer.echo(
+        f"{pool.path}: {len(pool.nets)} {record['model']} nets on {pool.dataset} "
+        f"({len(result.trained)} trained now, {len(result.kept)} kept), test accuracy mean "
+        f"{record['test_acc']['mean']:.2%} (min {min(accs):.2%}, max {max(accs):.2%}), "
+        f"{result.elapsed:.0f}s{speed}")

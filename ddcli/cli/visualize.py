@@ -1,0 +1,37 @@
+"""`dd visualize`: draw a bundle's images, rates and (with --run) their evolution as PNGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..viz import visualize
+from ._app import app
+from ._options import Json
+
+Opt = typer.Option
+
+
+@app.command("visualize")
+def visualize_command(
+    bundle: Annotated[Path, typer.Argument(help="The bundle (.safetensors) to draw.",
+                                           show_default=False)],
+    out: Annotated[Optional[Path], Opt("--out", "-o", help="Folder for the PNGs (default: <bundle>.viz next to the bundle).", show_default=False)] = None,
+    scale: Annotated[int, Opt(help="Nearest-neighbour upscaling, 1 to 32 (4 makes 28 px digits 112 px).")] = 4,
+    layout: Annotated[str, Opt(help="Step grids: auto, rows (a row per class) or columns (a column per class).")] = "auto",
+    run: Annotated[Optional[Path], Opt("--run", help="Also draw the images' evolution over the checkpoint*.pt and snapshots/*.pt in RUN_DIR.", metavar="RUN_DIR", show_default=False)] = None,
+    step: Annotated[int, Opt(help="With --run: the step the evolution strip follows.")] = 0,
+    json_out: Json = False,
+) -> None:
+    """Draw a grid per step, an overview of all images and the lr schedule as PNGs."""
+    out_dir = out if out is not None else bundle.with_suffix(".viz")
+    paths = visualize(bundle, out_dir, scale=scale, layout=layout, run_dir=run,
+                      evolution_step=step)
+    if json_out:
+        typer.echo(json.dumps({"out": str(out_dir), "files": [str(p) for p in paths]}))
+        return
+    for p in paths:
+        typer.echo(str(p))

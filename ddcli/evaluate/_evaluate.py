@@ -1,0 +1,234 @@
+"""Entry points: ``evaluate_bundle``, ``evaluate_set`` and ``evaluate`` (either, by path)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import torch
+
+from .._engine import resolve_device
+from ..bundle import Bundle
+from ..config import DEFAULT_MODELS
+from ..data import RealData, load_dataset
+from ..errors import ConfigError, ModelError
+from ..models import check_functional, create_model
+from ._batched import supports_vmap
+from ._job import Job, count_stages
+from ._replay_protocol import checkpoints, run_replay
+from ._report import BATCHING, RANDOM, EvalConfig, EvalReport
+from ._sets import ImageSet, load_image_set, set_kind
+from ._train_protocol import run_train, score_epochs
+
+# The train protocol's lr for a set that carries no learned rates (the DC papers' value).
+DEFAULT_TRAIN_LR = 0.01
+
+
+def evaluate(source: str | os.PathLike, cfg: EvalConfig | None = None, **kwargs: Any) -> EvalReport:
+    """Evaluate a bundle, ``.pt``, ``.npz`` or ImageFolder path (see ``evaluate_set``)."""
+    if set_kind(source) == "bundle":
+        return evaluate_bundle(source, cfg, **kwargs)
+    return evaluate_set(source, cfg, **kwargs)
+
+
+def evaluate_bundle(
+    bundle: Bundle | str | os.PathLike, cfg: EvalConfig | None = None, **kwargs: Any
+) -> EvalReport:
+    """Train fresh networks on a distilled bundle and measure full-test-set accuracy.
+
+    Args:
+        bundle: a ``Bundle`` or the path of one.
+        cfg: protocol and settings; keyword arguments named like ``EvalConfig`` fields
+            override it (``evaluate_bundle(b, n_nets=5)``).
+        **kwargs: also ``dataset`` (test set; default the bundle's), ``data`` (a
+            preloaded ``RealData``), ``data_root`` and ``callbacks`` (an object with
+            ``on_stage(StageInfo)``).
+
+    Returns:
+        An ``EvalReport``: distilled rows, then baseline and knn rows.
+
+    Example:
+        >>> from ddcli.evaluate import evaluate_bundle
+        >>> report = evaluate_bundle("m.safetensors", baselines=["random-real"])  # doctest: +SKIP
+        >>> report.primary.mean, report.margin_over_random_real  # doctest: +SKIP
+        (0.93, 0.21)
+    """
+    cfg, options = _settings(cfg, kwargs)  # usage errors before any file is read
+    source = "<bundle>"
+    if not isinstance(bundle, Bundle):
+        source, bundle = str(bundle), Bundle.load(bundle)
+    return _evaluate(ImageSet.from_bundle(bundle, source), cfg, **options)
+
+
+def evaluate_set(
+    image_set: ImageSet | str | os.PathLike, cfg: EvalConfig | None = None, **kwargs: Any
+) -> EvalReport:
+    """Evaluate any image set (bundle, ``.pt``, ``.npz``, ImageFolder) under one protocol.
+
+    Sets other than bundles carry no init or model, so they use the train protocol, and
+    need ``dataset`` (or ``data``) for the test set and normalisation unless the file
+    names its dataset. Images normalised differently from the dataset are re-normalised
+    (and the report says so).
+
+    Args and returns as ``evaluate_bundle``.
+    """
+    cfg, options = _settings(cfg, kwargs)
+    if not isinstance(image_set, ImageSet):
+        image_set = load_image_set(image_set)
+    return _evaluate(image_set, cfg, **options)
+
+
+def _settings(cfg: EvalConfig | None, kwargs: dict[str, Any]) -> tuple[EvalConfig, dict[str, Any]]:
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    overrides = {k: v for k, v in kwargs.items() if k in fields}
+    options = {k: v for k, v in kwargs.items() if k not in fields}
+    return dataclasses.replace(cfg or EvalConfig(), **overrides).validate(), options
+
+
+def _evaluate(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
+              data: RealData | None = None, data_root: str | os.PathLike | None = None,
+              callbacks: Any = None) -> EvalReport:
+    t0 = time.perf_counter()
+    protocol = cfg.protocol or ("replay" if s.kind == "bundle" else "train")
+    if protocol == "replay" and s.bundle is None:
+        raise ConfigError(f"a {s.kind} set carries no init or model to replay; "
+                          "evaluate it with --protocol train")
+    if data is None:
+        name = dataset or s.dataset
+        if not name:
+            raise ConfigError(f"{s.source} is a {s.kind} set: give --dataset NAME for its test "
+                              "set and normalisation")
+        data = load_dataset(name, root=data_root)
+    notes: list[str] = []
+    images, labels = _match_dataset(s, data, notes)
+    device = resolve_device(cfg.device)
+    model = _build_model(s, cfg, protocol, data).to(device)
+    spec = dict(model.ddcli_spec)
+    scheme = cfg.init_scheme or s.init_scheme or "xavier"
+    batched = BATCHING[cfg.batching]
+    if batched is not False and not supports_vmap(model, images.shape[2:]):
+        notes.append(f"model {spec['name']} doesn't run under vmap; nets ran one at a time")
+    job = Job(cfg=cfg, model=model, images=images.to(device), labels=labels.to(device),
+              lrs=None if s.lrs is None else s.lrs.to(device), real=data,
+              test_x=data.test_x.to(device), test_y=data.test_y.to(device), device=device,
+              scheme=scheme, batched=batched, emit=lambda n, p: _emit(callbacks, n, p),
+              notes=notes)
+    resolved: dict[str, Any] = {"protocol": protocol, "model": spec["name"],
+                                "init_scheme": scheme, "steps": int(images.shape[0]),
+                                "images_per_step": int(images.shape[1])}
+    if protocol == "replay":
+        assert s.bundle is not None
+        groups = 2 if s.bundle.init_mode == "fixed" else 1
+        job.stages = count_stages(cfg, groups)
+        total = int(s.lrs.shape[0])
+        resolved |= {"epochs": s.bundle.epochs, "gd_steps": total, "init_mode": s.bundle.init_mode,
+                     "measured_at_step": checkpoints(images.shape[0], total, cfg.per_step)}
+        rows = run_replay(job, s.bundle)
+        if s.bundle.init_mode == "fixed":
+            notes.append(f"'{RANDOM}' rows replay the same steps and rates from unseen inits: "
+                         "the gap to the stored init is the paper's generalisation result")
+    else:
+        lr, lr_source = _train_lr(cfg, s)
+        if lr_source != "--lr":
+            notes.append(f"lr {lr:.4g}: {lr_source}")
+        job.stages = count_stages(cfg, 1)
+        resolved |= {"lr": lr, "lr_source": lr_source,
+                     "lr_halved_at_epoch": max(1, cfg.train_epochs // 2),
+                     "score_epochs": score_epochs(cfg.train_epochs)}
+        rows = run_train(job, lr)
+    return EvalReport(
+        source=s.source, kind=s.kind, dataset=data.name, test_size=int(data.test_y.shape[0]),
+        protocol=protocol, model=spec, settings={**cfg.to_dict(), **resolved}, rows=rows,
+        notes=notes, elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def _emit(callbacks: Any, name: str, payload: Any) -> None:
+    fn = getattr(callbacks, name, None)
+    if fn is not None:
+        fn(payload)
+
+
+def _match_dataset(
+    s: ImageSet, data: RealData, notes: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The set's images and labels in the dataset's normalisation and class order."""
+    want = (data.in_channels, data.image_size, data.image_size)
+    if s.input_shape != want:
+        shape = lambda t: "x".join(map(str, t))  # noqa: E731
+        raise ConfigError(f"{s.source} has {shape(s.input_shape)} images but {data.name}'s are "
+                          f"{shape(want)}; pick the dataset the set was made from with --dataset")
+    labels = s.labels
+    if s.classes is not None and list(s.classes) != list(data.classes):
+        if int(labels.max()) >= len(s.classes):
+            raise ConfigError(f"{s.source} has labels beyond its {len(s.classes)} class names")
+        if set(s.classes) <= set(data.classes):
+            mapping = torch.tensor([data.classes.index(c) for c in s.classes])
+            labels = mapping[labels]
+            notes.append(f"labels mapped to {data.name}'s classes by name")
+        elif len(s.classes) == data.num_classes:
+            notes.append(f"the set's class names differ from {data.name}'s; labels used as indices")
+        else:
+            raise ConfigError(f"{s.source} has {len(s.classes)} classes but {data.name} has "
+                              f"{data.num_classes}")
+    if int(labels.max()) >= data.num_classes:
+        raise ConfigError(f"{s.source} has labels up to {int(labels.max())} but {data.name} has "
+                          f"{data.num_classes} classes")
+    images = s.images
+    if s.mean is None or s.std is None:
+        notes.append(f"the {s.kind} set carries no mean/std: taken as normalised like {data.name}")
+    elif not (_close(s.mean, data.mean) and _close(s.std, data.std)):
+        c = (len(data.mean), 1, 1)
+        mean_s, std_s = torch.tensor(s.mean).view(c), torch.tensor(s.std).view(c)
+        mean_d, std_d = torch.tensor(data.mean).view(c), torch.tensor(data.std).view(c)
+        # Back to [0, 1] pixels with the set's statistics, then the dataset's: the test
+        # images and the training images must share one normalisation.
+        images = (images * std_s + mean_s - mean_d) / std_d
+        if s.kind == "imagefolder":
+            notes.append(f"pixels read as [0, 1] and normalised with {data.name}'s mean/std")
+        else:
+            notes.append(f"re-normalised the images from the set's mean {_fmt(s.mean)} / std "
+                         f"{_fmt(s.std)} to {data.name}'s {_fmt(data.mean)} / {_fmt(data.std)}")
+    return images, labels
+
+
+def _close(a, b) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7)
+                                    for x, y in zip(a, b))
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _build_model(s: ImageSet, cfg: EvalConfig, protocol: str, data: RealData):
+    own = s.model  # the spec the set was made for (bundles, ddcli image folders)
+    if protocol == "replay":
+        assert own is not None
+        if cfg.model is not None and cfg.model != own.get("name"):
+            raise ConfigError(f"--model applies to --protocol train; replay runs the bundle's own "
+                              f"{own.get('name')} (its rates were learned for it)")
+        model = create_model(**own)
+    elif cfg.model is None and own is not None:
+        model = create_model(**own)
+    else:
+        name = cfg.model or DEFAULT_MODELS.get(data.name, "convnet")
+        c, h = data.in_channels, data.image_size
+        try:
+            model = create_model(name, in_channels=c, num_classes=data.num_classes, image_size=h)
+        except ModelError as exc:
+            raise ModelError(f"--model {name} can't take this set's {c}x{h}x{h} images: "
+                             f"{exc}") from None
+    check_functional(model)
+    return model
+
+
+def _train_lr(cfg: EvalConfig, s: ImageSet) -> tuple[float, str]:
+    if cfg.lr is not None:
+        return cfg.lr, "--lr"
+    if s.lrs is not None and s.lrs.numel():
+        return float(s.lrs.mean()), f"mean of the set's {s.lrs.numel()} learned rates"
+    return DEFAULT_TRAIN_LR, "the DC protocol's default; the set carries no learned rates"

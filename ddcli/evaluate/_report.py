@@ -1,0 +1,243 @@
+"""Evaluation settings and results: ``EvalConfig``, ``EvalRow``, ``EvalReport``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _io
+from ..errors import ConfigError
+from ._baselines import check_baselines
+
+PROTOCOLS = ("replay", "train")
+#: EvalConfig.batching -> the ``batched`` argument of the _batched routines
+BATCHING = {"auto": None, "vmap": True, "loop": False}
+STORED = "stored init"
+RANDOM = "fresh random inits"
+FRESH = "fresh nets"
+RECORD_FORMAT = "ddcli-eval"
+
+
+@dataclass
+class EvalConfig:
+    """How to evaluate: the protocol and its settings (all recorded in every report).
+
+    Attributes:
+        protocol: "replay" (the paper's: apply the learned steps and rates) or "train"
+            (the later papers': SGD on the images for ``train_epochs``). None picks
+            replay for bundles and train for other image sets.
+        n_nets: fresh nets per row (random inits; baseline draws for a fixed init).
+        seed: seeds every fresh init, shuffle and baseline draw.
+        per_step: replay: measure after every GD step, not only after each epoch.
+        baselines: names from ``BASELINES``.
+        candidates: ``optimized-real``: random draws to pick the best of.
+        model: train protocol: any registered model (default: the set's own).
+        lr: train protocol: SGD lr (default: the mean learned lr, else 0.01).
+        train_epochs, batch_size, momentum, weight_decay: train protocol SGD settings;
+            the lr is halved once half the epochs are done.
+        init_scheme: weight init of fresh nets (default: the bundle's, else xavier).
+        device: auto, cpu, cuda, cuda:N or mps.
+        batching: how nets run together: "vmap" (stacked parameters under
+            ``torch.func.vmap``), "loop" (one at a time) or "auto" (vmap on GPUs; on
+            CPUs only for the replay's GD steps, where it is not slower than a loop).
+    """
+
+    protocol: str | None = None
+    n_nets: int = 20
+    seed: int = 0
+    per_step: bool = False
+    baselines: tuple[str, ...] = ()
+    candidates: int = 10
+    model: str | None = None
+    lr: float | None = None
+    train_epochs: int = 300
+    batch_size: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    init_scheme: str | None = None
+    device: str = "auto"
+    batching: str = "auto"
+
+    def validate(self) -> "EvalConfig":
+        if self.batching not in BATCHING:
+            raise ConfigError(f"--batching must be auto, vmap or loop, got {self.batching!r}")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be replay or train, got {self.protocol!r}")
+        for flag in ("n_nets", "candidates", "train_epochs", "batch_size"):
+            value = getattr(self, flag)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(
+                    f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
+            raise ConfigError("momentum must be in [0, 1) and weight decay >= 0")
+        self.baselines = check_baselines(self.baselines)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["baselines"] = list(self.baselines)
+        return d
+
+
+@dataclass
+class EvalRow:
+    """One line of results: a set (distilled or a baseline) under one group of nets.
+
+    Attributes:
+        name: "distilled", a baseline name, or "knn".
+        group: which nets: "stored init", "fresh random inits", "fresh nets" (train
+            protocol), or for knn rows the set the classifier uses.
+        accuracies: final test accuracy of every net or draw.
+        at: GD steps (replay) after which ``curve`` was measured; None for baselines.
+        curve: accuracies at each of ``at``, one list per checkpoint (nets inside).
+        seconds: wall time of the row.
+    """
+
+    name: str
+    group: str
+    accuracies: list[float]
+    at: list[int] | None = None
+    curve: list[list[float]] | None = None
+    seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"knn · {self.group}" if self.name == "knn" else f"{self.name} · {self.group}"
+
+    @property
+    def n(self) -> int:
+        return len(self.accuracies)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        """Population std over nets (numpy's default, as the DC papers report)."""
+        return float(np.std(self.accuracies))
+
+    @property
+    def min(self) -> float:
+        return float(np.min(self.accuracies))
+
+    @property
+    def max(self) -> float:
+        return float(np.max(self.accuracies))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "group": self.group, "label": self.label, "n": self.n,
+             "mean": self.mean, "std": self.std, "min": self.min, "max": self.max,
+             "accuracies": self.accuracies, "seconds": round(self.seconds, 3)}
+        if self.at is not None and self.curve is not None:
+            d["curve"] = {
+                "at_step": self.at,
+                "mean": [float(np.mean(c)) for c in self.curve],
+                "std": [float(np.std(c)) for c in self.curve],
+                "accuracies": self.curve,
+            }
+        return d
+
+
+@dataclass
+class EvalReport:
+    """Everything an evaluation measured, with the settings that produced it.
+
+    Attributes:
+        source: the evaluated file or folder.
+        kind: "bundle", "pt", "npz" or "imagefolder".
+        dataset: the dataset whose test set was used.
+        test_size: test images (the full test set).
+        protocol: "replay" or "train".
+        model: the model spec the nets were built from.
+        settings: ``EvalConfig.to_dict()`` plus resolved values (lr, steps, init scheme).
+        rows: distilled rows first, then baselines, then knn rows.
+        notes: things the user should know (re-normalisation, default lr, fallbacks).
+        elapsed_s: total wall time.
+    """
+
+    source: str
+    kind: str
+    dataset: str
+    test_size: int
+    protocol: str
+    model: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[EvalRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def primary(self) -> EvalRow:
+        """The distilled set's main row (the stored init for a fixed-init replay)."""
+        return next(r for r in self.rows if r.name == "distilled")
+
+    def row(self, name: str, group: str | None = None) -> EvalRow | None:
+        return next((r for r in self.rows
+                     if r.name == name and (group is None or r.group == group)), None)
+
+    @property
+    def margin_over_random_real(self) -> float | None:
+        """Primary distilled mean minus the random-real mean (accuracy points / 100)."""
+        base = self.row("random-real")
+        return None if base is None else self.primary.mean - base.mean
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "kind": self.kind, "dataset": self.dataset,
+            "test_size": self.test_size, "protocol": self.protocol, "model": self.model,
+            "settings": self.settings, "rows": [r.to_dict() for r in self.rows],
+            "margin_over_random_real": self.margin_over_random_real,
+            "notes": self.notes, "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def sidecar_path(source: str | os.PathLike) -> Path:
+    """``m.safetensors`` -> ``m.eval.json`` beside it (also for .pt/.npz and folders)."""
+    path = Path(source)
+    stem = path.name
+    for suffix in (".safetensors", ".pt", ".pth", ".npz"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return path.with_name(stem.rstrip("/") + ".eval.json")
+
+
+def record_report(report: EvalReport, path: str | os.PathLike | None = None) -> Path:
+    """Add ``report`` to the sidecar JSON beside its source (never the bundle itself).
+
+    The sidecar keeps one entry per protocol, dataset and settings (the device and the
+    batching don't count: they change speed, not results); a rerun replaces its entry.
+    Written atomically.
+    """
+    if path is None and report.source.startswith("<"):
+        raise ConfigError("this report has no source file to put a sidecar beside; pass a path")
+    path = Path(path) if path is not None else sidecar_path(report.source)
+    entries: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            entries = list(old.get("evaluations", [])) if isinstance(old, dict) else []
+        except (OSError, ValueError):
+            entries = []  # an unreadable sidecar is replaced, not appended to
+    new = report.to_dict()
+    entries = [e for e in entries if _record_key(e) != _record_key(new)]
+    entries.append(new)
+    _io.write_json(path, {"format": RECORD_FORMAT, "source": report.source,
+                          "evaluations": entries})
+    return path
+
+
+def _record_key(entry: dict[str, Any]) -> tuple[Any, ...]:
+    settings = {k: v for k, v in (entry.get("settings") or {}).items()
+                if k not in ("device", "batching")}
+    return entry.get("protocol"), entry.get("dataset"), json.dumps(settings, sort_keys=True)

@@ -1,0 +1,248 @@
+"""Image sets from any tool: ddcli bundles, ``.pt``, ``.npz`` and ImageFolder directories.
+
+Formats (shared with ``dd export``; N = S * n images in the step-major order of
+``Bundle.flat()``):
+
+- ``.pt``: ``torch.save({"images": float32 (N, C, H, W) normalised, "labels": int64 (N,),
+  "lrs": float32 (T,)})``; read with ``weights_only=True``. It carries no normalisation,
+  so the images are taken as normalised with the evaluation dataset's mean/std.
+- ``.npz``: ``images``, ``labels``, ``lrs`` as above, plus ``mean``/``std`` float32 (C,),
+  ``classes`` (str array) and ``steps`` (S).
+- ImageFolder: ``PATH/<class name>/step<s>_<i>.png``, uint8 pixels, plus an optional
+  ``PATH/manifest.json`` as ``dd export`` writes it: its ``images`` records (file, index,
+  label) fix the order and labels, and ``lrs``, ``classes``, ``steps``, ``dataset``,
+  ``model`` and ``init_scheme`` are used when there. Without records, files sort by
+  (step, class, i). Pixels are read as [0, 1] and normalised with the dataset's mean/std.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..bundle import Bundle
+from ..data._folder import IMAGE_SUFFIXES
+from ..errors import ImageSetError
+
+SET_KINDS = ("bundle", "pt", "npz", "imagefolder")
+_STEP_NAME = re.compile(r"step(\d+)_(\d+)$")
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set to evaluate, whatever file it came from.
+
+    Attributes:
+        images: (S, n, C, H, W), normalised with ``mean``/``std``.
+        labels: (S, n) class indices (into ``classes`` when given).
+        lrs: (T,) learned rates after softplus, or None.
+        kind: one of ``SET_KINDS``.
+        source: where it was read from.
+        mean, std: the normalisation the images carry; None means "the dataset's".
+        classes: class names by label index, or None.
+        dataset: the dataset it was made from, when the file says.
+        model: the model spec it was made for, when the file says.
+        init_scheme: the weight init it was made with, when the file says.
+        bundle: the bundle itself, for ``kind == "bundle"``.
+    """
+
+    images: Tensor
+    labels: Tensor
+    lrs: Tensor | None
+    kind: str
+    source: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    classes: list[str] | None = None
+    dataset: str | None = None
+    model: dict | None = None
+    init_scheme: str | None = None
+    bundle: Bundle | None = None
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, source: str = "<bundle>") -> "ImageSet":
+        return cls(
+            images=bundle.images, labels=bundle.labels, lrs=bundle.lrs.detach(), kind="bundle",
+            source=source, mean=tuple(bundle.mean), std=tuple(bundle.std),
+            classes=list(bundle.classes), dataset=bundle.dataset, model=dict(bundle.model),
+            init_scheme=bundle.init_scheme, bundle=bundle,
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[2:])  # type: ignore[return-value]
+
+    def flat(self) -> tuple[Tensor, Tensor]:
+        """Images (S * n, C, H, W) and labels (S * n,), step-major."""
+        return self.images.reshape(-1, *self.input_shape), self.labels.reshape(-1)
+
+
+def set_kind(path: str | Path) -> str:
+    """The format of ``path``, from its type and suffix (anything else is a bundle)."""
+    path = Path(path)
+    if path.is_dir():
+        return "imagefolder"
+    return {".pt": "pt", ".pth": "pt", ".npz": "npz"}.get(path.suffix.lower(), "bundle")
+
+
+def load_image_set(path: str | Path) -> ImageSet:
+    """Read a bundle, ``.pt``, ``.npz`` or ImageFolder set.
+
+    Raises:
+        BundleFormatError: a bundle path that is missing or not a valid bundle.
+        ImageSetError: a ``.pt``/``.npz``/folder that is missing or malformed.
+    """
+    path = Path(path)
+    kind = set_kind(path)
+    if kind == "bundle":
+        return ImageSet.from_bundle(Bundle.load(path), str(path))
+    if kind != "imagefolder" and not path.is_file():
+        raise ImageSetError(f"no such image set: {path}")
+    loader = {"pt": _load_pt, "npz": _load_npz, "imagefolder": _load_folder}[kind]
+    return loader(path)
+
+
+def _load_pt(path: Path) -> ImageSet:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad pickle
+        raise ImageSetError(f"{path} is not a readable .pt set: {type(exc).__name__}") from None
+    if not isinstance(obj, dict) or "images" not in obj or "labels" not in obj:
+        raise ImageSetError(f"{path} must hold a dict with 'images' and 'labels' (and 'lrs')")
+    return _checked(path, "pt", obj["images"], obj["labels"], obj.get("lrs"),
+                    steps=obj.get("steps"))
+
+
+def _load_npz(path: Path) -> ImageSet:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ImageSetError(f"{path} is not a readable .npz set: {exc}") from None
+    if "images" not in arrays or "labels" not in arrays:
+        raise ImageSetError(f"{path} must hold arrays 'images' and 'labels' (and 'lrs')")
+    mean = tuple(float(v) for v in arrays["mean"].reshape(-1)) if "mean" in arrays else None
+    std = tuple(float(v) for v in arrays["std"].reshape(-1)) if "std" in arrays else None
+    classes = [str(c) for c in arrays["classes"].reshape(-1)] if "classes" in arrays else None
+    steps = int(arrays["steps"]) if "steps" in arrays else None
+    return _checked(
+        path, "npz", torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]),
+        torch.from_numpy(arrays["lrs"]) if "lrs" in arrays else None,
+        steps=steps, mean=mean, std=std, classes=classes,
+    )
+
+
+def _load_folder(path: Path) -> ImageSet:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_dir():
+        raise ImageSetError(f"no such image folder: {path}")
+    manifest = _manifest(path)
+    records = manifest.get("images")
+    entries = _entries_from_records(path, records) if records else _entries_from_names(
+        path, manifest.get("classes"))
+    if not entries:
+        raise ImageSetError(f"{path} holds no images")
+    entries.sort(key=lambda e: e[0])
+    classes = manifest.get("classes") or sorted({e[2].parent.name for e in entries})
+    pixels = []
+    try:
+        for *_, f in entries:
+            with Image.open(f) as im:
+                gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+                arr = np.asarray(im.convert("L" if gray else "RGB"))
+            pixels.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # (C, H, W)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ImageSetError(f"can't read image {f}: {exc}") from None
+    if len({p.shape for p in pixels}) != 1:
+        raise ImageSetError(f"{path}: images differ in size or channels")
+    # [0, 1] pixels, declared as normalised with mean 0 / std 1: the evaluation then
+    # normalises them with the dataset's statistics, with the dataset loaders' arithmetic.
+    x01 = torch.from_numpy(np.stack(pixels).astype(np.float32)).div_(255)
+    labels = torch.tensor([e[1] for e in entries])
+    steps = manifest.get("steps")
+    if not records and all(e[0][0] < 1 << 30 for e in entries):
+        steps = len({e[0][0] for e in entries})
+    lrs = torch.tensor(manifest["lrs"], dtype=torch.float32) if manifest.get("lrs") else None
+    channels = x01.shape[1]
+    out = _checked(path, "imagefolder", x01, labels, lrs, steps=steps,
+                   mean=(0.0,) * channels, std=(1.0,) * channels, classes=list(classes))
+    out.dataset, out.model = manifest.get("dataset"), manifest.get("model")
+    out.init_scheme = manifest.get("init_scheme")
+    return out
+
+
+def _entries_from_records(path: Path, records: list) -> list[tuple[tuple, int, Path]]:
+    """(sort key, label, file) from the manifest's per-file records (key: flat index)."""
+    try:
+        return [((int(r["index"]),), int(r["label"]), path / r["file"]) for r in records]
+    except (KeyError, TypeError, ValueError):
+        raise ImageSetError(f"{path}/manifest.json has malformed image records") from None
+
+
+def _entries_from_names(path: Path, classes: list[str] | None) -> list[tuple[tuple, int, Path]]:
+    """(sort key, label, file) parsed from <class>/step<s>_<i> names."""
+    folders = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = classes or folders
+    unknown = [f for f in folders if f not in classes]
+    if not folders or unknown:
+        found = "found none" if not folders else "not in the manifest: " + ", ".join(unknown)
+        raise ImageSetError(
+            f"{path}: expected one folder per class (<class>/step<s>_<i>.png); {found}")
+    entries = []
+    for name in folders:
+        c = classes.index(name)
+        for f in sorted((path / name).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
+                continue
+            m = _STEP_NAME.search(f.stem)
+            # Sorting by (step, class, i) rebuilds Bundle.flat()'s order whether i counts
+            # within the step or within the class; files without stepN_ names go last.
+            s, i = (int(m.group(1)), int(m.group(2))) if m else (1 << 30, len(entries))
+            entries.append(((s, c, i), c, f))
+    return entries
+
+
+def _manifest(path: Path) -> dict:
+    file = path / "manifest.json"
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ImageSetError(f"{file} is not valid JSON: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _checked(path, kind, images, labels, lrs, *, steps=None, mean=None, std=None,
+             classes=None) -> ImageSet:
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise ImageSetError(f"{path}: images must be float (N, C, H, W), got "
+                            f"{tuple(getattr(images, 'shape', ()))}")
+    n = images.shape[0]
+    if not isinstance(labels, Tensor) or tuple(labels.shape) != (n,) or labels.is_floating_point():
+        raise ImageSetError(f"{path}: labels must be integers of shape ({n},)")
+    if n == 0 or labels.min() < 0:
+        raise ImageSetError(f"{path}: empty set or negative labels")
+    if lrs is not None and (not isinstance(lrs, Tensor) or lrs.dim() != 1 or not (lrs > 0).all()):
+        raise ImageSetError(f"{path}: lrs must be a 1-D array of positive rates")
+    steps = int(steps) if steps else 1
+    if steps < 1 or n % steps:
+        raise ImageSetError(f"{path}: {n} images don't split into {steps} steps")
+    for name, stats in (("mean", mean), ("std", std)):
+        if stats is not None and len(stats) != images.shape[1]:
+            raise ImageSetError(
+                f"{path}: {name} has {len(stats)} values for {images.shape[1]} channels")
+    return ImageSet(
+        images=images.float().reshape(steps, n // steps, *images.shape[1:]),
+        labels=labels.long().reshape(steps, n // steps),
+        lrs=None if lrs is None else lrs.float(), kind=kind, source=str(path),
+        mean=mean, std=std, classes=classes,
+    )

@@ -1,0 +1,242 @@
+"""Export a bundle to the formats other tools read: an image folder, a .pt dict, a .npz.
+
+Layouts (N = S * n images in the step-major order of ``Bundle.flat()``):
+
+``pt``
+    ``torch.save({"images": float32 (N, C, H, W) normalised, "labels": int64 (N,),
+    "lrs": float32 (T,)})``, the rates after softplus. Load with
+    ``torch.load(path, weights_only=True)``.
+``npz``
+    ``images``, ``labels``, ``lrs`` as above, plus ``mean`` and ``std`` float32 (C,),
+    ``classes`` (str array) and ``steps`` (int S). Loads with ``allow_pickle=False``.
+``imagefolder``
+    ``PATH/<class name>/step<s>_<j>.png`` (uint8, de-normalised; ``j`` counts the class's
+    images within step ``s``) and ``PATH/manifest.json`` with the rates, normalisation,
+    class names and each file's step, label and position in the flat order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import _io
+from ._version import __version__
+from .bundle import Bundle
+from .errors import ConfigError, ExportError
+from .viz import denormalize, to_uint8
+
+FORMATS = ("imagefolder", "pt", "npz")
+MANIFEST = "manifest.json"
+IMAGEFOLDER_FORMAT = "ddcli-imagefolder"
+FIXED_MODES = ("fixed", "pretrained-fixed")
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote, and what its user should know.
+
+    Attributes:
+        format: ``imagefolder``, ``pt`` or ``npz``.
+        path: the file or folder written.
+        images: how many images (S * n).
+        clipped_pixels: pixel values clipped to [0, 255] (``imagefolder``; 0 otherwise).
+        warnings: one line each, for the caller to show (the library prints nothing).
+    """
+
+    format: str
+    path: Path
+    images: int
+    clipped_pixels: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def export(bundle: Bundle | str | os.PathLike, fmt: str, path: str | os.PathLike) -> ExportReport:
+    """Write ``bundle`` to ``path`` in format ``fmt``; see the module docstring for layouts.
+
+    Files are written atomically; an ``imagefolder`` is built beside ``path`` and renamed
+    into place, and replaces ``path`` only if that is empty or an earlier imagefolder export.
+
+    Args:
+        bundle: a ``Bundle`` or the path of one.
+        fmt: one of ``FORMATS``.
+        path: the output file (``pt``, ``npz``) or folder (``imagefolder``).
+
+    Returns:
+        An ``ExportReport``; its ``warnings`` say when pixels were clipped and when the
+        data only trains the bundle's fixed init well.
+
+    Raises:
+        ConfigError: an unknown ``fmt``.
+        BundleFormatError: ``bundle`` is a path to a missing or corrupt file.
+        ExportError: ``path`` can't be written.
+
+    Example:
+        >>> from ddcli.export import export
+        >>> report = export("m.safetensors", "pt", "m.pt")  # doctest: +SKIP
+        >>> torch.load("m.pt", weights_only=True)["images"].shape  # doctest: +SKIP
+        torch.Size([100, 1, 28, 28])
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.load(bundle)
+    path = Path(path)
+    report = ExportReport(fmt, path, bundle.images.shape[0] * bundle.images.shape[1])
+    try:
+        if fmt == "pt":
+            _write_pt(bundle, path)
+        elif fmt == "npz":
+            _write_npz(bundle, path)
+        else:
+            report.clipped_pixels = _write_imagefolder(bundle, path, report.warnings)
+    except OSError as exc:
+        where = exc.filename or path
+        raise ExportError(f"can't write {where}: {exc.strerror or exc}") from None
+    if report.clipped_pixels:
+        total = report.images * bundle.images[0, 0].numel()
+        report.warnings.insert(0, (
+            f"{report.clipped_pixels} of {total} pixel values "
+            f"({report.clipped_pixels / total:.2%}) fell outside [0, 255] and were clipped; "
+            "the pt and npz formats keep them exactly"))
+    if bundle.init_mode in FIXED_MODES:
+        report.warnings.append(
+            f"this bundle was distilled for one {bundle.init_mode} init (seed {bundle.seed}); "
+            "its images train that init well and other nets much worse, and the export does "
+            "not carry the init: keep the bundle, or distill with --init-mode random for "
+            "data that transfers")
+    return report
+
+
+def _flat(bundle: Bundle) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = bundle.flat()  # (N, C, H, W), (N,)
+    return images.detach().float().cpu().contiguous(), labels.long().cpu().contiguous()
+
+
+def _write_pt(bundle: Bundle, path: Path) -> None:
+    images, labels = _flat(bundle)
+    lrs = bundle.lrs.detach().float().cpu().contiguous()
+    _io.torch_save(path, {"images": images, "labels": labels, "lrs": lrs})
+
+
+def _write_npz(bundle: Bundle, path: Path) -> None:
+    images, labels = _flat(bundle)
+    arrays = {
+        "images": images.numpy(),
+        "labels": labels.numpy(),
+        "lrs": bundle.lrs.detach().float().cpu().numpy(),
+        "mean": np.asarray(bundle.mean, dtype=np.float32),
+        "std": np.asarray(bundle.std, dtype=np.float32),
+        "classes": np.asarray([str(c) for c in bundle.classes], dtype=np.str_),
+        "steps": np.asarray(bundle.steps, dtype=np.int64),
+    }
+
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+            np.savez(fh, **arrays)
+
+    _io.write_with(path, writer)
+
+
+def _write_imagefolder(bundle: Bundle, path: Path, warnings: list[str]) -> int:
+    folders = _class_folders(bundle.classes)
+    if folders != sorted(folders):
+        warnings.append(
+            "the class folder names don't sort in label order, so torchvision's ImageFolder "
+            f"numbers the classes differently; map them with the labels in {MANIFEST}")
+    _check_target(path)
+    images, labels = _flat(bundle)
+    pixels, clipped = to_uint8(denormalize(images, bundle.mean, bundle.std))  # (N, C, H, W)
+    n, digits = bundle.images.shape[1], len(str(bundle.steps - 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        seen: dict[tuple[int, int], int] = {}
+        records = []
+        for i in range(pixels.shape[0]):
+            step, label = i // n, int(labels[i])
+            j = seen[step, label] = seen.get((step, label), -1) + 1
+            rel = f"{folders[label]}/step{step:0{digits}d}_{j}.png"
+            arr = pixels[i].permute(1, 2, 0).numpy()  # (H, W, C)
+            img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+            (staging / folders[label]).mkdir(exist_ok=True)
+            _io.write_with(staging / rel, lambda tmp, im=img: im.save(tmp, format="PNG"))
+            records.append({"file": rel, "index": i, "step": step, "label": label,
+                            "class": bundle.classes[label]})
+        _io.write_json(staging / MANIFEST, _manifest(bundle, records, clipped))
+        os.chmod(staging, 0o777 & ~_io._umask())  # mkdtemp makes 0700; give the usual mode
+        _swap_in(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return clipped
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Rename the finished folder to ``path``; an earlier export there goes only after."""
+    if not path.exists() or not any(path.iterdir()):
+        os.replace(staging, path)  # rename(2) also replaces an empty folder
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.replace(path, old)
+    os.replace(staging, path)
+    shutil.rmtree(old)
+
+
+def _class_folders(classes: list[str]) -> list[str]:
+    folders = []
+    for c in classes:
+        name = "".join("_" if ch in '/\\\0:*?"<>|' else ch for ch in str(c)).strip()
+        folders.append("_" + name if name in ("", ".", "..") or name.startswith(".") else name)
+    if len(set(folders)) != len(folders):
+        raise ExportError("two class names map to the same folder name; rename the classes")
+    return folders
+
+
+def _check_target(path: Path) -> None:
+    if path.is_file():
+        raise ExportError(f"{path} is a file; imagefolder export needs a folder path")
+    if path.is_dir() and any(path.iterdir()) and not _is_imagefolder_export(path):
+        raise ExportError(
+            f"{path} exists and is not an earlier ddcli imagefolder export; choose a new folder")
+
+
+def _is_imagefolder_export(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == IMAGEFOLDER_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _manifest(bundle: Bundle, records: list[dict[str, Any]], clipped: int) -> dict[str, Any]:
+    return {
+        "format": IMAGEFOLDER_FORMAT,
+        "format_version": 1,
+        "ddcli_version": __version__,
+        "dataset": bundle.dataset,
+        "classes": list(bundle.classes),
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        "normalize": "x = (pixel / 255 - mean) / std, per channel",
+        "steps": bundle.steps,
+        "epochs": bundle.epochs,
+        "images_per_class": bundle.images_per_class,
+        "lrs": bundle.lrs.tolist(),
+        "lr_order": "lrs[t] is the rate of GD step t, which uses the images of step t % steps",
+        "model": bundle.model,
+        "init_mode": bundle.init_mode,
+        "init_scheme": bundle.init_scheme,
+        "seed": bundle.seed,
+        "clipped_pixels": clipped,
+        "images": records,
+    }
+

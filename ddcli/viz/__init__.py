@@ -1,0 +1,31 @@
+"""Pictures of distilled data: image grids, the lr schedule, and a reusable line chart.
+
+Example:
+    >>> from ddcli.viz import visualize, line_chart, save_png
+    >>> visualize("m.safetensors", "m.viz")  # doctest: +SKIP
+    >>> save_png(line_chart({"acc": [0.1, 0.5, 0.9]}), "acc.png")  # doctest: +SKIP
+"""
+
+from ._canvas import labelled_grid, save_gif, save_png
+from ._chart import line_chart
+from ._pixels import denormalize, to_uint8
+from ._snapshots import SNAPSHOT_DIR, Snapshot, load_snapshots
+from ._visualize import LAYOUTS, evolution_strip, lr_chart, overview, step_grid, visualize
+
+__all__ = [
+    "LAYOUTS",
+    "SNAPSHOT_DIR",
+    "Snapshot",
+    "denormalize",
+    "evolution_strip",
+    "labelled_grid",
+    "line_chart",
+    "load_snapshots",
+    "lr_chart",
+    "overview",
+    "save_gif",
+    "save_png",
+    "step_grid",
+    "to_uint8",
+    "visualize",
+]

@@ -1,0 +1,165 @@
+"""Several processes: nets split across ranks equal one process over the same nets."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddcli import Bundle, DistillConfig, distill, resume
+from ddcli._distributed import Dist, check_config, torchrun_command
+from ddcli.cli import app
+from ddcli.data import load_dataset
+from ddcli.errors import ConfigError, DivergedError
+
+ARGS = ["--init-mode", "random", "--n-nets", "5", "--sample-n-nets", "3", "--model", "mlp",
+        "--steps", "2", "--epochs", "2", "--batch-size", "64", "--checkpoint-every", "2",
+        "--log-every", "1", "--quiet", "--device", "cpu"]
+
+
+def _cfg(iterations: int) -> DistillConfig:
+    return DistillConfig.from_dict({
+        "data": {"dataset": "mnist", "batch_size": 64},
+        "model": {"name": "mlp"},
+        "synth": {"steps": 2, "epochs": 2},
+        "optim": {"iterations": iterations},
+        "init": {"mode": "random", "n_nets": 5, "sample_n_nets": 3},
+        "run": {"checkpoint_every": 2, "log_every": 1, "device": "cpu"},
+    })
+
+
+def _run(tmp_path, cmd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DDCLI_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _close(a: Bundle, b: Bundle) -> None:
+    torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.raw_lrs, b.raw_lrs, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_and_resume(tmp_path, fixture_root):
+    data = load_dataset("mnist", root=fixture_root, download=False)
+    one = distill(_cfg(4), out=tmp_path / "one.safetensors", data=data)
+
+    # Fresh run through `--nproc 2` (the launcher runs torchrun): 3 nets split 2 + 1.
+    proc = _run(tmp_path, [sys.executable, "-m", "ddcli", "distill", "mnist", "--data-root",
+                           str(fixture_root), *ARGS, "--nproc", "2", "--iterations", "4",
+                           "-o", "two.safetensors", "--json"])
+    record = json.loads(proc.stdout.strip().splitlines()[-1])  # rank 0 alone prints
+    assert record["iterations"] == 4 and len(proc.stdout.strip().splitlines()) == 1
+    two = Bundle.load(tmp_path / "two.safetensors")
+    _close(one.bundle, two)
+    assert two.summary["processes"] == 2 and two.config["run"]["nproc"] == 2
+    lines = (tmp_path / "two.run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3, 4]  # written once
+    ref_losses = [json.loads(x)["loss"] for x in (tmp_path / "one.run" / "metrics.jsonl")
+                  .read_text().splitlines()]
+    assert [json.loads(x)["loss"] for x in lines] == pytest.approx(ref_losses, rel=1e-5)
+
+    # Resume it under torchrun directly, to 6 iterations, against 1 process resumed to 6.
+    six = resume(tmp_path / "one.run", overrides={"optim": {"iterations": 6}}, data=data)
+    _run(tmp_path, torchrun_command(2, ["distill", "--resume", "two.run", "--iterations", "6",
+                                        "--data-root", str(fixture_root), "--quiet"]))
+    _close(six.bundle, Bundle.load(tmp_path / "two.safetensors"))
+    assert not torch.allclose(two.images, Bundle.load(tmp_path / "two.safetensors").images)
+
+
+def test_share_is_contiguous_and_covers_every_net():
+    items = list(range(7))
+    shares = [Dist(rank=r, world=3).share(items) for r in range(3)]
+    assert shares == [[0, 1, 2], [3, 4], [5, 6]]
+    assert Dist().share(items) == items
+
+
+def test_check_config_refuses_what_cannot_be_split():
+    fixed = DistillConfig.from_dict({"run": {"nproc": 2}})
+    with pytest.raises(ConfigError, match="one network"):
+        check_config(fixed, 2)
+    few = _cfg(1)
+    few.init.sample_n_nets = 1
+    with pytest.raises(ConfigError, match="at least one"):
+        check_config(few, 2)
+    with pytest.raises(ConfigError, match="--nproc 2"):
+        check_config(DistillConfig.from_dict({"run": {"nproc": 2}}), 1)
+    check_config(_cfg(1), 2)
+
+
+def test_nproc_usage_errors_before_launching(tmp_path):
+    r = CliRunner().invoke(app, ["distill", "--nproc", "2", "--data-root", str(tmp_path),
+                                 "-o", str(tmp_path / "x.safetensors")])
+    assert r.exit_code == 2, r.output
+    assert "one network" in r.stderr and "Traceback" not in r.output
+
+
+def test_torchrun_command_runs_ddcli_as_a_module():
+    cmd = torchrun_command(3, ["distill", "mnist"])
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=3" in cmd and cmd[-4:] == ["-m", "ddcli", "distill", "mnist"]
+
+
+# --- devices and host syncs -------------------------------------------------------------
+
+def test_resolve_device_names():
+    from ddcli._device import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else
+                                           "mps" if torch.backends.mps.is_available() else "cpu")
+    for bad in ("tpu", "meta", "cuda:x"):
+        with pytest.raises(ConfigError, match="--device must be"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+
+
+def _toy_cfg(**run) -> DistillConfig:
+    return DistillConfig.from_dict({
+        "data": {"dataset": "toy", "batch_size": 32},
+        "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+        "synth": {"steps": 2, "epochs": 2, "distill_lr": 0.05},
+        "optim": {"iterations": 6, "lr": 0.05, "decay_every": 1.0},
+        "run": {"device": "cpu", "checkpoint_every": 3, "log_every": 1, **run},
+    })
+
+
+def test_deferred_host_reads_change_nothing_and_still_stop_nans(tmp_path, monkeypatch):
+    """What CUDA does (read values every k iterations), exercised on the CPU."""
+    from ddcli import _device
+
+    from ._toy import toy_data
+
+    data = toy_data()
+    every = distill(_toy_cfg(), out=tmp_path / "a.safetensors", data=data)
+    monkeypatch.setattr(_device, "sync_interval", lambda device, log_every: 4)
+
+    seen = []
+
+    class Spy:
+        def on_iteration(self, info):
+            seen.append((info.iteration, info.loss))
+
+    deferred = distill(_toy_cfg(log_every=0), out=tmp_path / "b.safetensors", data=data,
+                       callbacks=Spy())
+    assert torch.equal(every.bundle.images, deferred.bundle.images)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "a.run" / "metrics.jsonl")
+              .read_text().splitlines()]
+    assert seen == list(zip(range(1, 7), losses))  # every iteration reported, in order
+
+    # Resumed at 6, a NaN at iteration 7 is read at the next sync point, iteration 8;
+    # it is reported with its own iteration, and no checkpoint (next due at 9) holds it.
+    distill(_toy_cfg(log_every=0), out=tmp_path / "c.safetensors", data=data)
+    ckpt = tmp_path / "c.run" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    poisoned = toy_data()
+    poisoned.train_x[:] = float("nan")
+    with pytest.raises(DivergedError, match="nan at iteration 7"):
+        resume(tmp_path / "c.run", overrides={"optim": {"iterations": 12}}, data=poisoned)
+    assert ckpt.read_bytes() == before

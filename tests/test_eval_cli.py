@@ -1,0 +1,119 @@
+"""`dd eval` through the CLI: exit codes, one-line errors, the table, --json, --record."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddcli import Bundle
+from ddcli._inits import init_params
+from ddcli.cli import app
+from ddcli.models import create_model
+from ddcli.unroll import softplus_inverse
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def mnist_bundle(tmp_path):
+    """A small fixed-init LeNet bundle for MNIST (2 steps x 10 images, 2 epochs)."""
+    g = torch.Generator().manual_seed(0)
+    model = create_model("lenet", in_channels=1, num_classes=10, image_size=28)
+    b = Bundle(
+        images=torch.randn(2, 10, 1, 28, 28, generator=g),
+        labels=torch.arange(10).expand(2, 10).contiguous(),
+        raw_lrs=softplus_inverse(torch.full((4,), 0.02)), dataset="mnist",
+        classes=[str(i) for i in range(10)], mean=(0.1307,), std=(0.3081,),
+        model=model.ddcli_spec, epochs=2, init_params=init_params(model, "xavier", 0),
+    )
+    return b.save(tmp_path / "m.safetensors")
+
+
+def one_line_error(result, code):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    err = result.stderr.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_missing_bundle(tmp_path):
+    err = one_line_error(run("eval", tmp_path / "nope.safetensors"), 1)
+    assert "no such bundle" in err and "nope.safetensors" in err
+
+
+def test_corrupt_bundle(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    assert "not a readable safetensors file" in one_line_error(run("eval", bad), 1)
+
+
+def test_mismatched_model(mnist_bundle, fixture_root):
+    err = one_line_error(run("eval", mnist_bundle, "--data-root", fixture_root,
+                             "--protocol", "train", "--model", "alexcifarnet"), 1)
+    assert "alexcifarnet" in err and "1x28x28" in err and "32 px" in err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--baseline", "nope"], "unknown baseline 'nope'"),
+    (["--model", "convnet"], "--protocol train"),
+    (["--protocol", "sideways"], "--protocol must be replay or train"),
+    (["--n-nets", "0"], "--n-nets must be a positive integer"),
+])
+def test_usage_errors(mnist_bundle, fixture_root, args, needle):
+    err = one_line_error(run("eval", mnist_bundle, "--data-root", fixture_root, *args), 2)
+    assert needle in err
+
+
+def test_set_without_dataset(tmp_path):
+    np.savez(tmp_path / "s.npz", images=np.zeros((10, 1, 28, 28), np.float32),
+             labels=np.arange(10))
+    err = one_line_error(run("eval", tmp_path / "s.npz"), 2)
+    assert "--dataset" in err and "npz" in err
+
+
+def test_table_json_and_record(mnist_bundle, fixture_root):
+    r = run("eval", mnist_bundle, "--data-root", fixture_root, "--n-nets", "2",
+            "--baseline", "random-real", "--baseline", "knn", "--record")
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    for needle in ("replay protocol", "lenet", "mnist test set (500 images)", "stored init",
+                   "fresh random inits", "random-real", "knn", "vs random-real",
+                   "before training", "epoch 2 (step 4)"):
+        assert needle in out, needle
+    assert "[1/" in r.stderr and "recorded to" in r.stderr
+    side = mnist_bundle.with_name("m.eval.json")
+    recorded = json.loads(side.read_text())["evaluations"][0]
+    assert recorded["settings"]["baselines"] == ["random-real", "knn"]
+
+    j = run("eval", mnist_bundle, "--data-root", fixture_root, "--n-nets", "2", "--json")
+    assert j.exit_code == 0, j.output
+    rec = json.loads(j.stdout)
+    assert rec["protocol"] == "replay" and rec["dataset"] == "mnist" and rec["test_size"] == 500
+    assert rec["settings"]["n_nets"] == 2 and rec["settings"]["gd_steps"] == 4
+    stored = rec["rows"][0]
+    assert stored["group"] == "stored init" and stored["n"] == 1
+    assert stored["curve"]["at_step"] == [0, 2, 4]
+    assert stored["accuracies"] == recorded["rows"][0]["accuracies"]  # deterministic
+    Bundle.load(mnist_bundle)  # untouched and still valid
+
+
+def test_train_protocol_on_the_cli(mnist_bundle, fixture_root):
+    r = run("eval", mnist_bundle, "--data-root", fixture_root, "--protocol", "train",
+            "--n-nets", "2", "--train-epochs", "2", "--json", "--batching", "loop")
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)
+    assert rec["protocol"] == "train" and rec["settings"]["batching"] == "loop"
+    assert rec["rows"][0]["group"] == "fresh nets" and rec["rows"][0]["n"] == 2
+    assert rec["settings"]["lr"] == pytest.approx(0.02)
+
+
+def test_help_mentions_protocols():
+    r = run("eval", "--help")
+    assert r.exit_code == 0 and "replay" in r.stdout and "--compare" in r.stdout

@@ -1,0 +1,222 @@
+"""The pretrained init modes: pool sampling, stored weights, resume, input checks."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddcli import Bundle, DistillConfig, distill, resume
+from ddcli._inits import PretrainedRandomInit, make_init_source
+from ddcli._pool import MANIFEST, Pool
+from ddcli._pool_eval import evaluate_pool_bundle, is_pool_bundle
+from ddcli._pretrain import PretrainRecipe, pretrain
+from ddcli._replay import accuracy, replay
+from ddcli.cli import app
+from ddcli.errors import ConfigError, Interrupted, PoolError
+from ddcli.models import create_model
+
+from ._toy import toy_data
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pools") / "toy"
+    pretrain(toy_data(), out=path, n_nets=5, model="mlp", model_kwargs={"hidden": [16]},
+             recipe=PretrainRecipe(real_epochs=2, lr=0.01, batch_size=32), nets_per_batch=5)
+    return path
+
+
+def cfg(pool, mode="pretrained-random", **sections) -> DistillConfig:
+    base = {
+        "data": {"dataset": "toy", "batch_size": 32},
+        "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+        "synth": {"steps": 2, "epochs": 1, "distill_lr": 0.05},
+        "optim": {"iterations": 6, "lr": 0.05, "decay_every": 100.0},
+        "init": {"mode": mode, "pool": str(pool), "sample_n_nets": 2},
+        "run": {"checkpoint_every": 2, "log_every": 1},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return DistillConfig.from_dict(base)
+
+
+def test_pretrained_random_samples_only_training_nets(pool_dir, tmp_path, monkeypatch):
+    pool = Pool.load(pool_dir)
+    train, held = pool.split(0.4)
+    assert len(held) == 2
+    model = create_model("mlp", in_channels=1, num_classes=3, image_size=8, hidden=[16])
+    source = make_init_source(cfg(pool_dir, init={"pool_holdout": 0.4}), model, torch.device("cpu"))
+    assert isinstance(source, PretrainedRandomInit)
+    # Always the model's parameter order (safetensors' own order varies; rounding follows it).
+    assert list(source.sample(0)[0]) == [name for name, _ in model.named_parameters()]
+    seen = set()
+    for it in range(60):
+        picks = source.picks(it)
+        assert len(picks) == 2 and len(set(picks)) == 2 and set(picks) <= set(train)
+        seen.update(picks)
+    assert seen == set(train)  # every training net is used, no held-out one ever
+    # Through a whole run: the held-out nets' files are never even read.
+    loaded = []
+    real_load = Pool.load_net
+    monkeypatch.setattr(Pool, "load_net", lambda self, i, device="cpu": (
+        loaded.append(i), real_load(self, i, device))[1])
+    result = distill(cfg(pool_dir, init={"pool_holdout": 0.4}), out=tmp_path / "b.safetensors",
+                     data=toy_data())
+    assert loaded and not set(loaded) & set(held)
+    init = result.bundle.extra["init"]
+    assert init["holdout_indices"] == held and init["train_indices"] == train
+    assert init["pool_hash"] == pool.content_hash() and init["pool_holdout"] == 0.4
+    assert result.bundle.init_params is None and is_pool_bundle(result.bundle)
+
+
+def test_pretrained_fixed_stores_the_pool_net(pool_dir, tmp_path):
+    pool = Pool.load(pool_dir)
+    train, held = pool.split(0.2)
+    index = train[-1]
+    c = cfg(pool_dir, "pretrained-fixed", init={"pool_index": index})
+    b = distill(c, out=tmp_path / "f.safetensors", data=toy_data()).bundle
+    b = Bundle.load(tmp_path / "f.safetensors")
+    net = pool.load_net(index)
+    assert b.init_params.keys() == net.keys()
+    assert all(torch.equal(b.init_params[k], net[k]) for k in net)
+    info = b.extra["init"]
+    assert info["pool_index"] == index and info["net_sha256"] == pool.net(index).sha256
+    assert info["pool"] == str(pool_dir.absolute()) and info["holdout_indices"] == held
+    assert b.extra["datasets"] == {"source": "toy", "target": "toy"}
+    with pytest.raises(ConfigError, match="held-out"):
+        distill(cfg(pool_dir, "pretrained-fixed", init={"pool_index": held[0]}),
+                out=tmp_path / "h.safetensors", data=toy_data())
+    with pytest.raises(ConfigError, match="has no net 99"):
+        distill(cfg(pool_dir, "pretrained-fixed", init={"pool_index": 99}),
+                out=tmp_path / "x.safetensors", data=toy_data(), force=True)
+
+
+@pytest.mark.parametrize("mode", ["pretrained-random", "pretrained-fixed"])
+def test_resume_is_bit_exact(pool_dir, tmp_path, mode):
+    data = toy_data()
+    c = cfg(pool_dir, mode)
+    full = distill(c, out=tmp_path / "full.safetensors", data=data)
+
+    class CtrlC:
+        def on_iteration(self, info):
+            if info.iteration == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        distill(c, out=tmp_path / "part.safetensors", data=data, callbacks=CtrlC())
+    resumed = resume(tmp_path / "part.run", data=data)
+    assert torch.equal(full.bundle.images, resumed.bundle.images)
+    assert torch.equal(full.bundle.raw_lrs, resumed.bundle.raw_lrs)
+    assert resumed.bundle.extra["init"] == full.bundle.extra["init"]  # pool record survives
+
+
+def test_pool_must_fit_the_run(pool_dir, tmp_path):
+    with pytest.raises(PoolError, match="8x8 images but toy has 1x10x10"):
+        distill(cfg(pool_dir), out=tmp_path / "a.safetensors", data=toy_data(hw=10))
+    with pytest.raises(PoolError, match="3 classes but toy has 4"):
+        distill(cfg(pool_dir), out=tmp_path / "b.safetensors", data=toy_data(classes=4))
+    with pytest.raises(PoolError, match="match the model options"):
+        distill(cfg(pool_dir, model={"kwargs": {"hidden": [8]}}), out=tmp_path / "c.safetensors",
+                data=toy_data())
+    with pytest.raises(PoolError, match="pretrained on toy"):
+        distill(cfg(pool_dir, objective={"kind": "adapt", "source_dataset": "mnist"}),
+                out=tmp_path / "d.safetensors", data=toy_data())
+    with pytest.raises(ConfigError, match="exceeds the 4 training nets"):
+        distill(cfg(pool_dir, init={"sample_n_nets": 5}), out=tmp_path / "e.safetensors",
+                data=toy_data())
+
+
+def test_evaluate_plain_pretrained_bundle(pool_dir, tmp_path):
+    data = toy_data()
+    b = distill(cfg(pool_dir, optim={"iterations": 10}), out=tmp_path / "b.safetensors",
+                data=data).bundle
+    report = evaluate_pool_bundle(tmp_path / "b.safetensors", data=data)
+    held = b.extra["init"]["holdout_indices"]
+    assert report.group == "held-out" and [n.pool_index for n in report.nets] == held
+    # The numbers are the replay protocol's, recomputed independently here.
+    model = create_model(**b.model)
+    net = Pool.load(pool_dir).load_net(held[0])
+    final, _ = replay(model, net, b.images, b.labels, b.lrs)
+    assert report.nets[0].after.accuracy == pytest.approx(accuracy(model, final, data.test_x, data.test_y))
+    assert report.nets[0].before.accuracy == pytest.approx(accuracy(model, net, data.test_x, data.test_y))
+    d = report.to_dict()
+    assert d["summary"]["n_nets"] == 1 and len(d["summary"]["after_per_class"]) == 3
+    json.dumps(d)
+    assert evaluate_pool_bundle(b, data=data, n_nets=1).nets[0].pool_index == held[0]
+
+
+def test_evaluate_refuses_a_changed_pool(pool_dir, tmp_path):
+    data = toy_data()
+    b = distill(cfg(pool_dir), out=tmp_path / "b.safetensors", data=data).bundle
+    changed = tmp_path / "changed"
+    pretrain(data, out=changed, n_nets=5, model="mlp", model_kwargs={"hidden": [16]},
+             recipe=PretrainRecipe(real_epochs=1, lr=0.01, batch_size=32), nets_per_batch=5)
+    with pytest.raises(PoolError, match="not the pool"):
+        evaluate_pool_bundle(b, data=data, pool=changed)
+    with pytest.raises(PoolError, match="pass --pool"):
+        evaluate_pool_bundle(b, data=data, pool=tmp_path / "gone")
+
+
+# --- the input checks through the CLI: one line, the right exit code ---------------------
+@pytest.fixture(scope="module")
+def mnist_mlp_pool(tmp_path_factory):
+    from pathlib import Path
+
+    from ddcli.data import load_dataset
+
+    path = tmp_path_factory.mktemp("pools") / "mnist-mlp"
+    data = load_dataset("mnist", root=Path(__file__).parent / "fixtures")
+    pretrain(data, out=path, n_nets=3, model="mlp",
+             recipe=PretrainRecipe(real_epochs=0.5), nets_per_batch=3)
+    return path
+
+
+def _distill(fixture_root, tmp_path, *args):
+    return runner.invoke(app, ["distill", "mnist", "--data-root", str(fixture_root), "--steps",
+                               "1", "--epochs", "1", "--iterations", "1", "--batch-size", "32",
+                               "-o", str(tmp_path / "x.safetensors"), "--quiet",
+                               *map(str, args)])
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--init-mode", "pretrained-random", "--pool", "{missing}"], 1, "no pool at"),
+    (["--init-mode", "pretrained-random", "--pool", "{empty}"], 1, "is empty"),
+    (["--init-mode", "pretrained-random", "--pool", "{toy}"], 1, "8x8 images but mnist has 1x28x28"),
+    (["--init-mode", "pretrained-fixed", "--pool", "{mnist}"], 1, "pass --model mlp"),
+    (["--init-mode", "pretrained-random"], 2, "needs --pool"),
+    (["--objective", "attack", "--attack-class", "3", "--target-class", "3"], 2, "must differ"),
+    (["--objective", "attack", "--attack-class", "0", "--target-class", "10"], 2,
+     "--target-class 10 is out of range"),
+    (["--objective", "attack", "--attack-class", "0"], 2, "--target-class B"),
+    (["--objective", "adapt"], 2, "--objective adapt needs --init-mode pretrained"),
+    (["--init-mode", "pretrained-random", "--pool", "{mnist}", "--model", "mlp",
+      "--sample-n-nets", "3"], 2, "exceeds the 2 training nets"),
+])
+def test_cli_input_checks(pool_dir, mnist_mlp_pool, fixture_root, tmp_path, args, code, needle):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    manifest = json.loads((pool_dir / MANIFEST).read_text())
+    (empty / MANIFEST).write_text(json.dumps({**manifest, "nets": []}))
+    paths = {"missing": tmp_path / "nope", "empty": empty, "toy": pool_dir,
+             "mnist": mnist_mlp_pool}
+    args = [a.format(**paths) for a in args]
+    r = _distill(fixture_root, tmp_path, *args)
+    assert r.exit_code == code, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error:") and needle in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_cli_pretrained_random_run(mnist_mlp_pool, fixture_root, tmp_path):
+    r = _distill(fixture_root, tmp_path, "--init-mode", "pretrained-random", "--pool",
+                 mnist_mlp_pool, "--model", "mlp", "--sample-n-nets", "2", "--pool-holdout",
+                 "0.34", "--json")
+    assert r.exit_code == 0, r.output
+    b = Bundle.load(json.loads(r.stdout)["bundle"])
+    assert b.init_mode == "pretrained-random" and b.config["init"]["pool_holdout"] == 0.34
+    assert len(b.extra["init"]["holdout_indices"]) == 1

@@ -1,0 +1,142 @@
+"""`dd pretrain` and the pool format: loadable pools, resume, batching, errors."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddcli._inits import derive_seed
+from ddcli._pool import MANIFEST, Pool, net_file
+from ddcli._pretrain import PretrainRecipe, pretrain
+from ddcli._replay import accuracy
+from ddcli.cli import app
+from ddcli.errors import ConfigError, PoolError
+from ddcli.models import create_model
+
+from ._toy import toy_data
+
+MLP = {"model": "mlp", "model_kwargs": {"hidden": [16]}}
+RECIPE = PretrainRecipe(real_epochs=2, lr=0.01, batch_size=32)
+runner = CliRunner()
+
+
+def make_pool(path, n=4, data=None, **kw):
+    args = {**MLP, "recipe": RECIPE, "nets_per_batch": 2, **kw}
+    return pretrain(data or toy_data(), out=path, n_nets=n, **args)
+
+
+def test_pool_is_loadable_and_accuracies_match_a_recomputation(tmp_path):
+    data = toy_data()
+    result = make_pool(tmp_path / "pool", n=3, data=data)
+    pool = Pool.load(tmp_path / "pool")
+    assert pool.indices == [0, 1, 2] and result.trained == [0, 1, 2] and result.kept == []
+    assert pool.dataset == "toy" and pool.input_shape == (1, 8, 8) and pool.classes == data.classes
+    assert pool.model == {"name": "mlp", "in_channels": 1, "num_classes": 3, "image_size": 8,
+                          "hidden": [16]}
+    assert pool.recipe["optimizer"] == "adam" and pool.recipe["lr"] == 0.01
+    model = create_model(**pool.model)
+    seeds = set()
+    for net in pool.nets:
+        assert (tmp_path / "pool" / net_file(net.index)).exists()
+        assert net.seed == derive_seed(0, "pool-net", net.index)
+        seeds.add(net.seed)
+        params = pool.load_net(net.index)
+        assert params.keys() == dict(model.named_parameters()).keys()
+        assert accuracy(model, params, data.test_x, data.test_y) == pytest.approx(net.test_acc)
+        assert net.test_acc > 0.9  # chance is 1/3: the nets did learn
+    assert len(seeds) == 3
+    manifest = json.loads((tmp_path / "pool" / MANIFEST).read_text())
+    assert manifest["format"] == "ddcli-pool" and len(manifest["nets"]) == 3
+
+
+def test_resume_keeps_existing_nets_and_grows_the_pool(tmp_path):
+    make_pool(tmp_path / "pool", n=2)
+    before = {i: (tmp_path / "pool" / net_file(i)).read_bytes() for i in (0, 1)}
+    result = make_pool(tmp_path / "pool", n=4)
+    assert result.kept == [0, 1] and result.trained == [2, 3]
+    for i, data in before.items():
+        assert (tmp_path / "pool" / net_file(i)).read_bytes() == data
+    assert Pool.load(tmp_path / "pool").indices == [0, 1, 2, 3]
+    # A crash after writing net files but before the manifest loses nothing.
+    (tmp_path / "pool" / MANIFEST).unlink()
+    again = make_pool(tmp_path / "pool", n=4)
+    assert again.trained == [] and again.kept == [0, 1, 2, 3]
+    # A half-written net file is retrained, not trusted.
+    (tmp_path / "pool" / net_file(3)).write_bytes(b"garbage")
+    assert make_pool(tmp_path / "pool", n=4).trained == [3]
+
+
+def test_other_recipe_into_the_same_folder_is_refused(tmp_path):
+    make_pool(tmp_path / "pool", n=1)
+    with pytest.raises(PoolError, match="different recipe"):
+        make_pool(tmp_path / "pool", n=2, recipe=PretrainRecipe(real_epochs=3, lr=0.01))
+    with pytest.raises(PoolError, match="different seed"):
+        make_pool(tmp_path / "pool", n=2, seed=7)
+
+
+def test_batched_training_matches_one_at_a_time(tmp_path):
+    """vmap over stacked nets trains each net as if it were alone (to float round-off)."""
+    one = make_pool(tmp_path / "one", n=3, nets_per_batch=1).pool
+    batched = make_pool(tmp_path / "batched", n=3, nets_per_batch=3).pool
+    for i in range(3):
+        a, b = one.load_net(i), batched.load_net(i)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4)
+    # ... and the nets really differ from each other (own seeds, own shuffles).
+    assert not torch.allclose(one.load_net(0)["layers.1.weight"], one.load_net(1)["layers.1.weight"])
+
+
+def test_split_is_deterministic_and_disjoint(tmp_path):
+    pool = make_pool(tmp_path / "pool", n=5).pool
+    train, held = pool.split(0.2)
+    assert (train, held) == pool.split(0.2) and len(held) == 1 and len(train) == 4
+    assert sorted(train + held) == [0, 1, 2, 3, 4]
+    assert pool.split(0.0) == ([0, 1, 2, 3, 4], [])
+    assert len(pool.split(0.9)[0]) == 1  # always one training net left
+    with pytest.raises(ConfigError):
+        pool.split(1.0)
+
+
+def test_pool_load_errors(tmp_path):
+    with pytest.raises(PoolError, match="no pool at"):
+        Pool.load(tmp_path / "missing")
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(PoolError, match="no pool.json"):
+        Pool.load(tmp_path / "bare")
+    pool = make_pool(tmp_path / "pool", n=1).pool
+    manifest = pool.to_manifest()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / MANIFEST).write_text(json.dumps({**manifest, "nets": []}))
+    with pytest.raises(PoolError, match="empty"):
+        Pool.load(tmp_path / "empty")
+    file = tmp_path / "pool" / net_file(0)
+    file.write_bytes(file.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(PoolError, match="hash"):
+        Pool.load(tmp_path / "pool").load_net(0)
+
+
+def test_cli_pretrain_json_and_resume(tmp_path, fixture_root):
+    args = ["pretrain", "mnist", "--data-root", str(fixture_root), "--model", "mlp",
+            "--n-nets", "2", "--real-epochs", "0.5", "-o", str(tmp_path / "p"), "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)
+    assert rec["n_nets"] == 2 and rec["trained"] == [0, 1] and rec["s_per_net_epoch"] > 0
+    assert 0 <= rec["test_acc"]["min"] <= rec["test_acc"]["max"] <= 1
+    r = runner.invoke(app, args[:-1] + ["--quiet"])
+    assert r.exit_code == 0 and "0 trained now, 2 kept" in r.stdout
+
+
+@pytest.mark.parametrize("flag, value, code, needle", [
+    ("--optimizer", "lbfgs", 2, "--optimizer must be one of"),
+    ("--n-nets", "0", 2, "--n-nets must be a positive integer"),
+    ("--real-epochs", "0", 2, "--real-epochs must be positive"),
+    ("--model", "resnet9000", 1, "unknown model"),
+])
+def test_cli_pretrain_errors_are_one_line(tmp_path, fixture_root, flag, value, code, needle):
+    r = runner.invoke(app, ["pretrain", "mnist", "--data-root", str(fixture_root), flag, value,
+                            "-o", str(tmp_path / "p")])
+    assert r.exit_code == code, r.output
+    err = r.stderr.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in r.output
