@@ -16,7 +16,9 @@ Each protocol runs exactly as `dd eval` runs it, on the full test set:
 
 Each runs with ``batched=True`` (vmap over stacked parameters), ``False`` (a loop over
 nets) and ``None`` (auto: what `dd eval` does; on CPUs vmap only for the replay's GD
-steps). All paths give the same accuracies (checked here, and in tests/test_eval.py).
+steps). The paths compute the same thing: in float64 their accuracies are identical; in
+float32 rounding differs, and replaying from unseen inits or 300 SGD epochs can amplify
+it into a few flipped test images per net (reported here).
 On a shared CPU, run with OMP_NUM_THREADS=1 (or --threads 1): oversubscribed OpenMP
 threads make every path many times slower and the comparison meaningless.
 """
@@ -59,7 +61,8 @@ def main() -> None:
     ap.add_argument("--n-nets", type=int, default=20)
     ap.add_argument("--train-epochs", type=int, default=300)
     ap.add_argument("--only", choices=["replay", "replay-gd", "train", "inference"], nargs="*")
-    ap.add_argument("--paths", choices=list(PATHS), nargs="*", default=list(PATHS))
+    ap.add_argument("--paths", choices=list(PATHS), nargs="*",
+                    default=["vmap", "auto", "loop"])
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -93,19 +96,27 @@ def main() -> None:
 
     results = {"bundle": args.bundle, "n_nets": args.n_nets, "test_images": len(data.test_y),
                "train_epochs": args.train_epochs, "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-               "seconds": {}}
+               "threads": torch.get_num_threads(),
+               "cpu": platform.processor() or platform.machine(), "seconds": {}}
     for name in args.only or ["inference", "replay-gd", "replay", "train"]:
-        row, outs = {}, []
+        row, outs = {}, {}
         for path in args.paths:
             seconds, out = timed(lambda: run(name, PATHS[path]))
             row[path] = round(seconds, 2)
-            outs.append(out.double().cpu())
-        row["same_result"] = all(torch.equal(outs[0], o) for o in outs)
+            outs[path] = out.double().cpu()
+        # float32 rounding differs between paths, and a replay or 300 epochs of SGD can
+        # amplify it; report the largest per-net gap (test images) and the mean's gap.
+        ref = outs[args.paths[-1]]
+        scale = len(data.test_y) if name != "inference" else 1
+        gaps = [o - ref for o in outs.values()]
+        row["max_net_diff_images"] = max(float(g.abs().max()) * scale for g in gaps)
+        row["mean_diff_points"] = 0.0 if name == "inference" else max(
+            abs(float(g.mean())) * 100 for g in gaps)
         results["seconds"][name] = row
         print(f"{name:10s} {args.n_nets} nets: " + "  ".join(
-            f"{p} {row[p]:7.2f}s" for p in args.paths) + f"  same: {row['same_result']}",
-            flush=True)
+            f"{p} {row[p]:7.2f}s" for p in args.paths)
+            + f"  max per-net diff {row['max_net_diff_images']:.0f} images,"
+            f" mean diff {row['mean_diff_points']:.2f} points", flush=True)
     print(json.dumps(results))
 
 

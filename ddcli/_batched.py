@@ -5,9 +5,12 @@ networks. Rather than unrolling them one after another, their weights are stacke
 along a new leading dimension, ``(N, *shape)`` for every parameter, and one unroll
 moves all N at once:
 
-    g_t^(i)       = torch.func.grad(inner CE)(theta_t^(i), x_s, y_s)    vmapped over i
+    g_t^(i)         = torch.func.grad(inner CE)(theta_t^(i), x_s, y_s)    vmapped over i
     theta_{t+1}^(i) = theta_t^(i) - eta_t * g_t^(i)
-    L             = sum_i CE(f(x_real; theta_T^(i)), y_real)           vmapped over i
+    L               = sum_i CE(f(x_real; theta_T^(i)), y_real)
+
+The outer loss L is vmapped over i too, except on the CPU, where it goes net by net
+(``_looped_outer``: faster there, and only one real-batch graph alive at a time).
 
 ``torch.func.grad`` computes each inner gradient as a differentiable function, so
 ordinary autograd (the outer level) still sees the whole computation and
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .unroll import Params, differentiate_unroll, meta_gradient, outer_loss
+from .unroll import Params, adjoint_of, differentiate_unroll, meta_gradient, outer_loss
 
 OuterLoss = Callable[[nn.Module, Params, Tensor, Tensor], Tensor]
 
@@ -65,6 +68,7 @@ def batched_step(model: nn.Module):
 def batched_meta_gradient(
     model: nn.Module, inits: list[Params], images: Tensor, labels: Tensor, raw_lrs: Tensor,
     real_x: Tensor, real_y: Tensor, *, mode: str = "full", loss_fn: OuterLoss = outer_loss,
+    inner_threads: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Sum over ``inits`` of ``meta_gradient``'s (loss, d/d images, d/d raw rates), batched.
 
@@ -73,33 +77,49 @@ def batched_meta_gradient(
         ...                                           raw_lrs, x, y)  # doctest: +SKIP
     """
     if real_x.device.type == "cpu":
-        # On the CPU the outer loss goes net by net: vmap turns the second conv of N nets
-        # on the shared real batch into one grouped conv, which oneDNN runs 1.8x slower
-        # than N plain ones at batch 1024 (bench/batched_nets.py); the inner steps, on a
-        # few images each, are where batching pays.
-        def outer(params: Params) -> Tensor:
-            return sum(loss_fn(model, {k: v[i] for k, v in params.items()}, real_x, real_y)
-                       for i in range(len(inits)))
+        outer = _looped_outer(model, loss_fn, real_x, real_y)
     else:
         per_net = vmap(lambda params: loss_fn(model, params, real_x, real_y))
-
-        def outer(params: Params) -> Tensor:
-            return per_net(params).sum()
-
+        outer = adjoint_of(lambda params: per_net(params).sum())
     return differentiate_unroll(batched_step(model), outer, stack_params(inits), images, labels,
-                                raw_lrs, mode=mode)
+                                raw_lrs, mode=mode, inner_threads=inner_threads)
+
+
+def _looped_outer(model: nn.Module, loss_fn: OuterLoss, real_x: Tensor, real_y: Tensor):
+    """The outer loss and a_T of N stacked nets, one net at a time.
+
+    Used on the CPU: vmap would turn the second conv of N nets on the shared real batch
+    into one grouped conv, which oneDNN runs 1.8x slower than N plain ones at batch 1024,
+    and it would keep all N graphs of the real batch alive at once (80 MB each for LeNet
+    at batch 1024); here only one is. The inner steps, on a few images each, are where
+    batching pays.
+    """
+
+    def outer(final: Params) -> tuple[Tensor, tuple[Tensor, ...]]:
+        total = torch.zeros((), dtype=real_x.dtype, device=real_x.device)
+        adjoint = {k: torch.empty_like(v) for k, v in final.items()}
+        for i in range(next(iter(final.values())).shape[0]):
+            net = {k: v[i].detach().requires_grad_(True) for k, v in final.items()}
+            value = loss_fn(model, net, real_x, real_y)
+            for k, g in zip(net, torch.autograd.grad(value, tuple(net.values()))):
+                adjoint[k][i] = g
+            total += value.detach()
+        return total, tuple(adjoint.values())
+
+    return outer
 
 
 def looped_meta_gradient(
     model: nn.Module, inits: list[Params], images: Tensor, labels: Tensor, raw_lrs: Tensor,
     real_x: Tensor, real_y: Tensor, *, mode: str = "full", loss_fn: OuterLoss = outer_loss,
+    inner_threads: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The same sum, one network at a time (the fallback, and the reference in tests)."""
     total = torch.zeros((), dtype=images.dtype, device=images.device)
     g_img, g_lr = torch.zeros_like(images), torch.zeros_like(raw_lrs)
     for params0 in inits:
         loss, gi, gl = meta_gradient(model, params0, images, labels, raw_lrs, real_x, real_y,
-                                     mode=mode, loss_fn=loss_fn)
+                                     mode=mode, loss_fn=loss_fn, inner_threads=inner_threads)
         total += loss
         g_img += gi
         g_lr += gl
@@ -113,10 +133,13 @@ class NetsMetaGradient:
         model: the network structure.
         mode: the unroll memory mode.
         batch: evaluate several networks together (``--batch-nets``); False loops.
+        inner_threads: CPU threads for the unroll's small ops (see ``meta_gradient``).
     """
 
-    def __init__(self, model: nn.Module, *, mode: str, batch: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, mode: str, batch: bool = True,
+                 inner_threads: int | None = None) -> None:
         self.model, self.mode, self.batch = model, mode, batch
+        self.inner_threads = inner_threads
         self.fallback_reason: str | None = None
 
     @property
@@ -128,7 +151,8 @@ class NetsMetaGradient:
         args = (self.model, inits, images, labels, raw_lrs, real_x, real_y)
         if len(inits) > 1 and self.batched:
             try:
-                return batched_meta_gradient(*args, mode=self.mode)
+                return batched_meta_gradient(*args, mode=self.mode,
+                                             inner_threads=self.inner_threads)
             except (RuntimeError, NotImplementedError) as exc:
                 # Nothing was changed (all of it is pure functions): loop from here on.
                 self.fallback_reason = str(exc).strip().splitlines()[0][:200]
@@ -137,4 +161,4 @@ class NetsMetaGradient:
                     f"torch.func.vmap ({self.fallback_reason}); looping over them instead",
                     RuntimeWarning, stacklevel=2,
                 )
-        return looped_meta_gradient(*args, mode=self.mode)
+        return looped_meta_gradient(*args, mode=self.mode, inner_threads=self.inner_threads)

@@ -83,6 +83,18 @@ def sync_interval(device: torch.device, log_every: int) -> int:
     return max(1, log_every or 10)
 
 
+def inner_threads(device: torch.device) -> int | None:
+    """Intra-op threads for the unroll's own work on ``device`` (None: torch's setting).
+
+    On the CPU the inner steps work on n synthetic images (10 for MNIST): every op is
+    tiny, a parallel region gains little, and if any other process takes a core for a
+    moment, every region waits for the descheduled thread. Measured on 2 cores with one
+    other busy process: 2.78 s/iter with 2 threads throughout, 0.14 s/iter with the
+    unroll on 1 thread and the real batch on 2. See docs/performance.md.
+    """
+    return 1 if device.type == "cpu" else None
+
+
 def to_device(value, device: torch.device):
     """A tensor, or a dict of them, on ``device``; host-to-CUDA copies don't block."""
     if isinstance(value, dict):

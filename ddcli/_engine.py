@@ -155,7 +155,8 @@ class _Run:
         check_functional(self.model)
         self.model.to(self.device)
         self.nets = NetsMetaGradient(self.model, mode=cfg.run.unroll_memory,
-                                     batch=cfg.run.batch_nets)
+                                     batch=cfg.run.batch_nets,
+                                     inner_threads=_device.inner_threads(self.device))
         self.train_x, self.train_y = d.train_x.to(self.device), d.train_y.to(self.device)
         self.test_x, self.test_y = d.test_x.to(self.device), d.test_y.to(self.device)
         b = cfg.data.batch_size

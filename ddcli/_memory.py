@@ -10,10 +10,11 @@ keeps for a backward pass. Counting the distinct storages gives
 - ``outer_graph``: what the outer loss on a real batch keeps, per network, plus the
   gradient buffers its backward pass needs at once (twice its largest saved tensor).
 
-The modes then hold, per network evaluated at once (``nets``):
+The modes then hold, per network evaluated at once (``nets``), plus one outer graph
+(on the CPU; one per net elsewhere, see ``ddcli._batched``):
 
-    full, stepwise   T * step_graph + outer_graph + step_graph   (all T graphs alive)
-    recompute        (T + 1) * |theta| + 2 * step_graph + outer_graph
+    full, stepwise   (T + 1) * step_graph                  (all T graphs alive)
+    recompute        (T + 1) * |theta| + 2 * step_graph   (one step's graph at a time)
 
 on top of what every mode holds: the real data on the device, the synthetic images and
 rates with their gradients and Adam moments, the initial weights and the real batch.
@@ -63,7 +64,7 @@ class MemoryEstimate:
 
 
 def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: int,
-                    nproc: int = 1) -> MemoryEstimate:
+                    nproc: int = 1, device_type: str = "cpu") -> MemoryEstimate:
     """Estimate each memory mode's peak for ``cfg`` with ``model``'s architecture.
 
     Args:
@@ -71,6 +72,8 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
         model: the network (only its structure and parameter shapes are used).
         train_size, test_size: images in the real train and test sets.
         nproc: processes the sampled networks are split over.
+        device_type: "cpu", "cuda" or "mps"; batched nets take the outer loss one net
+            at a time on the CPU and all together elsewhere (see ``ddcli._batched``).
     """
     spec = model.ddcli_spec
     c, hw, classes = spec["in_channels"], spec["image_size"], spec["num_classes"]
@@ -93,15 +96,16 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
     data = (train_size + test_size) * (image + 8)  # images, and int64 labels
     synthetic = 4 * (s.steps * n * image + total_steps * elem)  # value, grad, Adam m and v
     common = data + synthetic + nets * weights + batch * image
-    graphs = {
-        "full": total_steps * step_graph + outer_graph + step_graph,
-        "stepwise": total_steps * step_graph + outer_graph + step_graph,
-        "recompute": (total_steps + 1) * weights + 2 * step_graph + outer_graph,
+    outer = (1 if device_type == "cpu" else nets) * outer_graph
+    unrolls = {
+        "full": (total_steps + 1) * step_graph,
+        "stepwise": (total_steps + 1) * step_graph,
+        "recompute": (total_steps + 1) * weights + 2 * step_graph,
     }
     return MemoryEstimate(
         steps=total_steps, nets=nets, data=data, synthetic=synthetic, weights=weights,
         real_batch=batch * image, step_graph=step_graph, outer_graph=outer_graph,
-        common=common, graphs={mode: nets * graphs[mode] for mode in MODES},
+        common=common, graphs={mode: nets * unrolls[mode] + outer for mode in MODES},
     )
 
 

@@ -47,6 +47,8 @@ from torch.func import functional_call
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+# The outer loss of the final weights and its gradient there: (L, a_T by parameter).
+OuterFn = Callable[[Params], tuple[Tensor, tuple[Tensor, ...]]]
 
 
 class StepFn(Protocol):
@@ -127,6 +129,7 @@ def meta_gradient(
     *,
     mode: str = "full",
     loss_fn: Callable[[nn.Module, Params, Tensor, Tensor], Tensor] = outer_loss,
+    inner_threads: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Outer loss and its gradient with respect to the images and the raw rates.
 
@@ -140,6 +143,9 @@ def meta_gradient(
         mode: "full", "stepwise" or "recompute" (see the module docstring).
         loss_fn: the outer objective given the final weights (the attack objective
             relabels inside it).
+        inner_threads: CPU threads for the unroll's own work (its steps and their
+            backward pass); None leaves torch's setting. The outer loss always runs
+            with torch's setting.
 
     Returns:
         (loss, d loss / d images, d loss / d raw_lrs), all detached.
@@ -148,47 +154,82 @@ def meta_gradient(
     def step(params, x, y, lr, *, create_graph):
         return gd_step(model, params, x, y, lr, create_graph=create_graph)
 
-    return differentiate_unroll(
-        step, lambda params: loss_fn(model, params, real_x, real_y), params0, images, labels,
-        raw_lrs, mode=mode,
-    )
+    outer = adjoint_of(lambda params: loss_fn(model, params, real_x, real_y))
+    return differentiate_unroll(step, outer, params0, images, labels, raw_lrs, mode=mode,
+                                inner_threads=inner_threads)
+
+
+def adjoint_of(loss: Callable[[Params], Tensor]) -> OuterFn:
+    """The ``outer`` of a scalar loss: its value and a_T = d loss / d theta_T."""
+
+    def outer(final: Params) -> tuple[Tensor, tuple[Tensor, ...]]:
+        value = loss(final)
+        return value.detach(), torch.autograd.grad(value, tuple(final.values()))
+
+    return outer
 
 
 def differentiate_unroll(
     step: StepFn,
-    loss: Callable[[Params], Tensor],
+    outer: OuterFn,
     params0: Params,
     images: Tensor,
     labels: Tensor,
     raw_lrs: Tensor,
     *,
     mode: str = "full",
+    inner_threads: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``meta_gradient`` for any step map and outer loss (e.g. N networks at once).
 
+    The outer loss is differentiated first, on its own (``outer`` returns a_T), and its
+    graph is gone before the unroll's backward pass starts; the chain rule makes this
+    the same computation as one backward pass through both.
+
     Args:
         step: the GD step map (see ``StepFn``); it must return new tensors.
-        loss: the outer loss of the final weights, a scalar.
-        params0, images, labels, raw_lrs, mode: as in ``meta_gradient``.
+        outer: maps the final weights (autograd leaves) to (outer loss, a_T); see
+            ``adjoint_of``.
+        params0, images, labels, raw_lrs, mode, inner_threads: as in ``meta_gradient``.
 
     Returns:
         (loss, d loss / d images, d loss / d raw_lrs), all detached.
     """
+    inner = _threads(inner_threads)
     if mode == "full":
         images = images.detach().requires_grad_(True)
         raw_lrs = raw_lrs.detach().requires_grad_(True)
         lrs = F.softplus(raw_lrs)
         params, steps = _leaves(params0), images.shape[0]
-        for t in range(raw_lrs.shape[0]):
-            s = t % steps
-            params = step(params, images[s], labels[s], lrs[t], create_graph=True)
-        value = loss(params)
-        g_img, g_lr = torch.autograd.grad(value, (images, raw_lrs))
-        return value.detach(), g_img, g_lr
+        with inner:
+            for t in range(raw_lrs.shape[0]):
+                s = t % steps
+                params = step(params, images[s], labels[s], lrs[t], create_graph=True)
+        value, adjoint = outer(_leaves(params))
+        with inner:
+            g_img, g_lr = torch.autograd.grad(tuple(params.values()), (images, raw_lrs),
+                                              grad_outputs=adjoint)
+        return value, g_img, g_lr
     if mode not in ("stepwise", "recompute"):
         raise ValueError(f"unknown unroll memory mode {mode!r}")
-    return _reverse_loop(step, loss, params0, images.detach(), labels, raw_lrs.detach(),
-                         keep_graphs=mode == "stepwise")
+    return _reverse_loop(step, outer, params0, images.detach(), labels, raw_lrs.detach(),
+                         keep_graphs=mode == "stepwise", inner=inner)
+
+
+class _threads:
+    """Re-enterable: run a block with ``n`` intra-op threads (None: leave as is)."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n, self.saved = n, None
+
+    def __enter__(self) -> None:
+        if self.n is not None:
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            torch.set_num_threads(self.saved)
 
 
 def _leaves(params: Params) -> Params:
@@ -205,44 +246,44 @@ def _step_graph(step: StepFn, theta: Params, x: Tensor, y: Tensor, raw_lr: Tenso
     return (x_leaf, r_leaf, *inputs.values()), out
 
 
-def _reverse_loop(step, loss, theta0, images, labels, raw_lrs, *, keep_graphs):
+def _reverse_loop(step, outer, theta0, images, labels, raw_lrs, *, keep_graphs, inner):
     steps, total = images.shape[0], raw_lrs.shape[0]
     # Forward: theta_t for every t, detached; "stepwise" also keeps every step's graph,
     # "recompute" runs the steps without one.
     thetas: list[Params | None] = [theta0]
     graphs: list[tuple] = []
     params = theta0
-    for t in range(total):
-        s = t % steps
-        if keep_graphs:
-            leaves, new = _step_graph(step, params, images[s].detach(), labels[s],
-                                      raw_lrs[t].detach())
-            graphs.append((leaves, new))
-        else:
-            new = step(_leaves(params), images[s], labels[s], F.softplus(raw_lrs[t]),
-                       create_graph=False)
-        params = {k: v.detach() for k, v in new.items()}
-        thetas.append(params)
+    with inner:
+        for t in range(total):
+            s = t % steps
+            if keep_graphs:
+                leaves, new = _step_graph(step, params, images[s].detach(), labels[s],
+                                          raw_lrs[t].detach())
+                graphs.append((leaves, new))
+            else:
+                new = step(_leaves(params), images[s], labels[s], F.softplus(raw_lrs[t]),
+                           create_graph=False)
+            params = {k: v.detach() for k, v in new.items()}
+            thetas.append(params)
 
-    final = _leaves(params)
-    value = loss(final)
-    adjoint = torch.autograd.grad(value, tuple(final.values()))
+    value, adjoint = outer(_leaves(params))
     g_img = torch.zeros_like(images)
     g_lr = torch.zeros_like(raw_lrs)
-    for t in reversed(range(total)):
-        s = t % steps
-        thetas[t + 1] = None  # theta_{t+1} is no longer needed: free it before rebuilding
-        if keep_graphs:
-            leaves, out = graphs.pop()
-        else:
-            leaves, out = _step_graph(step, thetas[t], images[s].detach(), labels[s],
-                                      raw_lrs[t].detach())
-        # a_0 is never used: at t = 0 ask only for the image and rate terms.
-        wanted = leaves if t > 0 else leaves[:2]
-        grads = torch.autograd.grad(tuple(out.values()), wanted, grad_outputs=adjoint,
-                                    materialize_grads=True)
-        g_img[s] += grads[0]
-        g_lr[t] += grads[1]
-        adjoint = grads[2:]
-        del leaves, out
-    return value.detach(), g_img, g_lr
+    with inner:
+        for t in reversed(range(total)):
+            s = t % steps
+            thetas[t + 1] = None  # theta_{t+1} is no longer needed: free it first
+            if keep_graphs:
+                leaves, out = graphs.pop()
+            else:
+                leaves, out = _step_graph(step, thetas[t], images[s].detach(), labels[s],
+                                          raw_lrs[t].detach())
+            # a_0 is never used: at t = 0 ask only for the image and rate terms.
+            wanted = leaves if t > 0 else leaves[:2]
+            grads = torch.autograd.grad(tuple(out.values()), wanted, grad_outputs=adjoint,
+                                        materialize_grads=True)
+            g_img[s] += grads[0]
+            g_lr[t] += grads[1]
+            adjoint = grads[2:]
+            del leaves, out
+    return value, g_img, g_lr

@@ -63,10 +63,11 @@ def test_two_gloo_processes_equal_one_and_resume(tmp_path, fixture_root):
                   .read_text().splitlines()]
     assert [json.loads(x)["loss"] for x in lines] == pytest.approx(ref_losses, rel=1e-5)
 
-    # Resume it under torchrun directly, to 6 iterations, against 1 process resumed to 6.
+    # Resume it to 6 iterations (config.json says nproc 2, so `dd distill --resume`
+    # relaunches 2 processes), against 1 process resumed to 6.
     six = resume(tmp_path / "one.run", overrides={"optim": {"iterations": 6}}, data=data)
-    _run(tmp_path, torchrun_command(2, ["distill", "--resume", "two.run", "--iterations", "6",
-                                        "--data-root", str(fixture_root), "--quiet"]))
+    _run(tmp_path, [sys.executable, "-m", "ddcli", "distill", "--resume", "two.run",
+                    "--iterations", "6", "--data-root", str(fixture_root), "--quiet"])
     _close(six.bundle, Bundle.load(tmp_path / "two.safetensors"))
     assert not torch.allclose(two.images, Bundle.load(tmp_path / "two.safetensors").images)
 
@@ -163,3 +164,22 @@ def test_deferred_host_reads_change_nothing_and_still_stop_nans(tmp_path, monkey
     with pytest.raises(DivergedError, match="nan at iteration 7"):
         resume(tmp_path / "c.run", overrides={"optim": {"iterations": 12}}, data=poisoned)
     assert ckpt.read_bytes() == before
+
+
+def test_nproc_forwards_the_same_command_line(monkeypatch, tmp_path):
+    from ddcli import _distributed
+
+    launched = {}
+    monkeypatch.setattr(_distributed, "launch",
+                        lambda n, args: launched.update(n=n, args=args) or 0)
+    r = CliRunner().invoke(app, ["distill", "folder:x y", "--init-mode", "random", "--n-nets", "4",
+                                 "--sample-n-nets", "4", "--no-batch-nets", "--nproc", "2",
+                                 "--quiet", "-o", str(tmp_path / "o.safetensors"), "--ipc", "2"])
+    assert r.exit_code == 0, r.output
+    assert launched["n"] == 2
+    args = launched["args"]
+    assert args[:2] == ["distill", "folder:x y"] and "--nproc" not in args
+    pairs = dict(zip(args[2::1], args[3::1]))
+    assert pairs["--init-mode"] == "random" and pairs["--sample-n-nets"] == "4"
+    assert pairs["--images-per-class-per-step"] == "2" and pairs["--out"] == str(tmp_path / "o.safetensors")
+    assert "--no-batch-nets" in args and "--quiet" in args and "--force" not in args

@@ -220,3 +220,19 @@ def test_cli_pretrained_random_run(mnist_mlp_pool, fixture_root, tmp_path):
     b = Bundle.load(json.loads(r.stdout)["bundle"])
     assert b.init_mode == "pretrained-random" and b.config["init"]["pool_holdout"] == 0.34
     assert len(b.extra["init"]["holdout_indices"]) == 1
+
+
+def test_cli_eval_scores_pool_bundle_on_held_out_nets(mnist_mlp_pool, fixture_root, tmp_path):
+    r = _distill(fixture_root, tmp_path, "--init-mode", "pretrained-random", "--pool",
+                 mnist_mlp_pool, "--model", "mlp", "--sample-n-nets", "2", "--pool-holdout",
+                 "0.34", "--json")
+    assert r.exit_code == 0, r.output
+    bundle = json.loads(r.stdout)["bundle"]
+    r = runner.invoke(app, ["eval", bundle, "--data-root", str(fixture_root), "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)
+    text = json.dumps(rec)
+    assert "before" in text and "after" in text
+    r = runner.invoke(app, ["eval", bundle, "--data-root", str(fixture_root), "--pool",
+                            str(tmp_path / "nope")])
+    assert r.exit_code == 1 and r.stderr.startswith("error:")

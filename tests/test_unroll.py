@@ -233,3 +233,14 @@ def test_dry_run_prints_every_mode_and_trains_nothing(tmp_path, fixture_root):
                                  "--json"])
     modes = json.loads(r.stdout)["estimate_bytes"]["modes"]
     assert modes["recompute"] <= modes["stepwise"] == modes["full"]
+
+
+def test_inner_threads_change_nothing_but_threads():
+    problem = _lenet_problem(2)
+    before = torch.get_num_threads()
+    ref = meta_gradient(*problem, mode="full")
+    for mode in ("full", "recompute"):
+        got = meta_gradient(*problem, mode=mode, inner_threads=1)
+        assert torch.get_num_threads() == before
+        for a, b in zip(ref, got):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

@@ -29,6 +29,9 @@ class _Group(TyperGroup):
             raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort, TyperException):
             raise
+        except BrokenPipeError:  # `dd ... | head`: the reader left; nothing to report
+            sys.stderr.close()
+            raise typer.Exit(0) from None
         except KeyboardInterrupt:
             typer.echo("error: interrupted", err=True)
             raise typer.Exit(130) from None

@@ -18,11 +18,11 @@ DataRoot = Annotated[
 ]
 Device = Annotated[
     Optional[str],
-    typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps. [default: auto]",
+    typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps. (default: auto)",
                  show_default=False),
 ]
 Seed = Annotated[
-    Optional[int], typer.Option("--seed", help="Seed for inits and data order. [default: 0]",
+    Optional[int], typer.Option("--seed", help="Seed for inits and data order. (default: 0)",
                                 show_default=False)
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 
 from .. import _memory
+from .._device import resolve_device
 from ..config import DistillConfig, load_config_file
 from ..data import load_dataset
 from ..models import create_model
@@ -59,13 +59,14 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
     model = create_model(cfg.model_name(data.name), in_channels=data.in_channels,
                          num_classes=data.num_classes, image_size=data.image_size,
                          **cfg.model.kwargs)
+    device = resolve_device(cfg.run.device)
     est = _memory.estimate_memory(cfg, model=model, train_size=data.train_x.shape[0],
-                                  test_size=data.test_x.shape[0], nproc=nproc)
+                                  test_size=data.test_x.shape[0], nproc=nproc,
+                                  device_type=device.type)
     # What this process holds once it has loaded the data and used what a run uses: the
     # framework's share of a training process's RSS, which the tensor counts leave out.
     _memory.warm_framework(model)
-    baseline = _current_rss() if cfg.run.device in ("cpu", "auto") and not (
-        torch.cuda.is_available() or torch.backends.mps.is_available()) else 0
+    baseline = _current_rss() if device.type == "cpu" else 0
     chosen = cfg.run.unroll_memory
     if json_out:
         typer.echo(json.dumps({
@@ -80,7 +81,7 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
         f"memory estimate per process: {data.name} / {cfg.model_name(data.name)}, "
         f"T = {est.steps} GD steps, {est.nets} net(s) at once, real batch "
         f"{est.real_batch // (data.in_channels * data.image_size ** 2 * 4)}, "
-        f"{nproc} process(es)")
+        f"{nproc} process(es), on {device}")
     header = f"  {'mode':10s} {'graphs':>12s} {'tensors':>12s}"
     header += f" {'peak RSS':>12s}" if baseline else ""
     typer.echo(header)

@@ -12,9 +12,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .._pool_eval import evaluate_pool_bundle, is_pool_bundle
+from ..bundle import Bundle
 from ..evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report
 from ._app import app
 from ._options import DataRoot, Device, Json, Quiet, Seed
+from ._pool_report import print_pool_report
 from ._progress import stderr
 
 Opt = typer.Option
@@ -34,27 +37,36 @@ class _Stages:
 @app.command("eval")
 def eval_command(
     path: Annotated[Path, typer.Argument(help="A bundle (.safetensors), a .pt or .npz set, or an ImageFolder directory.", show_default=False)],
-    protocol: Annotated[Optional[str], Opt(help="replay (the paper's: learned steps and rates; bundles only) or train (SGD on the images). [default: replay for bundles, train for other sets]", show_default=False)] = None,
+    protocol: Annotated[Optional[str], Opt(help="replay (the paper's: learned steps and rates; bundles only) or train (SGD on the images). Default: replay for bundles, train for other sets.", show_default=False)] = None,
     n_nets: Annotated[int, Opt(help="Fresh nets per row (baseline draws for a fixed-init bundle).")] = 20,
     seed: Seed = None,
     per_step: Annotated[bool, Opt(help="Replay: measure accuracy after every GD step, not only after each epoch.")] = False,
     baseline: Annotated[Optional[List[str]], Opt("--baseline", help=f"Also evaluate a real-data baseline; repeatable: {', '.join(BASELINES)}.", show_default=False)] = None,
     compare: Annotated[bool, Opt(help="Evaluate every baseline.")] = False,
     candidates: Annotated[int, Opt(help="optimized-real: random draws to pick the best of (scored on training data).")] = 10,
-    model: Annotated[Optional[str], Opt(help="Train protocol: any registered model (cross-architecture). [default: the set's own]", show_default=False)] = None,
-    lr: Annotated[Optional[float], Opt(help="Train protocol: SGD lr, halved at half the epochs. [default: mean learned lr, else 0.01]", show_default=False)] = None,
+    model: Annotated[Optional[str], Opt(help="Train protocol: any registered model (cross-architecture). Default: the set's own.", show_default=False)] = None,
+    lr: Annotated[Optional[float], Opt(help="Train protocol: SGD lr, halved at half the epochs. Default: the mean learned lr, else 0.01.", show_default=False)] = None,
     train_epochs: Annotated[int, Opt(help="Train protocol: epochs over the images.")] = 300,
     batch_size: Annotated[int, Opt(help="Train protocol: batch size.")] = 256,
-    init_scheme: Annotated[Optional[str], Opt(help="Weight init of fresh nets. [default: the bundle's, else xavier]", show_default=False)] = None,
-    dataset: Annotated[Optional[str], Opt(help="Test set and normalisation (needed for .pt/.npz/folder sets). [default: the bundle's]", show_default=False)] = None,
+    init_scheme: Annotated[Optional[str], Opt(help="Weight init of fresh nets. Default: the bundle's, else xavier.", show_default=False)] = None,
+    dataset: Annotated[Optional[str], Opt(help="Test set and normalisation (needed for .pt/.npz/folder sets). Default: the bundle's.", show_default=False)] = None,
     data_root: DataRoot = None,
     device: Device = None,
     batching: Annotated[str, Opt(help="How nets run together: vmap (stacked, torch.func.vmap), loop (one at a time), or auto (vmap on GPUs; on CPUs only where it is faster).")] = "auto",
+    pool: Annotated[Optional[Path], Opt(help="Pretrained, adapt and attack bundles: the pool folder. Default: the one recorded in the bundle.", show_default=False)] = None,
     record: Annotated[bool, Opt(help="Also write the results to the sidecar <set>.eval.json (never into the bundle).")] = False,
     quiet: Quiet = False,
     json_out: Json = False,
 ) -> None:
     """Train fresh networks on a distilled set; print test accuracy (mean ± std over nets)."""
+    if path.suffix == ".safetensors" and path.is_file():
+        bundle = Bundle.load(path)
+        if is_pool_bundle(bundle):
+            # Pretrained-init bundles are scored on the pool's held-out nets, before and
+            # after the distilled steps, against the same steps on random real images.
+            report = evaluate_pool_bundle(bundle, data_root=data_root, pool=pool,
+                                          n_nets=n_nets, seed=seed or 0)
+            return print_pool_report(report, json_out)
     cfg = EvalConfig(
         protocol=protocol, n_nets=n_nets, seed=0 if seed is None else seed, per_step=per_step,
         baselines=tuple(BASELINES if compare else baseline or ()), candidates=candidates,

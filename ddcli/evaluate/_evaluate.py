@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .._engine import resolve_device
+from .._device import resolve_device
 from ..bundle import Bundle
 from ..config import DEFAULT_MODELS
 from ..data import RealData, load_dataset
