@@ -35,7 +35,8 @@ from .unroll import softplus_inverse
 # Settings a resumed run may change; everything else must stay as the run began.
 RESUMABLE_OVERRIDES = {
     ("optim", "lr"), ("optim", "iterations"), ("optim", "real_epochs"),
-    ("run", "checkpoint_every"), ("run", "eval_every"), ("run", "eval_nets"),
+    ("run", "checkpoint_every"), ("run", "snapshot_every"), ("run", "eval_every"),
+    ("run", "eval_nets"),
     ("run", "log_every"), ("run", "device"), ("data", "data_root"),
     # These change speed and memory, not the result (beyond float rounding).
     ("run", "nproc"), ("run", "unroll_memory"), ("run", "batch_nets"),
@@ -354,6 +355,11 @@ class _Run:
             self._log_metrics({"iteration": it, "test_acc": ev.mean, "test_accs": ev.accuracies,
                                "elapsed": round(elapsed, 3)})
             self._emit("on_eval", ev)
+        if r.snapshot_every and (it % r.snapshot_every == 0 or it == self.total):
+            # Small (images + rates) files that `dd visualize --run` draws as an evolution.
+            _io.torch_save(self.run_dir / "snapshots" / f"iter_{it:06d}.pt", {
+                "iteration": it, "images": self.images.detach().cpu(),
+                "raw_lrs": self.raw_lrs.detach().cpu()})
         if r.checkpoint_every and it % r.checkpoint_every == 0 and it < self.total:
             self.save_checkpoint()
 

@@ -128,6 +128,7 @@ class RunConfig(_Section):
     device: str = "auto"  # auto: CUDA if present, then MPS, then CPU
     unroll_memory: str = "full"  # see docs/performance.md for the measurements behind it
     checkpoint_every: int = 50
+    snapshot_every: int = 0  # keep images+rates every N iterations (dd visualize --run)
     eval_every: int = 0
     eval_nets: int = 4
     log_every: int = 10
@@ -202,7 +203,7 @@ class DistillConfig(_Section):
             raise ConfigError(
                 f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective.kind!r}"
             )
-        for name in ("checkpoint_every", "eval_every", "log_every"):
+        for name in ("checkpoint_every", "snapshot_every", "eval_every", "log_every"):
             if getattr(r, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         _positive("nproc", r.nproc)

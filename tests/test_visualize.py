@@ -261,3 +261,22 @@ def test_long_runs_are_thinned_evenly(tmp_path):
     assert picked == sorted(set(picked))
     paths = visualize(b, tmp_path / "viz", scale=1, run_dir=run)
     assert Image.open(paths[-1]).n_frames == 30  # under the 60-frame cap: every snapshot
+
+
+def test_engine_snapshots_feed_the_evolution(tmp_path):
+    """`dd distill --snapshot-every` writes what `dd visualize --run` draws."""
+    from ddcli import DistillConfig, distill
+    from tests._toy import toy_data
+
+    cfg = DistillConfig.from_dict({
+        "data": {"dataset": "toy", "batch_size": 32}, "model": {"name": "mlp"},
+        "synth": {"steps": 2, "epochs": 1},
+        "optim": {"iterations": 4}, "run": {"snapshot_every": 2, "checkpoint_every": 0},
+    })
+    distill(cfg, out=tmp_path / "b.safetensors", data=toy_data(hw=28))
+    snaps = sorted((tmp_path / "b.run" / "snapshots").iterdir())
+    assert [p.name for p in snaps] == ["iter_000002.pt", "iter_000004.pt"]
+    last = torch.load(snaps[-1], weights_only=True)
+    assert torch.equal(last["images"], Bundle.load(tmp_path / "b.safetensors").images)
+    paths = visualize(tmp_path / "b.safetensors", tmp_path / "png", run_dir=tmp_path / "b.run")
+    assert any(p.name == "evolution.png" for p in paths)
