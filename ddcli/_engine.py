@@ -310,7 +310,8 @@ class _Run:
     def _sync_due(self, local_stop: bool) -> bool:
         r, it = self.cfg.run, self.iteration
         return local_stop or it % self.sync_every == 0 or it == self.total or any(
-            every and it % every == 0 for every in (r.log_every, r.eval_every, r.checkpoint_every))
+            every and it % every == 0
+            for every in (r.log_every, r.eval_every, r.checkpoint_every, r.snapshot_every))
 
     def _flush(self, pending: Pending) -> bool:
         """Read the pending iterations (one host sync), report them; True if asked to stop.
