@@ -133,7 +133,8 @@ class NetsMetaGradient:
         model: the network structure.
         mode: the unroll memory mode.
         batch: evaluate several networks together (``--batch-nets``); False loops.
-        inner_threads: CPU threads for the unroll's small ops (see ``meta_gradient``).
+        inner_threads: CPU threads for one network's unroll (see ``meta_gradient``);
+            a batched unroll uses torch's setting.
     """
 
     def __init__(self, model: nn.Module, *, mode: str, batch: bool = True,
@@ -151,8 +152,9 @@ class NetsMetaGradient:
         args = (self.model, inits, images, labels, raw_lrs, real_x, real_y)
         if len(inits) > 1 and self.batched:
             try:
-                return batched_meta_gradient(*args, mode=self.mode,
-                                             inner_threads=self.inner_threads)
+                # N nets make every op N times larger: worth all the threads (measured
+                # 0.68 against 1.02 s/iter for 8 LeNets on 2 cores with one).
+                return batched_meta_gradient(*args, mode=self.mode)
             except (RuntimeError, NotImplementedError) as exc:
                 # Nothing was changed (all of it is pure functions): loop from here on.
                 self.fallback_reason = str(exc).strip().splitlines()[0][:200]
