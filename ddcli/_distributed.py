@@ -100,6 +100,11 @@ class Dist:
             for t in tensors:
                 dist.broadcast(t.detach(), src=0)
 
+    def barrier(self) -> None:
+        """Wait for every rank (e.g. for rank 0's writes before anyone exits)."""
+        if self.world > 1:
+            dist.barrier()
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -274,6 +274,12 @@ class _Run:
             bundle = self.make_bundle()
             if self.dist.is_main:
                 bundle.save(self.out)
+            # Leaving one by one can abort a gloo process mid-teardown: leave together
+            # (these ends are reached by every rank at the same iteration).
+            self.dist.barrier()
+        except (DivergedError, Interrupted):
+            self.dist.barrier()
+            raise
         finally:
             self.dist.close()
         return DistillResult(
