@@ -21,7 +21,7 @@ from ._device import resolve_device
 from ._events import DistillResult, EvalInfo, IterationInfo, StartInfo
 from ._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending, stop_on_sigint, trim_metrics
 from ._checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from ._inits import FixedInit, derive_seed, init_params, make_init_source
+from ._inits import FixedInit, derive_seed, init_params, initial_images, make_init_source
 from ._objectives import make_objective
 from ._batches import BatchSampler, augment_batch
 from ._replay import accuracy, replay
@@ -185,9 +185,8 @@ class _Run:
         cfg, d = self.cfg, self.data
         s, k = cfg.synth, cfg.synth.images_per_class
         n = d.num_classes * k
-        gen = torch.Generator().manual_seed(derive_seed(cfg.init.seed, "images"))
-        # Images start as N(0, 1) in normalised space, like the reference.
-        images = torch.randn(s.steps, n, d.in_channels, d.image_size, d.image_size, generator=gen)
+        images = initial_images((s.steps, n, d.in_channels, d.image_size, d.image_size),
+                                cfg.init.seed)
         self.images = images.to(self.device).requires_grad_(True)  # (S, n, C, H, W)
         # Class-major labels inside each step: [0]*k + [1]*k + ...
         labels = torch.arange(d.num_classes).repeat_interleave(k)

@@ -20,6 +20,17 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def initial_images(shape: tuple[int, ...] | torch.Size, seed: int) -> torch.Tensor:
+    """The synthetic images a run starts from: N(0, 1) in normalised space, like the
+    reference, drawn from a generator seeded by ``seed`` (the config's ``init.seed``).
+
+    The engine starts every fresh run here, so a bundle's starting images can be
+    rebuilt from its recorded seed and shape (``dd visualize --change`` does).
+    """
+    gen = torch.Generator().manual_seed(derive_seed(seed, "images"))
+    return torch.randn(tuple(shape), generator=gen)
+
+
 def init_params(model: nn.Module, scheme: str, seed: int) -> Params:
     """Fresh weights for ``model``'s structure; ``model`` itself is left untouched."""
     scratch = copy.deepcopy(model)

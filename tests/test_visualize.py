@@ -280,3 +280,61 @@ def test_engine_snapshots_feed_the_evolution(tmp_path):
     assert torch.equal(last["images"], Bundle.load(tmp_path / "b.safetensors").images)
     paths = visualize(tmp_path / "b.safetensors", tmp_path / "png", run_dir=tmp_path / "b.run")
     assert any(p.name == "evolution.png" for p in paths)
+
+
+def _toy_bundle(tmp_path, lr, iterations, seed=3):
+    from ddcli import DistillConfig, distill
+    from tests._toy import toy_data
+
+    cfg = DistillConfig.from_dict({
+        "data": {"dataset": "toy", "batch_size": 32}, "model": {"name": "mlp"},
+        "synth": {"steps": 2, "epochs": 1}, "init": {"seed": seed},
+        "optim": {"iterations": iterations, "lr": lr}, "run": {"checkpoint_every": 0},
+    })
+    out = tmp_path / f"b{lr}.safetensors"
+    distill(cfg, out=out, data=toy_data(hw=28))
+    return Bundle.load(out)
+
+
+def test_starting_images_are_what_the_engine_started_from(tmp_path):
+    from ddcli.viz import starting_images
+
+    # with a vanishing Adam rate the images can't move: they are the start, to 1e-6
+    still = _toy_bundle(tmp_path, lr=1e-9, iterations=1)
+    start = starting_images(still)
+    assert start.shape == still.images.shape
+    torch.testing.assert_close(still.images, start, atol=1e-6, rtol=0)
+    moved = _toy_bundle(tmp_path, lr=0.05, iterations=5)
+    assert torch.equal(starting_images(moved), start)  # same seed, same start
+    assert (moved.images - start).abs().max() > 0.1
+    other = _toy_bundle(tmp_path / "o", lr=1e-9, iterations=1, seed=4)
+    assert not torch.allclose(starting_images(other), start)
+
+
+def test_change_png_draws_images_minus_start(tmp_path):
+    from ddcli.viz import starting_images
+
+    b = _toy_bundle(tmp_path, lr=0.05, iterations=5)
+    paths = visualize(b, tmp_path / "viz", scale=2, change=True)
+    assert paths[-1].name == "change.png"
+    img = Image.open(paths[-1])
+    delta = b.images - starting_images(b)
+    limit = delta.abs().flatten().quantile(0.995)
+    assert limit > 0.05  # five Adam steps of 0.05 moved the images
+    def want(s, c):
+        (i,) = (b.labels[s] == c).nonzero().flatten().tolist()
+        v = (delta[s, i, 0] / (2 * limit) + 0.5).clamp(0, 1)
+        return torch.round(v * 255).to(torch.uint8)
+    x0 = grid_x0(img, 2, want(0, 0), 28, 2)
+    for s in range(2):
+        for c in range(3):
+            got = grid_cell(img, 2, s, c, 28, 2, x0=x0)[::2, ::2]
+            np.testing.assert_array_equal(got, want(s, c).numpy())
+
+
+def test_change_needs_a_recorded_seed(tmp_path):
+    path = make_bundle(steps=2, hw=8).save(tmp_path / "b.safetensors")  # config {}: no seed
+    with pytest.raises(ConfigError, match="record the seed"):
+        visualize(path, tmp_path / "viz", change=True)
+    err = one_line_error(run_cli("visualize", path, "--change"), 2)
+    assert "--change" in err and "seed" in err

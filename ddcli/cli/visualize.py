@@ -24,12 +24,13 @@ def visualize_command(
     layout: Annotated[str, Opt(help="Step grids: auto, rows (a row per class) or columns (a column per class).")] = "auto",
     run: Annotated[Optional[Path], Opt("--run", help="Also draw the images' evolution over the checkpoint*.pt and snapshots/*.pt in RUN_DIR.", metavar="RUN_DIR", show_default=False)] = None,
     step: Annotated[int, Opt(help="With --run: the step the evolution strip follows.")] = 0,
+    change: Annotated[bool, Opt("--change", help="Also draw change.png: each image minus the noise it started from (rebuilt from the recorded seed), which shows what was learned long before the noise fades.")] = False,
     json_out: Json = False,
 ) -> None:
     """Draw a grid per step, an overview of all images and the lr schedule as PNGs."""
     out_dir = out if out is not None else bundle.with_suffix(".viz")
     paths = visualize(bundle, out_dir, scale=scale, layout=layout, run_dir=run,
-                      evolution_step=step)
+                      evolution_step=step, change=change)
     if json_out:
         typer.echo(json.dumps({"out": str(out_dir), "files": [str(p) for p in paths]}))
         return

@@ -10,12 +10,22 @@ from ._canvas import labelled_grid, save_gif, save_png
 from ._chart import line_chart
 from ._pixels import denormalize, to_uint8
 from ._snapshots import SNAPSHOT_DIR, Snapshot, load_snapshots
-from ._visualize import LAYOUTS, evolution_strip, lr_chart, overview, step_grid, visualize
+from ._visualize import (
+    LAYOUTS,
+    change_overview,
+    evolution_strip,
+    lr_chart,
+    overview,
+    starting_images,
+    step_grid,
+    visualize,
+)
 
 __all__ = [
     "LAYOUTS",
     "SNAPSHOT_DIR",
     "Snapshot",
+    "change_overview",
     "denormalize",
     "evolution_strip",
     "labelled_grid",
@@ -25,6 +35,7 @@ __all__ = [
     "overview",
     "save_gif",
     "save_png",
+    "starting_images",
     "step_grid",
     "to_uint8",
     "visualize",

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .._inits import initial_images
 from ..bundle import Bundle
 from ..errors import CheckpointError, ConfigError, ExportError
 from ._canvas import labelled_grid, save_gif, save_png
@@ -30,6 +31,7 @@ def visualize(
     layout: str = "auto",
     run_dir: str | os.PathLike | None = None,
     evolution_step: int = 0,
+    change: bool = False,
 ) -> list[Path]:
     """Draw a bundle as PNGs in ``out_dir``; return the paths written, in order.
 
@@ -37,7 +39,9 @@ def visualize(
     pass), ``overview.png`` (steps x classes) and ``lr_schedule.png``. With ``run_dir``
     it also writes ``evolution.png`` (step ``evolution_step`` at the run's checkpoints and
     snapshots, a row each, at most 12 spread evenly) and ``evolution.gif`` (the overview
-    at half the scale for each, at most 60 frames).
+    at half the scale for each, at most 60 frames). With ``change`` it also writes
+    ``change.png``: what distillation added to each image, ``images - starting noise``
+    (see ``change_overview``).
     Pixels are de-normalised with the bundle's mean/std and clipped to [0, 1]. Equal
     inputs give byte-identical files.
 
@@ -50,9 +54,11 @@ def visualize(
             than classes).
         run_dir: a run folder to read ``checkpoint*.pt`` and ``snapshots/*.pt`` from.
         evolution_step: which step the evolution strip follows.
+        change: also draw the learned change from the starting noise.
 
     Raises:
-        ConfigError: a bad ``scale``, ``layout`` or ``evolution_step``.
+        ConfigError: a bad ``scale``, ``layout`` or ``evolution_step``, or ``change`` for
+            a bundle that doesn't record the seed its images started from.
         BundleFormatError: ``bundle`` is a path to a missing or corrupt file.
         CheckpointError: ``run_dir`` has no readable snapshots matching the bundle.
         ExportError: ``out_dir`` can't be written.
@@ -71,6 +77,7 @@ def visualize(
         bundle = Bundle.load(bundle)
     if not 0 <= evolution_step < bundle.steps:
         raise ConfigError(f"--step must be from 0 to {bundle.steps - 1}, got {evolution_step}")
+    start = starting_images(bundle) if change else None
     snapshots = _matching(load_snapshots(run_dir), bundle) if run_dir is not None else []
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -81,6 +88,9 @@ def visualize(
                         out / f"step_{s:0{digits}d}.png") for s in range(bundle.steps)]
     written.append(save_png(overview(bundle, scale=scale), out / "overview.png"))
     written.append(save_png(lr_chart(bundle), out / "lr_schedule.png"))
+    if start is not None:
+        written.append(save_png(change_overview(bundle, start, scale=scale),
+                                out / "change.png"))
     if snapshots:
         strip = evolution_strip(bundle, _spread(snapshots, STRIP_ROWS), step=evolution_step,
                                 scale=scale)
@@ -115,6 +125,36 @@ def overview(bundle: Bundle, *, scale: int = 4) -> Image.Image:
     return _overview_image(bundle, bundle.images, scale=scale, title=title)
 
 
+def starting_images(bundle: Bundle) -> Tensor:
+    """The images ``bundle``'s run started from, rebuilt from its recorded seed.
+
+    Raises:
+        ConfigError: the bundle wasn't made by ``dd distill`` (no recorded init seed).
+    """
+    init = bundle.config.get("init") if isinstance(bundle.config, dict) else None
+    if not isinstance(init, dict) or "seed" not in init:
+        raise ConfigError("--change needs a bundle made by `dd distill`: this one doesn't "
+                          "record the seed its images started from")
+    return initial_images(bundle.images.shape, int(init["seed"]))
+
+
+def change_overview(bundle: Bundle, start: Tensor, *, scale: int = 4) -> Image.Image:
+    """What distillation added to every image: ``images - start``, laid out as ``overview``.
+
+    Mid-gray is no change; lighter is brighter than the starting noise, darker is darker.
+    One scale for the whole picture (the 99.5th percentile of |change|, printed in the
+    title maps to white/black), so cells compare with each other. This removes the
+    starting noise, which the bundle's own pixels keep: early in a run (a few hundred
+    iterations) the change shows class structure well before the images themselves do.
+    """
+    delta = bundle.images.detach().float().cpu() - start  # normalised units
+    limit = max(float(delta.abs().flatten().quantile(0.995)), 1e-12)
+    pixels = (delta / (2 * limit) + 0.5).clamp(0, 1)
+    title = (f"learned change: images - starting noise (seed {bundle.config['init']['seed']}) "
+             f"· gray 0, white/black +/-{limit:.2g} std")
+    return _overview_image(bundle, pixels, scale=scale, title=title, pixels=True)
+
+
 def lr_chart(bundle: Bundle, *, size: tuple[int, int] = (640, 360)) -> Image.Image:
     """The learned rate of each of the T GD steps, with the passes marked."""
     s, e = bundle.steps, bundle.epochs
@@ -145,18 +185,24 @@ def _step_title(bundle: Bundle, step: int) -> str:
     return f"step {step} · lr {rates}"
 
 
-def _overview_image(bundle: Bundle, images: Tensor, *, scale: int, title: str) -> Image.Image:
+def _overview_image(bundle: Bundle, images: Tensor, *, scale: int, title: str,
+                    pixels: bool = False) -> Image.Image:
     rows = torch.stack([
-        _by_class(bundle, images[s], bundle.labels[s]).flatten(0, 1) for s in range(bundle.steps)
+        _by_class(bundle, images[s], bundle.labels[s], pixels=pixels).flatten(0, 1)
+        for s in range(bundle.steps)
     ])  # (S, K * k, C, H, W)
     return labelled_grid(rows, scale=scale, title=title,
                          row_labels=[f"step {s}" for s in range(bundle.steps)],
                          col_labels=bundle.classes, col_span=rows.shape[1] // bundle.num_classes)
 
 
-def _by_class(bundle: Bundle, images: Tensor, labels: Tensor) -> Tensor:
-    """Pixels of one step grouped by class: (K, k, C, H, W); blank cells pad short classes."""
-    x01 = denormalize(images, bundle.mean, bundle.std).clamp(0, 1)  # (n, C, H, W)
+def _by_class(bundle: Bundle, images: Tensor, labels: Tensor, *,
+              pixels: bool = False) -> Tensor:
+    """Pixels of one step grouped by class: (K, k, C, H, W); blank cells pad short classes.
+
+    ``images`` are normalised, or already [0, 1] display values with ``pixels``.
+    """
+    x01 = images if pixels else denormalize(images, bundle.mean, bundle.std).clamp(0, 1)
     members = [(labels == c).nonzero().flatten() for c in range(bundle.num_classes)]
     k = max(len(m) for m in members)
     out = torch.ones(bundle.num_classes, k, *x01.shape[1:])
