@@ -132,7 +132,8 @@ def setup(device: torch.device) -> Dist:
 
 def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
     """The command that runs ``dd <args>`` in ``nproc`` processes on this machine."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    # ddcli._torchrun is torchrun with one-line errors (no traceback, one report)
+    return [sys.executable, "-m", "ddcli._torchrun", "--standalone",
             f"--nproc-per-node={nproc}", "-m", "ddcli", *args]
 
 

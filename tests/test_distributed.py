@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +75,93 @@ def test_two_gloo_processes_equal_one_and_resume(tmp_path, fixture_root):
     assert not torch.allclose(two.images, Bundle.load(tmp_path / "two.safetensors").images)
 
 
+@pytest.mark.slow
+def test_a_failing_launch_is_one_line_and_ctrl_c_checkpoints(tmp_path, fixture_root):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DDCLI_OFFLINE": "1"}
+    # every rank fails the same way: the error shows once, without torchrun's report
+    bad = subprocess.run([sys.executable, "-m", "ddcli", "distill", "mnist", "--data-root",
+                          str(tmp_path / "nowhere"), *ARGS, "--nproc", "2", "-o", "x.safetensors"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1, bad.stderr[-3000:]
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not found" in lines[0], lines
+
+    # Ctrl-C: the workers stop together, rank 0 checkpoints, exit 130, no traceback
+    run_dir = tmp_path / "int.run"
+    proc = subprocess.Popen([sys.executable, "-m", "ddcli", "distill", "mnist", "--data-root",
+                             str(fixture_root), *ARGS, "--nproc", "2", "--iterations", "100000",
+                             "-o", "int.safetensors"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (run_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (run_dir / "checkpoint.pt").exists(), "no checkpoint within 90 s"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "ChildFailedError" not in err, err[-3000:]
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert state["iteration"] == last["iteration"] >= 2  # saved where it stopped
+
+
+def test_torchrun_wrapper_reports_another_rank_and_interrupts(monkeypatch, tmp_path, capsys):
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from ddcli import _torchrun
+
+    argv = ["--standalone", "--nproc-per-node=3", "-m", "ddcli", "distill"]
+    seen = {}
+
+    def rank1_fails(args):  # rank 1 fails alone; torchrun then stops 0 and 2 with SIGTERM
+        seen["redirects"] = args.redirects
+        log = Path(args.log_dir) / "job" / "attempt_0" / "1" / "stderr.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("progress\nerror: rank one broke\n")
+        raise ChildFailedError("ddcli", {
+            0: ProcessFailure(local_rank=0, pid=10, exitcode=-15, error_file=""),
+            1: ProcessFailure(local_rank=1, pid=11, exitcode=3, error_file=""),
+        })
+
+    monkeypatch.setattr(torchrun, "run", rank1_fails)
+    assert _torchrun.main(argv) == 3
+    assert capsys.readouterr().err.strip() == "rank 1: error: rank one broke"
+    assert seen["redirects"] == "1:3,2:3"  # rank 0 keeps the terminal
+
+    def rank0_fails_too(args):  # rank 0 printed its own error: nothing is added
+        raise ChildFailedError("ddcli", {
+            1: ProcessFailure(local_rank=1, pid=11, exitcode=1, error_file=""),
+            0: ProcessFailure(local_rank=0, pid=10, exitcode=2, error_file=""),
+        })
+
+    monkeypatch.setattr(torchrun, "run", rank0_fails_too)
+    assert _torchrun.main(argv) == 2
+    assert capsys.readouterr().err == ""
+
+    def interrupted(args):
+        raise SignalException("SIGINT", sigval=signal.SIGINT)
+
+    monkeypatch.setattr(torchrun, "run", interrupted)
+    assert _torchrun.main(argv) == 130
+    monkeypatch.setattr(torchrun, "run", lambda args: None)
+    assert _torchrun.main(argv) == 0
+    assert "DDCLI_ERROR_DIR" not in os.environ
+
+
+def test_error_lines_are_left_for_the_launcher(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDCLI_ERROR_DIR", str(tmp_path))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "missing.safetensors")])
+    assert r.exit_code == 1
+    assert (tmp_path / "rank1.err").read_text() == r.stderr
+
+
 def test_share_is_contiguous_and_covers_every_net():
     items = list(range(7))
     shares = [Dist(rank=r, world=3).share(items) for r in range(3)]
@@ -101,7 +191,7 @@ def test_nproc_usage_errors_before_launching(tmp_path):
 
 def test_torchrun_command_runs_ddcli_as_a_module():
     cmd = torchrun_command(3, ["distill", "mnist"])
-    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[:3] == [sys.executable, "-m", "ddcli._torchrun"]
     assert "--nproc-per-node=3" in cmd and cmd[-4:] == ["-m", "ddcli", "distill", "mnist"]
 
 

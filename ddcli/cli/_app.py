@@ -16,6 +16,20 @@ def _debug() -> bool:
     return os.environ.get("DDCLI_DEBUG", "") not in ("", "0")
 
 
+def _report(message: str) -> None:
+    """Print one error line; under `dd distill --nproc` also leave it where the launcher
+    looks (``ddcli._torchrun`` shows one line for all ranks)."""
+    typer.echo(message, err=True)
+    where = os.environ.get("DDCLI_ERROR_DIR")
+    if where:
+        rank = os.environ.get("LOCAL_RANK", "0")
+        try:
+            with open(os.path.join(where, f"rank{rank}.err"), "a") as f:
+                f.write(message + "\n")
+        except OSError:
+            pass
+
+
 class _Group(TyperGroup):
     """Maps every DDError to one line on stderr and its exit code (1, or 2 for usage)."""
 
@@ -25,7 +39,7 @@ class _Group(TyperGroup):
         except DDError as exc:
             if _debug():
                 raise
-            typer.echo(f"error: {exc}", err=True)
+            _report(f"error: {exc}")
             raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort, TyperException):
             raise
@@ -33,20 +47,17 @@ class _Group(TyperGroup):
             sys.stderr.close()
             raise typer.Exit(0) from None
         except KeyboardInterrupt:
-            typer.echo("error: interrupted", err=True)
+            _report("error: interrupted")
             raise typer.Exit(130) from None
         except MemoryError:
-            typer.echo("error: out of memory; try a smaller --batch-size, fewer --steps, or "
-                       "--unroll-memory recompute", err=True)
+            _report("error: out of memory; try a smaller --batch-size, fewer --steps, or "
+                    "--unroll-memory recompute")
             raise typer.Exit(1) from None
         except Exception as exc:  # a bug: say so in one line, offer the traceback
             if _debug():
                 raise
-            typer.echo(
-                f"error: internal error ({type(exc).__name__}: {exc}); "
-                "rerun with DDCLI_DEBUG=1 for the traceback and please report it",
-                err=True,
-            )
+            _report(f"error: internal error ({type(exc).__name__}: {exc}); "
+                    "rerun with DDCLI_DEBUG=1 for the traceback and please report it")
             raise typer.Exit(1) from None
 
 

@@ -1,0 +1,87 @@
+"""``python -m ddcli._torchrun ARGS``: torchrun with ddcli's one-line errors.
+
+``dd distill --nproc N`` starts this instead of ``torchrun`` itself, which on a failed
+worker or a Ctrl-C prints a Python traceback, a failure report and log lines, and
+lets every rank print the same error. Here:
+
+- rank 0 keeps the terminal (progress, its result, its one-line error);
+- the other ranks write to log files, so an error common to all ranks shows once;
+  when only another rank failed, its error line is printed, tagged with its rank;
+- torchrun's own log lines and traceback are dropped, and the exit status is the
+  failing worker's (130 after Ctrl-C, as for a one-process run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+EXIT_INTERRUPTED = 130
+
+
+def _exit_code(code: int) -> int:
+    """A worker's exit code as a shell reports it (128 + N for death by signal N)."""
+    return 128 - code if code < 0 else code
+
+
+def _last_error_line(log_dir: Path, local_rank: int) -> str | None:
+    """The error line a rank left (``dd``'s error handler writes ``rank<N>.err``), or
+    else the last line of its redirected stderr."""
+    paths = [log_dir / f"rank{local_rank}.err",
+             *sorted(log_dir.glob(f"**/attempt_*/{local_rank}/stderr.log"))]
+    for path in paths:
+        if not path.exists():
+            continue
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return lines[-1].strip()
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    nproc = int(args.nproc_per_node)
+    log_dir = Path(tempfile.mkdtemp(prefix="ddcli-torchrun-"))
+    args.log_dir = str(log_dir)
+    previous = os.environ.get("DDCLI_ERROR_DIR")
+    os.environ["DDCLI_ERROR_DIR"] = str(log_dir)  # the workers inherit it
+    if nproc > 1:
+        args.redirects = ",".join(f"{r}:3" for r in range(1, nproc))
+    try:
+        run(args)
+        return 0
+    except (SignalException, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    except ChildFailedError as err:
+        # Workers that exited with an error by themselves (torchrun stops the rest with
+        # SIGTERM). Rank 0's line is on the terminal already; another rank's is not.
+        own = {rank: f for rank, f in err.failures.items() if f.exitcode > 0}
+        if own:
+            rank = 0 if 0 in own else min(own)
+            if rank != 0 and not (log_dir / "rank0.err").exists():
+                line = _last_error_line(log_dir, own[rank].local_rank)
+                if line:
+                    print(f"rank {rank}: {line}", file=sys.stderr)
+            return own[rank].exitcode
+        code = _exit_code(err.get_first_failure()[1].exitcode)
+        return EXIT_INTERRUPTED if code == 128 + signal.SIGINT else code
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("DDCLI_ERROR_DIR", None)
+        else:
+            os.environ["DDCLI_ERROR_DIR"] = previous
+
+
+if __name__ == "__main__":
+    sys.exit(main())
