@@ -126,9 +126,19 @@ def resume(
     ):
         cfg_dict["optim"]["iterations"] = None
     cfg = DistillConfig.from_dict(cfg_dict).validate()
-    run = _Run(cfg, Path(state["out"]), run_dir, data, callbacks)
+    run = _Run(cfg, _resumed_out(Path(state["out"]), run_dir), run_dir, data, callbacks)
     run.restore(state)
     return run.loop()
+
+
+def _resumed_out(out: Path, run_dir: Path) -> Path:
+    """Where a resumed run writes its bundle: where the run started it (checkpoints store
+    an absolute path), or beside the run folder if that place is gone (the run folder was
+    moved) or the path is relative (checkpoints from before ddcli 0.1 stored it as given).
+    """
+    if out.is_absolute() and out.parent.is_dir():
+        return out
+    return run_dir.parent / out.name
 
 
 class _Run:
@@ -414,7 +424,7 @@ class _Run:
                 if self.source.fixed_params is not None else None
             ),
             "config": self.cfg.to_dict(),
-            "out": str(self.out),
+            "out": str(self.out.absolute()),  # so a resume from elsewhere writes it here
             "total_iterations": self.total,
             "elapsed": getattr(self, "elapsed_now", self.elapsed_before),
             "last_loss": self.last_loss,

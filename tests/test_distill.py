@@ -142,3 +142,24 @@ def test_source_model_weights_untouched(tmp_path, monkeypatch):
     distill(cfg(optim={"iterations": 2}), out=tmp_path / "a.safetensors", data=toy_data())
     for k, v in seen["before"].items():
         assert torch.equal(v, seen["after"][k])
+
+
+def test_resume_writes_the_bundle_where_the_run_put_it(tmp_path, monkeypatch):
+    """A relative -o, resumed from another folder, still lands beside the run."""
+    data = toy_data()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    distill(cfg(optim={"iterations": 3}), out="b.safetensors", data=data)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = resume(tmp_path / "a" / "b.run", overrides={"optim": {"iterations": 6}}, data=data)
+    assert result.bundle_path == tmp_path / "a" / "b.safetensors"
+    assert Bundle.load(tmp_path / "a" / "b.safetensors").summary["iterations"] == 6
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+    # a moved run folder (its recorded place is gone) writes beside itself
+    (tmp_path / "a").rename(tmp_path / "moved")
+    result = resume(tmp_path / "moved" / "b.run", overrides={"optim": {"iterations": 8}},
+                    data=data)
+    assert result.bundle_path == tmp_path / "moved" / "b.safetensors"
+    assert Bundle.load(result.bundle_path).summary["iterations"] == 8
