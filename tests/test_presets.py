@@ -36,6 +36,25 @@ def test_paper_cifar_presets_match_the_reference():
         assert cfg.synth.distill_lr == 0.001 and cfg.data.augment and cfg.init.mode == mode
 
 
+def test_fashion_presets_are_the_results_page_settings():
+    lenet = {m: build_config(None, {}, base=get_preset(f"fashion-lenet-{m}"))
+             for m in ("fixed", "random")}
+    for mode, cfg in lenet.items():
+        assert cfg.data.dataset == "fashion-mnist" and cfg.model.name == "lenet"
+        assert cfg.model.init_scheme == "xavier" and cfg.data.batch_size == 1024
+        assert (cfg.optim.real_epochs, cfg.optim.decay_every) == (50.0, 15.0)
+        assert cfg.optim.iterations is None and cfg.init.mode == mode
+    assert (lenet["random"].init.n_nets, lenet["random"].init.sample_n_nets) == (4, 4)
+    conv = {m: build_config(None, {}, base=get_preset(f"fashion-convnet-{m}"))
+            for m in ("fixed", "random")}
+    for mode, cfg in conv.items():
+        assert cfg.data.dataset == "fashion-mnist" and cfg.model.name == "convnet"
+        assert cfg.model.init_scheme == "default" and cfg.data.batch_size == 256
+        assert cfg.optim.decay_every == 0.9 and cfg.init.mode == mode
+    assert conv["fixed"].optim.iterations == 600 and conv["random"].optim.iterations == 400
+    assert conv["random"].init.sample_n_nets == 1
+
+
 def test_quick_preset_is_short():
     cfg = build_config(None, {}, base=get_preset("quick-mnist"))
     assert cfg.data.dataset == "mnist" and cfg.optim.iterations is not None

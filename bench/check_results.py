@@ -1,0 +1,63 @@
+"""Re-check the numbers on docs/results.md: `dd eval` every bundle listed in
+results/index.json with its recorded arguments and compare each row's mean and std.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/check_results.py --data-root DIR [NAME ...]
+
+Evaluation is seeded (fresh nets 0..n-1), so the figures must match to the 4 decimals
+the index keeps; a mismatch is printed and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INDEX = ROOT / "results" / "index.json"
+
+
+def check(name: str, entry: dict, data_root: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "ddcli", "eval", str(ROOT / "results" / name),
+           *entry["eval_args"], "--json", "--quiet"]
+    if data_root:
+        cmd += ["--data-root", data_root]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return [f"{name}: dd eval failed: {proc.stderr.strip()}"]
+    rows = {row["label"]: row for row in json.loads(proc.stdout)["rows"]}
+    problems = []
+    for label, want in entry["rows"].items():
+        got = rows.get(label)
+        if got is None:
+            problems.append(f"{name}: no row {label!r}")
+            continue
+        for key in ("mean", "std"):
+            if round(got[key], 4) != round(want[key], 4):
+                problems.append(f"{name} / {label}: {key} {got[key]:.4f}, the page says "
+                                f"{want[key]:.4f}")
+    return problems
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", help="bundles to check (default: all in the index)")
+    ap.add_argument("--data-root", help="passed to dd eval")
+    args = ap.parse_args()
+    index = json.loads(INDEX.read_text())
+    names = args.names or sorted(index)
+    problems = []
+    for name in names:
+        found = check(name, index[name], args.data_root)
+        print(f"{name}: {'ok' if not found else 'MISMATCH'}", flush=True)
+        problems += found
+    for line in problems:
+        print(line)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
