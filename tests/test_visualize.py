@@ -211,6 +211,17 @@ def test_line_chart_draws_each_series_where_it_belongs():
         line_chart({"bad": ([0, 1, 2], [1, 2])})
 
 
+def test_legend_moves_below_a_long_title():
+    def swatch_rows(img):  # rows (above the plot) holding the first series' colour
+        a = np.asarray(img).astype(int)
+        return (abs(a[:60] - [0, 114, 178]).sum(-1) < 40).any(1).nonzero()[0]
+
+    series = {f"paper-mnist-run-{i}": [0.0, float(i)] for i in range(4)}
+    short = swatch_rows(line_chart({"a": [0, 1], "b": [1, 0]}, title="t"))
+    long = swatch_rows(line_chart(series, title="replay test accuracy during distillation"))
+    assert short.min() < 22 <= long.min()  # beside the title; on a row of its own
+
+
 def run_cli(*args):
     return runner.invoke(app, [str(a) for a in args])
 

@@ -76,6 +76,13 @@ def line_chart(
     y_fmt, x_fmt = _formatter(y_ticks), _formatter(x_ticks)
     left = 12 * u + int(max((draw.textlength(y_fmt(t), font=small) for t in y_ticks), default=0))
     top = (14 + (22 if title or len(lines) > 1 else 0) + (16 if y_label else 0)) * u
+    # the legend sits right of the title, or on a row of its own when both don't fit
+    legend_w = sum(draw.textlength(n, font=small) + 28 * u for n in lines) if len(lines) > 1 else 0
+    title_w = draw.textlength(title, font=big) if title else 0
+    legend_y = 8 * u
+    if legend_w and title_w + 16 * u + legend_w > width - 24 * u:
+        legend_y = 28 * u
+        top += 20 * u
     right, bottom = width - 16 * u, height - (26 + (16 if x_label else 0)) * u
     if right - left < 20 * u or bottom - top < 20 * u:
         raise ValueError(f"chart size {size} is too small for its labels")
@@ -121,9 +128,9 @@ def line_chart(
                     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
         if len(lines) > 1:
             tw = draw.textlength(name, font=small)
-            draw.text((legend_x, 8 * u), name, fill=INK, font=small, anchor="ra")
-            draw.rectangle([legend_x - tw - 16 * u, 10 * u, legend_x - tw - 6 * u, 20 * u],
-                           fill=colour)
+            draw.text((legend_x, legend_y), name, fill=INK, font=small, anchor="ra")
+            draw.rectangle([legend_x - tw - 16 * u, legend_y + 2 * u, legend_x - tw - 6 * u,
+                            legend_y + 12 * u], fill=colour)
             legend_x -= tw + 28 * u
     return img.resize(size, Image.Resampling.LANCZOS)
 
