@@ -43,7 +43,7 @@ _FASHION_CONVNET = {
     "data": {"dataset": "fashion-mnist", "batch_size": 256},
     "model": {"name": "convnet", "init_scheme": "default"},
     "synth": {"steps": 10, "epochs": 3, "images_per_class": 1, "distill_lr": 0.02},
-    "optim": {"lr": 0.01, "decay_every": 0.9, "decay_factor": 0.5, "iterations": 600},
+    "optim": {"lr": 0.01, "decay_every": 0.9, "decay_factor": 0.5, "iterations": 420},
 }
 
 
@@ -83,7 +83,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         _with(_FASHION_LENET, init={"mode": "random", "n_nets": 4, "sample_n_nets": 4}),
     ),
     "fashion-convnet-fixed": (
-        "Fashion-MNIST, ConvNet, 10 x 3, fixed init, real batch 256, 600 iterations "
+        "Fashion-MNIST, ConvNet, 10 x 3, fixed init, real batch 256, 420 iterations "
         "(docs/results.md).",
         _with(_FASHION_CONVNET, init={"mode": "fixed"}),
     ),

@@ -51,7 +51,7 @@ def test_fashion_presets_are_the_results_page_settings():
         assert cfg.data.dataset == "fashion-mnist" and cfg.model.name == "convnet"
         assert cfg.model.init_scheme == "default" and cfg.data.batch_size == 256
         assert cfg.optim.decay_every == 0.9 and cfg.init.mode == mode
-    assert conv["fixed"].optim.iterations == 600 and conv["random"].optim.iterations == 400
+    assert conv["fixed"].optim.iterations == 420 and conv["random"].optim.iterations == 400
     assert conv["random"].init.sample_n_nets == 1
 
 
