@@ -3,7 +3,7 @@
 Each configuration runs in its own Python process (``python bench/_common.py --worker``),
 so the peak RSS it reports belongs to that configuration alone. Inside the worker:
 
-- the real data is loaded and the framework warmed (``ddcli._memory.warm_framework``:
+- the real data is loaded and the framework warmed (``ddcli.core.memory.warm_framework``:
   one tiny meta-gradient and Adam step); then the kernel's peak-RSS counter is reset
   (``/proc/self/clear_refs``), so "peak RSS" is the peak while distilling, torch and the
   data included, and "+ over start" is what the run added on top of them;
@@ -39,7 +39,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from ddcli import DistillConfig, distill
-    from ddcli._memory import warm_framework
+    from ddcli.core.memory import warm_framework
     from ddcli.data import load_dataset
     from ddcli.models import create_model
 

@@ -33,10 +33,10 @@ import time
 import torch
 
 from ddcli import Bundle
-from ddcli._inits import derive_seed, init_params
+from ddcli.engine.inits import derive_seed, init_params
 from ddcli.data import load_dataset
 from ddcli.evaluate import replay_accuracies, train_accuracies
-from ddcli.evaluate._batched import (
+from ddcli.evaluate._nets import (
     activation_floats,
     correct_counts,
     stack_params,

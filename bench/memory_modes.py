@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from _common import base_parser, machine, measure, mib, mnist_config, table
 
-from ddcli._memory import estimate_memory
+from ddcli.core.memory import estimate_memory
 from ddcli.config import DistillConfig
 from ddcli.models import create_model
 

@@ -8,11 +8,11 @@ Example:
     torch.Size([10, 10, 1, 28, 28])
 """
 
-from ._engine import DistillResult, EvalInfo, IterationInfo, StartInfo, distill, resume
-from ._version import __version__
-from .bundle import Bundle
-from .config import DistillConfig
-from .errors import DDError
+from ddcli.engine.loop import DistillResult, EvalInfo, IterationInfo, StartInfo, distill, resume
+from ddcli._version import __version__
+from ddcli.bundle import Bundle
+from ddcli.config import DistillConfig
+from ddcli.errors import DDError
 
 __all__ = [
     "Bundle",

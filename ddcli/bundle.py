@@ -29,9 +29,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import _io
-from ._version import __version__
-from .errors import BundleFormatError
+from ddcli.infra import io as _io
+from ddcli._version import __version__
+from ddcli.errors import BundleFormatError
 
 FORMAT_NAME = "ddcli-bundle"
 FORMAT_VERSION = 1

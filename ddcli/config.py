@@ -50,6 +50,10 @@ class _Section:
         if not isinstance(data, dict):
             raise ConfigError(f"{where} must be a table/object, got {type(data).__name__}")
         known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        # Keys renamed since earlier versions still load (config files, run folders).
+        renamed = getattr(cls, "RENAMED", {})
+        if any(old in data for old in renamed):
+            data = {renamed.get(k, k): v for k, v in data.items()}
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(
@@ -90,18 +94,22 @@ class SynthConfig(_Section):
     steps: int = 10
     epochs: int = 3
     images_per_class: int = 1  # per class, per step
-    distill_lr: float = 0.02  # initial inner learning rate (softplus space)
+    step_lr: float = 0.02  # the initial value of every learned GD rate (not raw)
+
+    RENAMED = {"distill_lr": "step_lr"}
 
 
 @dataclass
 class OptimConfig(_Section):
-    lr: float = 0.01
+    meta_lr: float = 0.01  # Adam's step size over the synthetic set and rates
     beta1: float = 0.5
     beta2: float = 0.999
     decay_every: float = 40.0  # in real-data epochs
     decay_factor: float = 0.5
     real_epochs: float = 400.0  # budget, used when iterations is None
     iterations: int | None = None
+
+    RENAMED = {"lr": "meta_lr"}
 
 
 @dataclass
@@ -170,7 +178,7 @@ class DistillConfig(_Section):
         _positive("batch-size", self.data.batch_size)
         _positive("n-nets", i.n_nets)
         _positive("sample-n-nets", i.sample_n_nets)
-        for name, value in (("distill-lr", s.distill_lr), ("lr", o.lr)):
+        for name, value in (("step-lr", s.step_lr), ("meta-lr", o.meta_lr)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"--{name} must be a positive number, got {value}")
         if not 0 < o.decay_factor <= 1:

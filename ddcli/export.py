@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import _io
-from ._version import __version__
-from .bundle import Bundle
-from .errors import ConfigError, ExportError
-from .viz import denormalize, to_uint8
+from ddcli.infra import io as _io
+from ddcli._version import __version__
+from ddcli.bundle import Bundle
+from ddcli.errors import ConfigError, ExportError
+from ddcli.viz import denormalize, to_uint8
 
 FORMATS = ("imagefolder", "pt", "npz")
 MANIFEST = "manifest.json"

@@ -9,22 +9,22 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .errors import ConfigError
+from ddcli.errors import ConfigError
 
 _PAPER_MNIST = {
     "data": {"dataset": "mnist", "batch_size": 1024},
     "model": {"name": "lenet", "init_scheme": "xavier"},
-    "synth": {"steps": 10, "epochs": 3, "images_per_class": 1, "distill_lr": 0.02},
-    "optim": {"lr": 0.01, "decay_every": 40.0, "decay_factor": 0.5, "real_epochs": 400.0,
+    "synth": {"steps": 10, "epochs": 3, "images_per_class": 1, "step_lr": 0.02},
+    "optim": {"meta_lr": 0.01, "decay_every": 40.0, "decay_factor": 0.5, "real_epochs": 400.0,
               "iterations": None},
 }
 
-# The reference's CIFAR-10 command: AlexCifarNet, distill_lr 0.001, augmented real batches.
+# The reference's CIFAR-10 command: AlexCifarNet, distill_lr (our step_lr) 0.001, augmented real batches.
 _PAPER_CIFAR10 = {
     "data": {"dataset": "cifar10", "batch_size": 1024, "augment": True},
     "model": {"name": "alexcifarnet", "init_scheme": "xavier"},
-    "synth": {"steps": 10, "epochs": 3, "images_per_class": 1, "distill_lr": 0.001},
-    "optim": {"lr": 0.01, "decay_every": 40.0, "decay_factor": 0.5, "real_epochs": 400.0,
+    "synth": {"steps": 10, "epochs": 3, "images_per_class": 1, "step_lr": 0.001},
+    "optim": {"meta_lr": 0.01, "decay_every": 40.0, "decay_factor": 0.5, "real_epochs": 400.0,
               "iterations": None},
 }
 
@@ -89,7 +89,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "A first run in about two minutes on 2 CPU cores: MNIST, LeNet, 10 x 3, fixed init, "
         "tuned for speed (see docs/results.md).",
         _with(_PAPER_MNIST, init={"mode": "fixed"},
-              optim={"lr": 0.01, "iterations": 500, "decay_every": 40.0},
+              optim={"meta_lr": 0.01, "iterations": 500, "decay_every": 40.0},
               run={"eval_every": 100}),
     ),
 }

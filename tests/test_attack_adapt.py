@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from ddcli import Bundle, DistillConfig, distill
-from ddcli._objectives import AttackObjective, make_objective
-from ddcli._pool_eval import evaluate_pool_bundle, random_real_images
-from ddcli._pretrain import PretrainRecipe, pretrain
+from ddcli.core.objectives import AttackObjective, make_objective
+from ddcli.evaluate.pool import evaluate_pool_bundle, random_real_images
+from ddcli.pool.pretrain import PretrainRecipe, pretrain
 from ddcli.cli._pool_report import print_pool_report
 from ddcli.data import RealData
 from ddcli.errors import ConfigError
 
-from ._toy import toy_data
+from tests._toy import toy_data
 
 RECIPE = PretrainRecipe(real_epochs=3, lr=0.01, batch_size=32)
 
@@ -38,8 +38,8 @@ def cfg(pool, **objective) -> DistillConfig:
     return DistillConfig.from_dict({
         "data": {"dataset": "toy", "batch_size": 48},
         "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "synth": {"steps": 2, "epochs": 1, "distill_lr": 0.1},
-        "optim": {"iterations": 30, "lr": 0.05, "decay_every": 100.0},
+        "synth": {"steps": 2, "epochs": 1, "step_lr": 0.1},
+        "optim": {"iterations": 30, "meta_lr": 0.05, "decay_every": 100.0},
         "init": {"mode": "pretrained-random", "pool": str(pool), "sample_n_nets": 2,
                  "pool_holdout": 0.34},
         "objective": objective,

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from ddcli import DistillConfig, distill
-from ddcli._batched import NetsMetaGradient, batched_meta_gradient, looped_meta_gradient
-from ddcli._inits import init_params
+from ddcli.core.nets import NetsMetaGradient, batched_meta_gradient, looped_meta_gradient
+from ddcli.engine.inits import init_params
 from ddcli.models import create_model, list_models
-from ddcli.unroll import softplus_inverse
+from ddcli.core.unroll import softplus_inverse
 
-from ._toy import toy_data
+from tests._toy import toy_data
 
 # (in_channels, image_size, options): small enough for float64 double backward.
 SHAPES = {"alexcifarnet": (3, 32, {}), "lenet": (1, 28, {}),
@@ -95,8 +95,8 @@ def test_engine_batched_and_looped_runs_agree(tmp_path):
         cfg = DistillConfig.from_dict({
             "data": {"dataset": "toy", "batch_size": 32},
             "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-            "synth": {"steps": 2, "epochs": 2, "distill_lr": 0.05},
-            "optim": {"iterations": 5, "lr": 0.05},
+            "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
+            "optim": {"iterations": 5, "meta_lr": 0.05},
             "init": {"mode": "random", "n_nets": 4, "sample_n_nets": 3},
             "run": {"device": "cpu", "checkpoint_every": 0, "batch_nets": batch},
         })

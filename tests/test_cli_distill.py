@@ -43,7 +43,7 @@ def test_missing_data_offline(tmp_path):
 
 @pytest.mark.parametrize("flag, value, needle", [
     ("--steps", "0", "--steps must be a positive integer"),
-    ("--lr", "-1", "--lr must be a positive number"),
+    ("--lr", "-1", "--meta-lr must be a positive number"),
     ("--init-mode", "sideways", "--init-mode must be one of"),
     ("--unroll-memory", "lots", "--unroll-memory must be one of"),
     ("--device", "tpu", "--device"),
@@ -71,7 +71,7 @@ def test_config_file_and_flags_override(tmp_path, fixture_root):
     rec = json.loads(r.stdout)
     assert rec["bundle"] == str(out) and rec["steps"] == 2 and rec["epochs"] == 2
     b = Bundle.load(out)
-    assert b.config["synth"] == {"steps": 2, "epochs": 2, "images_per_class": 1, "distill_lr": 0.02}
+    assert b.config["synth"] == {"steps": 2, "epochs": 2, "images_per_class": 1, "step_lr": 0.02}
     assert b.config["data"]["batch_size"] == 64 and b.raw_lrs.numel() == 4
 
 

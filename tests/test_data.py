@@ -14,7 +14,7 @@ from PIL import Image
 
 import ddcli.data._api as data_api
 import ddcli.data._builtin as builtin
-from ddcli._registry import Registry
+from ddcli.infra.registry import Registry
 from ddcli.data import (
     RealData,
     dataset_info,

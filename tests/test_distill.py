@@ -10,15 +10,15 @@ import torch
 from ddcli import Bundle, DistillConfig, distill, resume
 from ddcli.errors import CheckpointError, ConfigError, DivergedError, Interrupted
 
-from ._toy import toy_data
+from tests._toy import toy_data
 
 
 def cfg(**sections) -> DistillConfig:
     base = {
         "data": {"dataset": "toy", "batch_size": 32},
         "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "synth": {"steps": 2, "epochs": 2, "distill_lr": 0.05},
-        "optim": {"iterations": 8, "lr": 0.05, "decay_every": 1.0},
+        "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
+        "optim": {"iterations": 8, "meta_lr": 0.05, "decay_every": 1.0},
         "run": {"checkpoint_every": 3, "log_every": 1, "device": "cpu"},
     }
     for name, values in sections.items():
@@ -120,14 +120,14 @@ def test_nan_divergence_raises_and_keeps_checkpoint(tmp_path):
     before = (tmp_path / "a.run" / "checkpoint.pt").read_bytes()
     poisoned = toy_data()
     poisoned.train_x[:] = float("nan")
-    with pytest.raises(DivergedError, match=r"nan at iteration 4.*--resume .*--lr"):
+    with pytest.raises(DivergedError, match=r"nan at iteration 4.*--resume .*--meta-lr"):
         resume(tmp_path / "a.run", overrides={"optim": {"iterations": 6}}, data=poisoned)
     assert (tmp_path / "a.run" / "checkpoint.pt").read_bytes() == before
 
 
 def test_source_model_weights_untouched(tmp_path, monkeypatch):
     """The engine's model only provides structure; its own weights never change."""
-    import ddcli._engine as engine
+    import ddcli.engine.loop as engine
 
     seen = {}
     real_loop = engine._Run.loop

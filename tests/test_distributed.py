@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from ddcli import Bundle, DistillConfig, distill, resume
-from ddcli._distributed import Dist, check_config, torchrun_command
+from ddcli.infra.distributed import Dist, check_config, torchrun_command
 from ddcli.cli import app
 from ddcli.data import load_dataset
 from ddcli.errors import ConfigError, DivergedError
@@ -114,7 +114,7 @@ def test_torchrun_wrapper_reports_another_rank_and_interrupts(monkeypatch, tmp_p
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from ddcli import _torchrun
+    from ddcli.infra import torchrun as _torchrun
 
     argv = ["--standalone", "--nproc-per-node=3", "-m", "ddcli", "distill"]
     seen = {}
@@ -191,14 +191,14 @@ def test_nproc_usage_errors_before_launching(tmp_path):
 
 def test_torchrun_command_runs_ddcli_as_a_module():
     cmd = torchrun_command(3, ["distill", "mnist"])
-    assert cmd[:3] == [sys.executable, "-m", "ddcli._torchrun"]
+    assert cmd[:3] == [sys.executable, "-m", "ddcli.infra.torchrun"]
     assert "--nproc-per-node=3" in cmd and cmd[-4:] == ["-m", "ddcli", "distill", "mnist"]
 
 
 # --- devices and host syncs -------------------------------------------------------------
 
 def test_resolve_device_names():
-    from ddcli._device import resolve_device
+    from ddcli.infra.device import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else
@@ -215,17 +215,17 @@ def _toy_cfg(**run) -> DistillConfig:
     return DistillConfig.from_dict({
         "data": {"dataset": "toy", "batch_size": 32},
         "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "synth": {"steps": 2, "epochs": 2, "distill_lr": 0.05},
-        "optim": {"iterations": 6, "lr": 0.05, "decay_every": 1.0},
+        "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
+        "optim": {"iterations": 6, "meta_lr": 0.05, "decay_every": 1.0},
         "run": {"device": "cpu", "checkpoint_every": 3, "log_every": 1, **run},
     })
 
 
 def test_deferred_host_reads_change_nothing_and_still_stop_nans(tmp_path, monkeypatch):
     """What CUDA does (read values every k iterations), exercised on the CPU."""
-    from ddcli import _device
+    from ddcli.infra import device as _device
 
-    from ._toy import toy_data
+    from tests._toy import toy_data
 
     data = toy_data()
     every = distill(_toy_cfg(), out=tmp_path / "a.safetensors", data=data)
@@ -257,7 +257,7 @@ def test_deferred_host_reads_change_nothing_and_still_stop_nans(tmp_path, monkey
 
 
 def test_nproc_forwards_the_same_command_line(monkeypatch, tmp_path):
-    from ddcli import _distributed
+    from ddcli.infra import distributed as _distributed
 
     launched = {}
     monkeypatch.setattr(_distributed, "launch",

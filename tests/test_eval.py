@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ddcli import Bundle, DistillConfig, distill
-from ddcli._inits import derive_seed, init_params
-from ddcli._replay import accuracy, replay
+from ddcli.engine.inits import derive_seed, init_params
+from ddcli.core._replay import accuracy, replay
 from ddcli.errors import BundleFormatError, ConfigError
 from ddcli.evaluate import (
     EvalConfig,
@@ -18,18 +18,18 @@ from ddcli.evaluate import (
     train_accuracies,
     train_nets,
 )
-from ddcli.evaluate._batched import use_vmap
+from ddcli.evaluate._nets import use_vmap
 from ddcli.models import create_model
 
-from ._toy import toy_data
+from tests._toy import toy_data
 
 
 def cfg(**sections) -> DistillConfig:
     base = {
         "data": {"dataset": "toy", "batch_size": 32},
         "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "synth": {"steps": 2, "epochs": 2, "distill_lr": 0.05},
-        "optim": {"iterations": 12, "lr": 0.05, "decay_every": 100.0},
+        "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
+        "optim": {"iterations": 12, "meta_lr": 0.05, "decay_every": 100.0},
         "run": {"checkpoint_every": 0, "log_every": 0, "eval_every": 12, "eval_nets": 3,
                 "device": "cpu"},
     }
@@ -142,12 +142,12 @@ def test_train_protocol_is_seeded_and_uses_mean_learned_lr(fixed_run):
     a, b = evaluate_bundle(path, **kw), evaluate_bundle(path, **kw)
     assert a.primary.accuracies == b.primary.accuracies
     assert a.primary.group == "fresh nets" and a.primary.n == 3
-    assert a.settings["lr"] == pytest.approx(float(Bundle.load(path).lrs.mean()))
+    assert a.settings["train_lr"] == pytest.approx(float(Bundle.load(path).lrs.mean()))
     assert a.settings["lr_halved_at_epoch"] == 5
     c = evaluate_bundle(path, **kw, seed=1)
     assert c.primary.accuracies != a.primary.accuracies or c.settings["seed"] == 1
-    d = evaluate_bundle(path, **kw, lr=0.5)
-    assert d.settings["lr"] == 0.5 and d.settings["lr_source"] == "--lr"
+    d = evaluate_bundle(path, **kw, train_lr=0.5)
+    assert d.settings["train_lr"] == 0.5 and d.settings["lr_source"] == "--train-lr"
 
 
 def test_train_protocol_cross_architecture(fixed_run):
@@ -172,7 +172,7 @@ def test_replay_refuses_another_model_and_pretrained_bundles(fixed_run, tmp_path
 
 def test_bad_settings_are_config_errors(fixed_run):
     _, path = fixed_run
-    for bad in ({"n_nets": 0}, {"protocol": "sideways"}, {"lr": -1.0}, {"baselines": ["nope"]},
+    for bad in ({"n_nets": 0}, {"protocol": "sideways"}, {"train_lr": -1.0}, {"baselines": ["nope"]},
                 {"batching": "fast"}):
         with pytest.raises(ConfigError):
             evaluate_bundle(path, data=toy_data(), **bad)

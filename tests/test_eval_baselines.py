@@ -7,8 +7,8 @@ from ddcli.data import load_dataset
 from ddcli.errors import ConfigError
 from ddcli.evaluate import BASELINES, build_baseline, evaluate_bundle, kmeans, knn_accuracy
 
-from ._toy import toy_data
-from .conftest import FIXTURES
+from tests._toy import toy_data
+from tests.conftest import FIXTURES
 
 # 2 steps x (10 classes x 2 images), class-major within each step
 LABELS = torch.arange(10).repeat_interleave(2).expand(2, 20)
@@ -108,8 +108,8 @@ def test_compare_rows_and_margin(tmp_path):
     c = DistillConfig.from_dict({
         "data": {"dataset": "toy", "batch_size": 32},
         "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "synth": {"steps": 2, "epochs": 2, "distill_lr": 0.05},
-        "optim": {"iterations": 4, "lr": 0.05},
+        "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
+        "optim": {"iterations": 4, "meta_lr": 0.05},
         "run": {"checkpoint_every": 0, "log_every": 0, "device": "cpu"},
     })
     distill(c, out=tmp_path / "b.safetensors", data=toy_data())

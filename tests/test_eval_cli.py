@@ -8,10 +8,10 @@ import torch
 from typer.testing import CliRunner
 
 from ddcli import Bundle
-from ddcli._inits import init_params
+from ddcli.engine.inits import init_params
 from ddcli.cli import app
 from ddcli.models import create_model
-from ddcli.unroll import softplus_inverse
+from ddcli.core.unroll import softplus_inverse
 
 runner = CliRunner()
 
@@ -111,7 +111,7 @@ def test_train_protocol_on_the_cli(mnist_bundle, fixture_root):
     rec = json.loads(r.stdout)
     assert rec["protocol"] == "train" and rec["settings"]["batching"] == "loop"
     assert rec["rows"][0]["group"] == "fresh nets" and rec["rows"][0]["n"] == 2
-    assert rec["settings"]["lr"] == pytest.approx(0.02)
+    assert rec["settings"]["train_lr"] == pytest.approx(0.02)
 
 
 def test_help_mentions_protocols():

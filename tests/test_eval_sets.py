@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 
 from ddcli import Bundle
-from ddcli._inits import init_params
+from ddcli.engine.inits import init_params
 from ddcli.data._realdata import normalized_tensor
 from ddcli.errors import ConfigError, ImageSetError
 from ddcli.evaluate import evaluate_bundle, evaluate_set, load_image_set
 from ddcli.models import create_model
-from ddcli.unroll import softplus_inverse
+from ddcli.core.unroll import softplus_inverse
 
-from ._toy import toy_data
+from tests._toy import toy_data
 
 SETTINGS = dict(protocol="train", model="mlp", n_nets=3, train_epochs=8, batch_size=4, seed=5)
 
@@ -79,14 +79,14 @@ def test_every_format_scores_like_the_bundle(bundle, tmp_path, kind):
     else:
         write_folder(bundle, path, manifest=kind == "folder+manifest")
         if kind == "folder":
-            extra = {"lr": float(bundle.lrs.mean())}  # no manifest: no learned rates
+            extra = {"train_lr": float(bundle.lrs.mean())}  # no manifest: no learned rates
     loaded = load_image_set(path)
     assert loaded.images.shape[-3:] == (1, 8, 8) and loaded.labels.numel() == 12
     want = evaluate_bundle(bundle, data=data, **SETTINGS, **extra)
     got = evaluate_set(path, data=data, **SETTINGS, **extra)
     assert got.kind == ("imagefolder" if "folder" in kind else kind)
     assert got.primary.accuracies == want.primary.accuracies
-    assert got.settings["lr"] == want.settings["lr"]
+    assert got.settings["train_lr"] == want.settings["train_lr"]
 
 
 def test_a_folder_is_read_in_step_major_order(bundle, tmp_path):

@@ -200,7 +200,7 @@ def test_exports_evaluate_like_the_bundle(tmp_path, fixture_root):
                     "--json")
         assert r.exit_code == 0, (kind, r.output)
         rec = json.loads(r.stdout)
-        assert rec["kind"] == kind and rec["settings"]["lr"] == pytest.approx(b.lrs.mean().item())
+        assert rec["kind"] == kind and rec["settings"]["train_lr"] == pytest.approx(b.lrs.mean().item())
         accs[kind] = rec["rows"][0]["accuracies"]
     assert accs["pt"] == accs["bundle"] and accs["npz"] == accs["bundle"], accs
     assert accs["imagefolder"] == accs["bundle"], accs

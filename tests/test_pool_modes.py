@@ -9,16 +9,16 @@ import torch
 from typer.testing import CliRunner
 
 from ddcli import Bundle, DistillConfig, distill, resume
-from ddcli._inits import PretrainedRandomInit, make_init_source
-from ddcli._pool import MANIFEST, Pool
-from ddcli._pool_eval import evaluate_pool_bundle, is_pool_bundle
-from ddcli._pretrain import PretrainRecipe, pretrain
-from ddcli._replay import accuracy, replay
+from ddcli.engine.inits import PretrainedRandomInit, make_init_source
+from ddcli.pool.pool import MANIFEST, Pool
+from ddcli.evaluate.pool import evaluate_pool_bundle, is_pool_bundle
+from ddcli.pool.pretrain import PretrainRecipe, pretrain
+from ddcli.core._replay import accuracy, replay
 from ddcli.cli import app
 from ddcli.errors import ConfigError, Interrupted, PoolError
 from ddcli.models import create_model
 
-from ._toy import toy_data
+from tests._toy import toy_data
 
 runner = CliRunner()
 
@@ -35,8 +35,8 @@ def cfg(pool, mode="pretrained-random", **sections) -> DistillConfig:
     base = {
         "data": {"dataset": "toy", "batch_size": 32},
         "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "synth": {"steps": 2, "epochs": 1, "distill_lr": 0.05},
-        "optim": {"iterations": 6, "lr": 0.05, "decay_every": 100.0},
+        "synth": {"steps": 2, "epochs": 1, "step_lr": 0.05},
+        "optim": {"iterations": 6, "meta_lr": 0.05, "decay_every": 100.0},
         "init": {"mode": mode, "pool": str(pool), "sample_n_nets": 2},
         "run": {"checkpoint_every": 2, "log_every": 1},
     }

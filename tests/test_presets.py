@@ -3,6 +3,7 @@
 import pytest
 from typer.testing import CliRunner
 
+from ddcli.config import DistillConfig
 from ddcli.cli import app
 from ddcli.cli.distill import build_config
 from ddcli.errors import ConfigError
@@ -21,8 +22,8 @@ def test_paper_mnist_presets_match_the_paper():
     random = build_config(None, {}, base=get_preset("paper-mnist-random"))
     for cfg in (fixed, random):
         assert cfg.data.dataset == "mnist" and cfg.model.name == "lenet"
-        assert cfg.model.init_scheme == "xavier" and cfg.synth.distill_lr == 0.02
-        assert (cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2) == (0.01, 0.5, 0.999)
+        assert cfg.model.init_scheme == "xavier" and cfg.synth.step_lr == 0.02
+        assert (cfg.optim.meta_lr, cfg.optim.beta1, cfg.optim.beta2) == (0.01, 0.5, 0.999)
         assert (cfg.optim.decay_every, cfg.optim.decay_factor) == (40.0, 0.5)
         assert cfg.optim.real_epochs == 400.0 and cfg.optim.iterations is None
         assert cfg.data.batch_size == 1024 and not cfg.data.augment
@@ -33,7 +34,7 @@ def test_paper_cifar_presets_match_the_reference():
     for name, mode in (("paper-cifar10-fixed", "fixed"), ("paper-cifar10-random", "random")):
         cfg = build_config(None, {}, base=get_preset(name))
         assert cfg.data.dataset == "cifar10" and cfg.model.name == "alexcifarnet"
-        assert cfg.synth.distill_lr == 0.001 and cfg.data.augment and cfg.init.mode == mode
+        assert cfg.synth.step_lr == 0.001 and cfg.data.augment and cfg.init.mode == mode
 
 
 def test_fashion_presets_are_the_results_page_settings():
@@ -62,9 +63,9 @@ def test_quick_preset_is_short():
 
 
 def test_flags_override_preset():
-    cfg = build_config(None, {"lr": 0.005, "init_mode": "random", "iterations": 7},
+    cfg = build_config(None, {"meta_lr": 0.005, "init_mode": "random", "iterations": 7},
                        base=get_preset("paper-mnist-fixed"))
-    assert cfg.optim.lr == 0.005 and cfg.init.mode == "random" and cfg.optim.iterations == 7
+    assert cfg.optim.meta_lr == 0.005 and cfg.init.mode == "random" and cfg.optim.iterations == 7
     cfg = build_config(None, {"real_epochs": 2.0}, base=get_preset("quick-mnist"))
     assert cfg.optim.iterations is None and cfg.optim.real_epochs == 2.0
 
@@ -81,3 +82,11 @@ def test_list_presets_cli():
     assert r.exit_code == 0
     for name, _ in list_presets():
         assert name in r.stdout
+
+
+def test_config_keys_renamed_since_earlier_versions_still_load():
+    # Run folders and config files written before the learned rates and the meta step
+    # size were named apart use distill_lr and lr.
+    cfg = DistillConfig.from_dict({"synth": {"distill_lr": 0.1}, "optim": {"lr": 0.2}})
+    assert cfg.synth.step_lr == 0.1 and cfg.optim.meta_lr == 0.2
+    assert "distill_lr" not in cfg.to_dict()["synth"] and "lr" not in cfg.to_dict()["optim"]

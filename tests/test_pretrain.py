@@ -6,15 +6,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ddcli._inits import derive_seed
-from ddcli._pool import MANIFEST, Pool, net_file
-from ddcli._pretrain import PretrainRecipe, pretrain
-from ddcli._replay import accuracy
+from ddcli.engine.inits import derive_seed
+from ddcli.pool.pool import MANIFEST, Pool, net_file
+from ddcli.pool.pretrain import PretrainRecipe, pretrain
+from ddcli.core._replay import accuracy
 from ddcli.cli import app
 from ddcli.errors import ConfigError, PoolError
 from ddcli.models import create_model
 
-from ._toy import toy_data
+from tests._toy import toy_data
 
 MLP = {"model": "mlp", "model_kwargs": {"hidden": [16]}}
 RECIPE = PretrainRecipe(real_epochs=2, lr=0.01, batch_size=32)

@@ -11,11 +11,11 @@ from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from ddcli._inits import init_params
-from ddcli._memory import estimate_memory
+from ddcli.engine.inits import init_params
+from ddcli.core.memory import estimate_memory
 from ddcli.config import DistillConfig, replace
 from ddcli.models import create_model
-from ddcli.unroll import meta_gradient, softplus_inverse, unroll
+from ddcli.core.unroll import meta_gradient, softplus_inverse, unroll
 
 
 class Tiny(nn.Module):

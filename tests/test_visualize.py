@@ -300,7 +300,7 @@ def _toy_bundle(tmp_path, lr, iterations, seed=3):
     cfg = DistillConfig.from_dict({
         "data": {"dataset": "toy", "batch_size": 32}, "model": {"name": "mlp"},
         "synth": {"steps": 2, "epochs": 1}, "init": {"seed": seed},
-        "optim": {"iterations": iterations, "lr": lr}, "run": {"checkpoint_every": 0},
+        "optim": {"iterations": iterations, "meta_lr": lr}, "run": {"checkpoint_every": 0},
     })
     out = tmp_path / f"b{lr}.safetensors"
     distill(cfg, out=out, data=toy_data(hw=28))

@@ -1,6 +1,6 @@
 """The `dd` command line: thin wrappers over the library."""
 
-from . import _commands  # noqa: F401  (mounts the subcommands on app)
-from ._app import app, main
+from ddcli.cli import _commands  # noqa: F401  (mounts the subcommands on app)
+from ddcli.cli._app import app, main
 
 __all__ = ["app", "main"]

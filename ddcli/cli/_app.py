@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from ..errors import DDError
+from ddcli.errors import DDError
 
 
 def _debug() -> bool:
@@ -18,7 +18,7 @@ def _debug() -> bool:
 
 def _report(message: str) -> None:
     """Print one error line; under `dd distill --nproc` also leave it where the launcher
-    looks (``ddcli._torchrun`` shows one line for all ranks)."""
+    looks (``ddcli.infra.torchrun`` shows one line for all ranks)."""
     typer.echo(message, err=True)
     where = os.environ.get("DDCLI_ERROR_DIR")
     if where:
@@ -74,14 +74,14 @@ app = typer.Typer(
 
 def main() -> None:
     """Console-script entry point (`dd`, `ddcli`, `python -m ddcli`)."""
-    from . import _commands  # noqa: F401  (mounts the subcommands)
+    from ddcli.cli import _commands  # noqa: F401  (mounts the subcommands)
 
     sys.exit(app(prog_name=os.path.basename(sys.argv[0]) if sys.argv else "dd"))
 
 
 def _show_version(value: bool) -> None:
     if value:
-        from .._version import __version__
+        from ddcli._version import __version__
 
         typer.echo(f"ddcli {__version__}")
         raise typer.Exit()

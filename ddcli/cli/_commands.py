@@ -1,6 +1,6 @@
 """Mounts every subcommand on the app, one module per command."""
 
-from . import distill  # noqa: F401
-from . import export, visualize  # noqa: F401
-from . import pretrain  # noqa: F401
-from . import eval  # noqa: F401,A004
+from ddcli.cli import distill  # noqa: F401
+from ddcli.cli import export, visualize  # noqa: F401
+from ddcli.cli import pretrain  # noqa: F401
+from ddcli.cli import eval  # noqa: F401,A004

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from .._pool_eval import HELD_OUT, PHASES, STORED, PoolEvalReport
+from ddcli.evaluate.pool import HELD_OUT, PHASES, STORED, PoolEvalReport
 
 _HEAD = {"before": "before", "after": "after (distilled)", "baseline": "random real"}
 _GROUP = {HELD_OUT: "held-out pool nets", STORED: "stored init net", "random": "fresh random nets"}

@@ -9,11 +9,11 @@ from typing import Any
 
 import typer
 
-from .. import _memory
-from .._device import resolve_device
-from ..config import DistillConfig, load_config_file
-from ..data import load_dataset
-from ..models import create_model
+from ddcli.core import memory as _memory
+from ddcli.infra.device import resolve_device
+from ddcli.config import DistillConfig, load_config_file
+from ddcli.data import load_dataset
+from ddcli.models import create_model
 
 
 def forward_args(ctx: typer.Context) -> list[str]:
@@ -54,7 +54,7 @@ def resumed_config(run_dir: Path, overrides: dict[str, dict[str, Any]]) -> Disti
 
 
 def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
-    """Estimate each memory mode's peak for ``cfg`` (see ``ddcli._memory``) and print it."""
+    """Estimate each memory mode's peak for ``cfg`` (see ``ddcli.core.memory``) and print it."""
     data = load_dataset(cfg.data.dataset, root=cfg.data.data_root)
     model = create_model(cfg.model_name(data.name), in_channels=data.in_channels,
                          num_classes=data.num_classes, image_size=data.image_size,

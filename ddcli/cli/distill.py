@@ -8,13 +8,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .. import _distributed, _engine, presets
-from ..config import DistillConfig, load_config_file, merge_dicts
-from ..errors import DivergedError, Interrupted
-from ._app import app
-from ._options import DataRoot, Device, Json, Quiet, Seed
-from ._progress import DistillProgress
-from ._scale import forward_args, print_dry_run, resumed_config
+from ddcli import presets
+from ddcli.infra import distributed as _distributed
+from ddcli.engine import loop as _engine
+from ddcli.config import DistillConfig, load_config_file, merge_dicts
+from ddcli.errors import DivergedError, Interrupted
+from ddcli.cli._app import app
+from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
+from ddcli.cli._progress import DistillProgress
+from ddcli.cli._scale import forward_args, print_dry_run, resumed_config
 
 # flag name -> (config section, key)
 FLAG_TO_CONFIG = {
@@ -27,8 +29,8 @@ FLAG_TO_CONFIG = {
     "steps": ("synth", "steps"),
     "epochs": ("synth", "epochs"),
     "images_per_class": ("synth", "images_per_class"),
-    "distill_lr": ("synth", "distill_lr"),
-    "lr": ("optim", "lr"),
+    "step_lr": ("synth", "step_lr"),
+    "meta_lr": ("optim", "meta_lr"),
     "decay_every": ("optim", "decay_every"),
     "decay_factor": ("optim", "decay_factor"),
     "iterations": ("optim", "iterations"),
@@ -105,8 +107,8 @@ def distill_command(
     attack_class: Annotated[Optional[int], Opt(help="attack: the class A to make the nets misclassify.", show_default=False)] = None,
     target_class: Annotated[Optional[int], Opt(help="attack: the class B that A should be predicted as.", show_default=False)] = None,
     seed: Seed = None,
-    distill_lr: Annotated[Optional[float], Opt(help="Initial learned GD rate of every step. (default: 0.02)", show_default=False)] = None,
-    lr: Annotated[Optional[float], Opt(help="Adam step size for images and rates. (default: 0.01)", show_default=False)] = None,
+    step_lr: Annotated[Optional[float], Opt("--step-lr", "--distill-lr", help="Initial value of every learned GD rate. (default: 0.02)", show_default=False)] = None,
+    meta_lr: Annotated[Optional[float], Opt("--meta-lr", "--lr", help="Adam step size for the images and rates (the meta-optimizer). (default: 0.01)", show_default=False)] = None,
     decay_every: Annotated[Optional[float], Opt(help="StepLR period, in real-data epochs. (default: 40)", show_default=False)] = None,
     decay_factor: Annotated[Optional[float], Opt(help="StepLR factor. (default: 0.5)", show_default=False)] = None,
     batch_size: Annotated[Optional[int], Opt(help="Real images per outer iteration. (default: 1024)", show_default=False)] = None,

@@ -12,13 +12,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .._pool_eval import evaluate_pool_bundle, is_pool_bundle
-from ..bundle import Bundle
-from ..evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report
-from ._app import app
-from ._options import DataRoot, Device, Json, Quiet, Seed
-from ._pool_report import print_pool_report
-from ._progress import stderr
+from ddcli.evaluate.pool import evaluate_pool_bundle, is_pool_bundle
+from ddcli.bundle import Bundle
+from ddcli.evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report
+from ddcli.cli._app import app
+from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
+from ddcli.cli._pool_report import print_pool_report
+from ddcli.cli._progress import stderr
 
 Opt = typer.Option
 
@@ -45,7 +45,7 @@ def eval_command(
     compare: Annotated[bool, Opt(help="Evaluate every baseline.")] = False,
     candidates: Annotated[int, Opt(help="optimized-real: random draws to pick the best of (scored on training data).")] = 10,
     model: Annotated[Optional[str], Opt(help="Train protocol: any registered model (cross-architecture). Default: the set's own.", show_default=False)] = None,
-    lr: Annotated[Optional[float], Opt(help="Train protocol: SGD lr, halved at half the epochs. Default: the mean learned lr, else 0.01.", show_default=False)] = None,
+    train_lr: Annotated[Optional[float], Opt("--train-lr", "--lr", help="Train protocol: the SGD rate, halved at half the epochs. Default: the mean learned GD rate, else 0.01.", show_default=False)] = None,
     train_epochs: Annotated[int, Opt(help="Train protocol: epochs over the images.")] = 300,
     batch_size: Annotated[int, Opt(help="Train protocol: batch size.")] = 256,
     init_scheme: Annotated[Optional[str], Opt(help="Weight init of fresh nets. Default: the bundle's, else xavier.", show_default=False)] = None,
@@ -70,7 +70,7 @@ def eval_command(
     cfg = EvalConfig(
         protocol=protocol, n_nets=n_nets, seed=0 if seed is None else seed, per_step=per_step,
         baselines=tuple(BASELINES if compare else baseline or ()), candidates=candidates,
-        model=model, lr=lr, train_epochs=train_epochs, batch_size=batch_size,
+        model=model, train_lr=train_lr, train_epochs=train_epochs, batch_size=batch_size,
         init_scheme=init_scheme, device=device or "auto", batching=batching,
     )
     report = evaluate(path, cfg, dataset=dataset, data_root=data_root,
@@ -95,7 +95,7 @@ def print_report(report: EvalReport, console: Console) -> None:
     s = report.settings
     what = (f"{s['steps']} steps x {s['images_per_step']} images"
             + (f", {s['gd_steps']} GD steps" if report.protocol == "replay" else
-               f", {s['train_epochs']} epochs, lr {s['lr']:.4g}, batch {s['batch_size']}"))
+               f", {s['train_epochs']} epochs, lr {s['train_lr']:.4g}, batch {s['batch_size']}"))
     console.print(f"{report.source}: {report.protocol} protocol · {report.model['name']} · "
                   f"{report.dataset} test set ({report.test_size:,} images) · {what} · "
                   f"seed {s['seed']}", soft_wrap=True)

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..export import FORMATS, export
-from ._app import app
-from ._options import Json
+from ddcli.export import FORMATS, export
+from ddcli.cli._app import app
+from ddcli.cli._options import Json
 
 _DEFAULT_SUFFIX = {"imagefolder": "-imagefolder", "pt": ".pt", "npz": ".npz"}
 

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress import TimeRemainingColumn
 
-from .._pretrain import PretrainRecipe, PretrainResult, pretrain
-from ._app import app
-from ._options import DataRoot, Device, Json, Quiet, Seed
-from ._progress import stderr
+from ddcli.pool.pretrain import PretrainRecipe, PretrainResult, pretrain
+from ddcli.cli._app import app
+from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
+from ddcli.cli._progress import stderr
 
 Opt = typer.Option
 

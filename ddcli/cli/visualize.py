@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..viz import visualize
-from ._app import app
-from ._options import Json
+from ddcli.viz import visualize
+from ddcli.cli._app import app
+from ddcli.cli._options import Json
 
 Opt = typer.Option
 

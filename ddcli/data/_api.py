@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ddcli._registry import Registry
+from ddcli.infra.registry import Registry
 from ddcli.data._realdata import RealData
 from ddcli.errors import UnknownDatasetError
 

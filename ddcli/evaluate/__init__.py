@@ -18,13 +18,13 @@ Example:
     ...     print(row.label, f"{row.mean:.2%} ± {row.std:.2%}")
 """
 
-from ._baselines import BASELINES, build_baseline, kmeans, knn_accuracy
-from ._batched import replay_accuracies, train_accuracies, train_nets
-from ._evaluate import evaluate, evaluate_bundle, evaluate_set
-from ._job import StageInfo
-from ._replay_protocol import initial_params
-from ._report import EvalConfig, EvalReport, EvalRow, record_report, sidecar_path
-from ._sets import ImageSet, load_image_set
+from ddcli.evaluate._baselines import BASELINES, build_baseline, kmeans, knn_accuracy
+from ddcli.evaluate._nets import replay_accuracies, train_accuracies, train_nets
+from ddcli.evaluate._evaluate import evaluate, evaluate_bundle, evaluate_set
+from ddcli.evaluate._job import StageInfo
+from ddcli.evaluate._replay_protocol import initial_params
+from ddcli.evaluate._report import EvalConfig, EvalReport, EvalRow, record_report, sidecar_path
+from ddcli.evaluate._sets import ImageSet, load_image_set
 
 __all__ = [
     "BASELINES",

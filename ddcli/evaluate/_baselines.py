@@ -26,9 +26,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._inits import derive_seed
-from ..data import RealData
-from ..errors import ConfigError
+from ddcli.engine.inits import derive_seed
+from ddcli.data import RealData
+from ddcli.errors import ConfigError
 
 BASELINES = ("random-real", "optimized-real", "kmeans", "class-mean", "knn")
 #: baselines that build an image set (``knn`` is a classifier over sets)

@@ -10,18 +10,18 @@ from typing import Any
 
 import torch
 
-from .._device import resolve_device
-from ..bundle import Bundle
-from ..config import DEFAULT_MODELS
-from ..data import RealData, load_dataset
-from ..errors import ConfigError, ModelError
-from ..models import check_functional, create_model
-from ._batched import supports_vmap
-from ._job import Job, count_stages
-from ._replay_protocol import checkpoints, run_replay
-from ._report import BATCHING, RANDOM, EvalConfig, EvalReport
-from ._sets import ImageSet, load_image_set, set_kind
-from ._train_protocol import run_train, score_epochs
+from ddcli.infra.device import resolve_device
+from ddcli.bundle import Bundle
+from ddcli.config import DEFAULT_MODELS
+from ddcli.data import RealData, load_dataset
+from ddcli.errors import ConfigError, ModelError
+from ddcli.models import check_functional, create_model
+from ddcli.evaluate._nets import supports_vmap
+from ddcli.evaluate._job import Job, count_stages
+from ddcli.evaluate._replay_protocol import checkpoints, run_replay
+from ddcli.evaluate._report import BATCHING, RANDOM, EvalConfig, EvalReport
+from ddcli.evaluate._sets import ImageSet, load_image_set, set_kind
+from ddcli.evaluate._train_protocol import run_train, score_epochs
 
 # The train protocol's lr for a set that carries no learned rates (the DC papers' value).
 DEFAULT_TRAIN_LR = 0.01
@@ -132,10 +132,10 @@ def _evaluate(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
                          "the gap to the stored init is the paper's generalisation result")
     else:
         lr, lr_source = _train_lr(cfg, s)
-        if lr_source != "--lr":
+        if lr_source != "--train-lr":
             notes.append(f"lr {lr:.4g}: {lr_source}")
         job.stages = count_stages(cfg, 1)
-        resolved |= {"lr": lr, "lr_source": lr_source,
+        resolved |= {"train_lr": lr, "lr_source": lr_source,
                      "lr_halved_at_epoch": max(1, cfg.train_epochs // 2),
                      "score_epochs": score_epochs(cfg.train_epochs)}
         rows = run_train(job, lr)
@@ -227,8 +227,8 @@ def _build_model(s: ImageSet, cfg: EvalConfig, protocol: str, data: RealData):
 
 
 def _train_lr(cfg: EvalConfig, s: ImageSet) -> tuple[float, str]:
-    if cfg.lr is not None:
-        return cfg.lr, "--lr"
+    if cfg.train_lr is not None:
+        return cfg.train_lr, "--train-lr"
     if s.lrs is not None and s.lrs.numel():
         return float(s.lrs.mean()), f"mean of the set's {s.lrs.numel()} learned rates"
     return DEFAULT_TRAIN_LR, "the DC protocol's default; the set carries no learned rates"

@@ -10,11 +10,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .._inits import derive_seed, init_params
-from ..data import RealData
-from ..unroll import Params
-from ._baselines import DETERMINISTIC, SET_BASELINES, build_baseline, knn_accuracy
-from ._report import EvalConfig, EvalRow
+from ddcli.engine.inits import derive_seed, init_params
+from ddcli.data import RealData
+from ddcli.core.unroll import Params
+from ddcli.evaluate._baselines import DETERMINISTIC, SET_BASELINES, build_baseline, knn_accuracy
+from ddcli.evaluate._report import EvalConfig, EvalRow
 
 # Training images each optimized-real candidate is scored on (never test images).
 SCORE_SAMPLE = 1024

@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._inits import derive_seed, init_params
-from ..bundle import Bundle
-from ..errors import BundleFormatError, ConfigError
-from ..unroll import Params
-from ._batched import replay_accuracies
-from ._job import Job, baseline_rows
-from ._report import RANDOM, STORED, EvalRow
+from ddcli.engine.inits import derive_seed, init_params
+from ddcli.bundle import Bundle
+from ddcli.errors import BundleFormatError, ConfigError
+from ddcli.core.unroll import Params
+from ddcli.evaluate._nets import replay_accuracies
+from ddcli.evaluate._job import Job, baseline_rows
+from ddcli.evaluate._report import RANDOM, STORED, EvalRow
 
 
 def initial_params(

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import _io
-from ..errors import ConfigError
-from ._baselines import check_baselines
+from ddcli.infra import io as _io
+from ddcli.errors import ConfigError
+from ddcli.evaluate._baselines import check_baselines
 
 PROTOCOLS = ("replay", "train")
 #: EvalConfig.batching -> the ``batched`` argument of the _batched routines
@@ -39,7 +39,7 @@ class EvalConfig:
         baselines: names from ``BASELINES``.
         candidates: ``optimized-real``: random draws to pick the best of.
         model: train protocol: any registered model (default: the set's own).
-        lr: train protocol: SGD lr (default: the mean learned lr, else 0.01).
+        train_lr: train protocol: the SGD rate (default: the mean learned GD rate, else 0.01).
         train_epochs, batch_size, momentum, weight_decay: train protocol SGD settings;
             the lr is halved once half the epochs are done.
         init_scheme: weight init of fresh nets (default: the bundle's, else xavier).
@@ -56,7 +56,7 @@ class EvalConfig:
     baselines: tuple[str, ...] = ()
     candidates: int = 10
     model: str | None = None
-    lr: float | None = None
+    train_lr: float | None = None
     train_epochs: int = 300
     batch_size: int = 256
     momentum: float = 0.9
@@ -75,8 +75,8 @@ class EvalConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(
                     f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if self.train_lr is not None and not (math.isfinite(self.train_lr) and self.train_lr > 0):
+            raise ConfigError(f"--train-lr must be a positive number, got {self.train_lr}")
         if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
             raise ConfigError("momentum must be in [0, 1) and weight decay >= 0")
         self.baselines = check_baselines(self.baselines)

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..bundle import Bundle
-from ..data._folder import IMAGE_SUFFIXES
-from ..errors import ImageSetError
+from ddcli.bundle import Bundle
+from ddcli.data._folder import IMAGE_SUFFIXES
+from ddcli.errors import ImageSetError
 
 SET_KINDS = ("bundle", "pt", "npz", "imagefolder")
 _STEP_NAME = re.compile(r"step(\d+)_(\d+)$")

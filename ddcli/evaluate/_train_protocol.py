@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._inits import derive_seed
-from ._batched import train_accuracies
-from ._job import Job, baseline_rows
-from ._report import FRESH, EvalRow
+from ddcli.engine.inits import derive_seed
+from ddcli.evaluate._nets import train_accuracies
+from ddcli.evaluate._job import Job, baseline_rows
+from ddcli.evaluate._report import FRESH, EvalRow
 
 
 def score_epochs(train_epochs: int) -> int:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ddcli._registry import Registry
+from ddcli.infra.registry import Registry
 from ddcli.errors import ConfigError, ModelError, UnknownModelError
 
 ModelBuilder = Callable[..., nn.Module]

@@ -6,11 +6,11 @@ Example:
     >>> save_png(line_chart({"acc": [0.1, 0.5, 0.9]}), "acc.png")  # doctest: +SKIP
 """
 
-from ._canvas import labelled_grid, save_gif, save_png
-from ._chart import line_chart
-from ._pixels import denormalize, to_uint8
-from ._snapshots import SNAPSHOT_DIR, Snapshot, load_snapshots
-from ._visualize import (
+from ddcli.viz._canvas import labelled_grid, save_gif, save_png
+from ddcli.viz._chart import line_chart
+from ddcli.viz._pixels import denormalize, to_uint8
+from ddcli.viz._snapshots import SNAPSHOT_DIR, Snapshot, load_snapshots
+from ddcli.viz._visualize import (
     LAYOUTS,
     change_overview,
     evolution_strip,

@@ -9,9 +9,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from .. import _io
-from ..errors import ExportError
-from ._pixels import to_uint8
+from ddcli.infra import io as _io
+from ddcli.errors import ExportError
+from ddcli.viz._pixels import to_uint8
 
 INK = "black"
 PAPER = "white"

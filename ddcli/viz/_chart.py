@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from PIL import Image, ImageDraw
 
-from ._canvas import INK, PAPER, font
+from ddcli.viz._canvas import INK, PAPER, font
 
 # Colour-blind-safe qualitative palette (Okabe-Ito), in drawing order.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",

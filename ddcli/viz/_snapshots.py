@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError
+from ddcli.errors import CheckpointError
 
 SNAPSHOT_DIR = "snapshots"
 

@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .._inits import initial_images
-from ..bundle import Bundle
-from ..errors import CheckpointError, ConfigError, ExportError
-from ._canvas import labelled_grid, save_gif, save_png
-from ._chart import line_chart
-from ._pixels import denormalize
-from ._snapshots import Snapshot, load_snapshots
+from ddcli.engine.inits import initial_images
+from ddcli.bundle import Bundle
+from ddcli.errors import CheckpointError, ConfigError, ExportError
+from ddcli.viz._canvas import labelled_grid, save_gif, save_png
+from ddcli.viz._chart import line_chart
+from ddcli.viz._pixels import denormalize
+from ddcli.viz._snapshots import Snapshot, load_snapshots
 
 LAYOUTS = ("auto", "rows", "columns")
 MAX_SCALE = 32

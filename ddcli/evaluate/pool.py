@@ -24,14 +24,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ._inits import derive_seed, init_params
-from ._pool import Pool
-from ._replay import replay
-from .bundle import Bundle
-from .data import RealData, load_dataset
-from .errors import ConfigError, PoolError
-from .models import create_model
-from .unroll import Params
+from ddcli.engine.inits import derive_seed, init_params
+from ddcli.pool.pool import Pool
+from ddcli.core._replay import replay
+from ddcli.bundle import Bundle
+from ddcli.data import RealData, load_dataset
+from ddcli.errors import ConfigError, PoolError
+from ddcli.models import create_model
+from ddcli.core.unroll import Params
 
 PHASES = ("before", "after", "baseline")
 HELD_OUT, STORED, RANDOM = "held-out", "stored", "random"

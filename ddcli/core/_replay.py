@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .unroll import Params, unroll
+from ddcli.core.unroll import Params, unroll
 
 
 def replay(

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from . import _io
-from .errors import CheckpointError
+from ddcli.infra import io as _io
+from ddcli.errors import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1

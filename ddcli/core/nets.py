@@ -14,7 +14,7 @@ The outer loss L is vmapped over i too, except on the CPU, where it goes net by 
 
 ``torch.func.grad`` computes each inner gradient as a differentiable function, so
 ordinary autograd (the outer level) still sees the whole computation and
-``ddcli.unroll.differentiate_unroll`` takes the meta-gradient with respect to the shared
+``ddcli.core.unroll.differentiate_unroll`` takes the meta-gradient with respect to the shared
 images and rates exactly as for one network, in any memory mode. Under vmap a layer
 whose weights differ per network but whose input is shared becomes one wider layer
 (conv1 of N LeNets is one conv with 6N filters), and the others grouped/batched
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .unroll import Params, adjoint_of, differentiate_unroll, meta_gradient, outer_loss
+from ddcli.core.unroll import Params, adjoint_of, differentiate_unroll, meta_gradient, outer_loss
 
 OuterLoss = Callable[[nn.Module, Params, Tensor, Tensor], Tensor]
 

@@ -29,7 +29,7 @@ with the cotangent a_{t+1}. The three memory modes compute exactly this, differe
   forward/backward per step. a_0 is never needed, so step 0's VJP skips it.
 
 The step map is a parameter (``step``): ``gd_step`` for one network, or the batched
-step of ``ddcli._batched`` that moves N stacked networks at once; the recursion is the
+step of ``ddcli.core.nets`` that moves N stacked networks at once; the recursion is the
 same for both because it only ever asks for VJPs of the step map.
 
 Invariants: theta_0 is never modified (steps build new tensors); synthetic labels are

@@ -9,9 +9,9 @@ import hashlib
 import torch
 from torch import nn
 
-from .errors import ConfigError, PoolError
-from .models import init_weights
-from .unroll import Params
+from ddcli.errors import ConfigError, PoolError
+from ddcli.models import init_weights
+from ddcli.core.unroll import Params
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -175,7 +175,7 @@ def make_init_source(cfg, model: nn.Module, device: torch.device) -> InitSource:
     if i.mode == "random":
         return RandomInit(model, cfg.model.init_scheme, i.seed, i.n_nets, i.sample_n_nets, device)
     if i.mode in ("pretrained-fixed", "pretrained-random"):
-        from ._pool import Pool  # imported here: _pool itself uses derive_seed
+        from ddcli.pool.pool import Pool  # imported here: _pool itself uses derive_seed
 
         pool = Pool.load(i.pool)
         spec = model.ddcli_spec

@@ -22,7 +22,7 @@ import os
 from typing import Iterator
 
 import torch
-from .errors import ConfigError
+from ddcli.errors import ConfigError
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # What glibc's dynamic thresholds grow to once large blocks have been freed: restored

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle import Bundle
-from .config import DistillConfig
+from ddcli.bundle import Bundle
+from ddcli.config import DistillConfig
 
 
 @dataclass

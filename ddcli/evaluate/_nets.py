@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from ..unroll import Params, gd_step
+from ddcli.core.unroll import Params, gd_step
 
 # Floats of activations one call may hold (512 MB in float32).
 ACTIVATION_BUDGET = 2**27

@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ._engine import resolve_device
-from ._inits import derive_seed
-from ._pool import MANIFEST, Pool, PoolNet, read_net_record
-from .config import DEFAULT_MODELS
-from .data import RealData, load_dataset
-from .errors import ConfigError, DivergedError, PoolError
-from .models import check_functional, create_model, init_weights
-from .unroll import Params
+from ddcli.engine.loop import resolve_device
+from ddcli.engine.inits import derive_seed
+from ddcli.pool.pool import MANIFEST, Pool, PoolNet, read_net_record
+from ddcli.config import DEFAULT_MODELS
+from ddcli.data import RealData, load_dataset
+from ddcli.errors import ConfigError, DivergedError, PoolError
+from ddcli.models import check_functional, create_model, init_weights
+from ddcli.core.unroll import Params
 
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
@@ -145,7 +145,7 @@ def pretrain(
         callbacks: an object with some of ``on_start``, ``on_step``, ``on_net``.
 
     Example:
-        >>> from ddcli._pretrain import pretrain
+        >>> from ddcli.pool.pretrain import pretrain
         >>> result = pretrain("mnist", out="mnist-pool", n_nets=10)  # doctest: +SKIP
         >>> [n.test_acc for n in result.pool.nets]  # doctest: +SKIP
     """

@@ -1,4 +1,4 @@
-"""``python -m ddcli._torchrun ARGS``: torchrun with ddcli's one-line errors.
+"""``python -m ddcli.infra.torchrun ARGS``: torchrun with ddcli's one-line errors.
 
 ``dd distill --nproc N`` starts this instead of ``torchrun`` itself, which on a failed
 worker or a Ctrl-C prints a Python traceback, a failure report and log lines, and

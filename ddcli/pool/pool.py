@@ -29,11 +29,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import _io
-from ._inits import derive_seed
-from ._version import __version__
-from .errors import ConfigError, PoolError
-from .unroll import Params
+from ddcli.infra import io as _io
+from ddcli.engine.inits import derive_seed
+from ddcli._version import __version__
+from ddcli.errors import ConfigError, PoolError
+from ddcli.core.unroll import Params
 
 MANIFEST = "pool.json"
 FORMAT_NAME = "ddcli-pool"

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import ConfigError
+from ddcli.errors import ConfigError
 
 
 def env_world() -> tuple[int, int, int]:
@@ -132,8 +132,8 @@ def setup(device: torch.device) -> Dist:
 
 def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
     """The command that runs ``dd <args>`` in ``nproc`` processes on this machine."""
-    # ddcli._torchrun is torchrun with one-line errors (no traceback, one report)
-    return [sys.executable, "-m", "ddcli._torchrun", "--standalone",
+    # ddcli.infra.torchrun is torchrun with one-line errors (no traceback, one report)
+    return [sys.executable, "-m", "ddcli.infra.torchrun", "--standalone",
             f"--nproc-per-node={nproc}", "-m", "ddcli", *args]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import _io
+from ddcli.infra import io as _io
 
 # The layout of an iteration's record: one small tensor on the device, read in batches.
 LOSS, FINITE, STOP, LR_MIN, LR_MEAN, LR_MAX = range(6)

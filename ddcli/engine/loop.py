@@ -15,26 +15,28 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import _device, _distributed, _io
-from ._batched import NetsMetaGradient
-from ._device import resolve_device
-from ._events import DistillResult, EvalInfo, IterationInfo, StartInfo
-from ._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending, stop_on_sigint, trim_metrics
-from ._checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from ._inits import FixedInit, derive_seed, init_params, initial_images, make_init_source
-from ._objectives import make_objective
-from ._batches import BatchSampler, augment_batch
-from ._replay import accuracy, replay
-from .bundle import Bundle
-from .config import DistillConfig
-from .data import RealData, load_dataset
-from .errors import ConfigError, DivergedError, Interrupted
-from .models import check_functional, create_model
-from .unroll import softplus_inverse
+from ddcli.infra import device as _device
+from ddcli.infra import distributed as _distributed
+from ddcli.infra import io as _io
+from ddcli.core.nets import NetsMetaGradient
+from ddcli.infra.device import resolve_device
+from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, StartInfo
+from ddcli.engine._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending, stop_on_sigint, trim_metrics
+from ddcli.engine.state import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from ddcli.engine.inits import FixedInit, derive_seed, init_params, initial_images, make_init_source
+from ddcli.core.objectives import make_objective
+from ddcli.engine.batches import BatchSampler, augment_batch
+from ddcli.core._replay import accuracy, replay
+from ddcli.bundle import Bundle
+from ddcli.config import DistillConfig
+from ddcli.data import RealData, load_dataset
+from ddcli.errors import ConfigError, DivergedError, Interrupted
+from ddcli.models import check_functional, create_model
+from ddcli.core.unroll import softplus_inverse
 
 # Settings a resumed run may change; everything else must stay as the run began.
 RESUMABLE_OVERRIDES = {
-    ("optim", "lr"), ("optim", "iterations"), ("optim", "real_epochs"),
+    ("optim", "meta_lr"), ("optim", "iterations"), ("optim", "real_epochs"),
     ("run", "checkpoint_every"), ("run", "snapshot_every"), ("run", "eval_every"),
     ("run", "eval_nets"),
     ("run", "log_every"), ("run", "device"), ("data", "data_root"),
@@ -106,11 +108,12 @@ def resume(
     """Continue an interrupted run from its last checkpoint.
 
     ``overrides`` may change only the budget, the meta learning rate, logging, the data
-    root and the device, e.g. ``{"optim": {"lr": 0.005}}`` after a divergence.
+    root and the device, e.g. ``{"optim": {"meta_lr": 0.005}}`` after a divergence.
     """
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
-    cfg_dict = state["config"]
+    # Through from_dict and back: run folders from earlier versions use older key names.
+    cfg_dict = DistillConfig.from_dict(state["config"]).to_dict()
     for section, values in (overrides or {}).items():
         for key, value in values.items():
             if (section, key) not in RESUMABLE_OVERRIDES:
@@ -185,7 +188,7 @@ class _Run:
     def _build_optim(self) -> None:
         o = self.cfg.optim
         self.optimizer = torch.optim.Adam(
-            [self.images, self.raw_lrs], lr=o.lr, betas=(o.beta1, o.beta2)
+            [self.images, self.raw_lrs], lr=o.meta_lr, betas=(o.beta1, o.beta2)
         )
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=self.decay_iters, gamma=o.decay_factor
@@ -202,8 +205,8 @@ class _Run:
         labels = torch.arange(d.num_classes).repeat_interleave(k)
         self.labels = labels.expand(s.steps, n).contiguous().to(self.device)  # (S, n)
         # Rates are stored raw and used through softplus; the raw init is the inverse
-        # softplus of distill_lr, so every step starts at exactly distill_lr.
-        raw = softplus_inverse(s.distill_lr).repeat(cfg.total_steps)
+        # softplus of step_lr, so every step starts at exactly step_lr.
+        raw = softplus_inverse(s.step_lr).repeat(cfg.total_steps)
         self.raw_lrs = raw.to(self.device).requires_grad_(True)  # (T,)
         self.dist.broadcast_([self.images, self.raw_lrs])
         self._build_optim()
@@ -223,9 +226,10 @@ class _Run:
         self._build_optim()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        new_lr = self.cfg.optim.lr
-        if state["config"]["optim"]["lr"] != new_lr or self.scheduler.base_lrs[0] != new_lr:
-            # A resumed run with a new --lr keeps the decay schedule's position.
+        new_lr = self.cfg.optim.meta_lr
+        old_lr = DistillConfig.from_dict(state["config"]).optim.meta_lr
+        if old_lr != new_lr or self.scheduler.base_lrs[0] != new_lr:
+            # A resumed run with a new --meta-lr keeps the decay schedule's position.
             self.scheduler.base_lrs = [new_lr for _ in self.scheduler.base_lrs]
             for group in self.optimizer.param_groups:
                 group["initial_lr"] = new_lr
@@ -346,9 +350,9 @@ class _Run:
         ckpt = self.run_dir / CHECKPOINT_NAME
         where = (
             f"the last good checkpoint {ckpt} is intact; continue with a lower meta lr: "
-            f"`dd distill --resume {self.run_dir} --lr {self.cfg.optim.lr / 2:g}`"
+            f"`dd distill --resume {self.run_dir} --meta-lr {self.cfg.optim.meta_lr / 2:g}`"
             if ckpt.exists()
-            else f"no checkpoint was written yet; rerun with a lower --lr (e.g. {self.cfg.optim.lr / 2:g})"
+            else f"no checkpoint was written yet; rerun with a lower --meta-lr (e.g. {self.cfg.optim.meta_lr / 2:g})"
         )
         return f"outer loss became {loss} at iteration {it + 1}; {where}"
 
@@ -396,7 +400,7 @@ class _Run:
             ]
         # Lazy import: ddcli.evaluate imports this module. All nets replay at once (vmap),
         # with the code `dd eval` uses, so both report the same numbers for the same weights.
-        from .evaluate import replay_accuracies
+        from ddcli.evaluate import replay_accuracies
 
         accs = replay_accuracies(self.model, inits, images, self.labels, lrs, self.test_x, self.test_y)
         return accs[-1].tolist()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .errors import ConfigError
+from ddcli.errors import ConfigError
 
 
 class Objective:
