@@ -33,15 +33,13 @@ import time
 import torch
 
 from ddcli import Bundle
-from ddcli.engine.inits import derive_seed, init_params
+from ddcli.core.params import init_params
+from ddcli.core.seeds import derive_seed
 from ddcli.data import load_dataset
 from ddcli.evaluate import replay_accuracies, train_accuracies
-from ddcli.evaluate._nets import (
-    activation_floats,
-    correct_counts,
-    stack_params,
-    supports_vmap,
-)
+from ddcli.core.metrics import activation_floats, correct_counts
+from ddcli.core.params import stack_params
+from ddcli.evaluate._nets import supports_vmap
 from ddcli.models import create_model
 
 

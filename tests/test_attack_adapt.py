@@ -9,7 +9,7 @@ from ddcli import Bundle, DistillConfig, distill
 from ddcli.core.objectives import AttackObjective, make_objective
 from ddcli.evaluate.pool import evaluate_pool_bundle, random_real_images
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
-from ddcli.cli._pool_report import print_pool_report
+from ddcli.evaluate.pool_report import pool_report_lines
 from ddcli.data import RealData
 from ddcli.errors import ConfigError
 
@@ -127,12 +127,10 @@ def test_report_renders_text_and_json(pools, tmp_path, capsys):
     c.optim.iterations = 2
     b = distill(c, out=tmp_path / "a.safetensors", data=data).bundle
     report = evaluate_pool_bundle(b, data=data, n_nets=1)
-    print_pool_report(report, json_out=False)
-    text = capsys.readouterr().out
+    text = "\n".join(pool_report_lines(report))
     assert "attack success 0 -> 1" in text and "held-out pool nets (1)" in text
     assert "random real" in text and "class2" in text
-    print_pool_report(report, json_out=True)
-    rec = json.loads(capsys.readouterr().out)
+    rec = json.loads(json.dumps(report.to_dict()))
     assert rec["objective"] == "attack" and rec["summary"]["n_nets"] == 1
     with pytest.raises(ConfigError, match="--n-nets"):
         evaluate_pool_bundle(b, data=data, n_nets=0)

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from ddcli import DistillConfig, distill
-from ddcli.core.nets import NetsMetaGradient, batched_meta_gradient, looped_meta_gradient
-from ddcli.engine.inits import init_params
+from ddcli.core.nets import NetsMetaGradient
+from ddcli.core.params import init_params
+from ddcli.core.rates import raw_from_lrs
+from ddcli.core.steps import StepFn
 from ddcli.models import create_model, list_models
-from ddcli.core.unroll import softplus_inverse
 
 from tests._toy import toy_data
 
@@ -27,11 +28,26 @@ def _problem(model, nets=3, steps=2, epochs=2, classes=3, seed=0, batch=6):
              for j in range(nets)]
     images = torch.randn(steps, classes, c, hw, hw, generator=g, dtype=d)
     labels = torch.arange(classes).expand(steps, classes).contiguous()
-    raw = softplus_inverse(0.05).to(d).repeat(steps * epochs)
+    raw = raw_from_lrs(0.05).to(d).repeat(steps * epochs)
     raw = raw + 0.1 * torch.randn(raw.shape, generator=g, dtype=d)
     real_x = torch.randn(batch, c, hw, hw, generator=g, dtype=d)
     real_y = torch.randint(0, classes, (batch,), generator=g)
     return model.to(d), inits, images, labels, raw, real_x, real_y
+
+
+def _meta(model, inits, images, labels, raw, x, y, *, batch, mode="full", nets=None):
+    """(loss, d/d images, d/d raw rates) summed over ``inits``, batched or looped."""
+    nets = nets or NetsMetaGradient(StepFn(model), mode=mode, batch=batch)
+    out = nets(inits, {"images": images, "raw_lrs": raw}, x, y, labels=labels)
+    return out.loss, out.grads["images"], out.grads["raw_lrs"]
+
+
+def looped_meta_gradient(*args, mode="full"):
+    return _meta(*args, batch=False, mode=mode)
+
+
+def batched_meta_gradient(*args, mode="full"):
+    return _meta(*args, batch=True, mode=mode)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -77,17 +93,18 @@ def test_unbatchable_model_falls_back_to_the_loop():
               for k, v in model.named_parameters()} for _ in range(2)]
     images = torch.randn(2, 3, 1, 8, 8, generator=g, dtype=torch.float64)
     labels = torch.arange(3).expand(2, 3)
-    raw = softplus_inverse(0.1).double().repeat(2)
+    raw = raw_from_lrs(0.1).double().repeat(2)
     x, y = torch.randn(5, 1, 8, 8, dtype=torch.float64, generator=g), torch.tensor([0, 1, 2, 0, 1])
-    nets = NetsMetaGradient(model, mode="full")
+    nets = NetsMetaGradient(StepFn(model), mode="full")
+    args = (model, inits, images, labels, raw, x, y)
     with pytest.warns(RuntimeWarning, match="looping over them"):
-        got = nets(inits, images, labels, raw, x, y)
+        got = _meta(*args, batch=True, nets=nets)
     assert not nets.batched and nets.fallback_reason
-    for a, b in zip(looped_meta_gradient(model, inits, images, labels, raw, x, y), got):
+    for a, b in zip(looped_meta_gradient(*args), got):
         torch.testing.assert_close(b, a)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once, not every iteration
-        nets(inits, images, labels, raw, x, y)
+        _meta(*args, batch=True, nets=nets)
 
 
 def test_engine_batched_and_looped_runs_agree(tmp_path):

@@ -133,9 +133,9 @@ def test_source_model_weights_untouched(tmp_path, monkeypatch):
     real_loop = engine._Run.loop
 
     def spy(self):
-        seen["before"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        seen["before"] = {k: v.clone() for k, v in self.rt.model.state_dict().items()}
         out = real_loop(self)
-        seen["after"] = self.model.state_dict()
+        seen["after"] = self.rt.model.state_dict()
         return out
 
     monkeypatch.setattr(engine._Run, "loop", spy)

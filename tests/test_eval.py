@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from ddcli import Bundle, DistillConfig, distill
-from ddcli.engine.inits import derive_seed, init_params
-from ddcli.core._replay import accuracy, replay
+from ddcli.core.params import init_params
+from ddcli.core.seeds import derive_seed
+from ddcli.core.metrics import accuracy
+from ddcli.evaluate.nets import STORED
+from ddcli.evaluate.pool import PoolEvalReport
+from ddcli.core.unroll import unroll
 from ddcli.errors import BundleFormatError, ConfigError
 from ddcli.evaluate import (
     EvalConfig,
@@ -57,7 +61,7 @@ def test_replay_of_stored_init_equals_the_distillation_loop(fixed_run):
     # ...and what an independent plain-autograd replay of the stored init gives.
     b = Bundle.load(path)
     model = create_model(**b.model)
-    final, _ = replay(model, b.init_params, b.images, b.labels, b.lrs)
+    final = unroll(model, b.init_params, b.images, b.labels, b.lrs, create_graph=False).params
     assert stored.accuracies[0] == pytest.approx(accuracy(model, final, data.test_x, data.test_y),
                                                  abs=1.5 / len(data.test_y))
     assert stored.at == [0, 2, 4] and len(stored.curve) == 3
@@ -162,9 +166,10 @@ def test_replay_refuses_another_model_and_pretrained_bundles(fixed_run, tmp_path
     with pytest.raises(ConfigError, match="--protocol train"):
         evaluate_bundle(path, data=toy_data(), model="convnet")
     b = Bundle.load(path)
-    b.init_mode = "pretrained-random"
-    with pytest.raises(ConfigError, match="pretrained"):
-        evaluate_bundle(b, data=toy_data())
+    b.init_mode = "pretrained-random"  # the library routes it to pool evaluation itself
+    report = evaluate_bundle(b, data=toy_data())
+    assert isinstance(report, PoolEvalReport) and report.group == STORED
+    assert any("not found" in note for note in report.notes)
     b.init_mode, b.init_params = "fixed", None
     with pytest.raises(BundleFormatError, match="init weights"):
         evaluate_bundle(b, data=toy_data())

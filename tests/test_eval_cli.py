@@ -8,10 +8,10 @@ import torch
 from typer.testing import CliRunner
 
 from ddcli import Bundle
-from ddcli.engine.inits import init_params
+from ddcli.core.params import init_params
 from ddcli.cli import app
 from ddcli.models import create_model
-from ddcli.core.unroll import softplus_inverse
+from ddcli.core.rates import raw_from_lrs
 
 runner = CliRunner()
 
@@ -28,7 +28,7 @@ def mnist_bundle(tmp_path):
     b = Bundle(
         images=torch.randn(2, 10, 1, 28, 28, generator=g),
         labels=torch.arange(10).expand(2, 10).contiguous(),
-        raw_lrs=softplus_inverse(torch.full((4,), 0.02)), dataset="mnist",
+        raw_lrs=raw_from_lrs(torch.full((4,), 0.02)), dataset="mnist",
         classes=[str(i) for i in range(10)], mean=(0.1307,), std=(0.3081,),
         model=model.ddcli_spec, epochs=2, init_params=init_params(model, "xavier", 0),
     )

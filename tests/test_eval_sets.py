@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from ddcli import Bundle
-from ddcli.engine.inits import init_params
+from ddcli.core.params import init_params
 from ddcli.data._realdata import normalized_tensor
 from ddcli.errors import ConfigError, ImageSetError
 from ddcli.evaluate import evaluate_bundle, evaluate_set, load_image_set
 from ddcli.models import create_model
-from ddcli.core.unroll import softplus_inverse
+from ddcli.core.rates import raw_from_lrs
 
 from tests._toy import toy_data
 
@@ -30,7 +30,7 @@ def bundle():
     model = create_model("mlp", in_channels=1, num_classes=3, image_size=8, hidden=[16])
     return Bundle(
         images=images, labels=torch.arange(3).repeat_interleave(2).expand(2, 6).contiguous(),
-        raw_lrs=softplus_inverse(torch.tensor([0.02, 0.05, 0.03, 0.04])), dataset="toy",
+        raw_lrs=raw_from_lrs(torch.tensor([0.02, 0.05, 0.03, 0.04])), dataset="toy",
         classes=list(data.classes), mean=data.mean, std=data.std, model=model.ddcli_spec,
         epochs=2, init_params=init_params(model, "xavier", 0),
     )

@@ -13,7 +13,9 @@ from ddcli.engine.inits import PretrainedRandomInit, make_init_source
 from ddcli.pool.pool import MANIFEST, Pool
 from ddcli.evaluate.pool import evaluate_pool_bundle, is_pool_bundle
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
-from ddcli.core._replay import accuracy, replay
+from ddcli.core.metrics import accuracy
+from ddcli.evaluate.nets import HELD_OUT
+from ddcli.core.unroll import unroll
 from ddcli.cli import app
 from ddcli.errors import ConfigError, Interrupted, PoolError
 from ddcli.models import create_model
@@ -137,11 +139,11 @@ def test_evaluate_plain_pretrained_bundle(pool_dir, tmp_path):
                 data=data).bundle
     report = evaluate_pool_bundle(tmp_path / "b.safetensors", data=data)
     held = b.extra["init"]["holdout_indices"]
-    assert report.group == "held-out" and [n.pool_index for n in report.nets] == held
+    assert report.group == HELD_OUT and [n.pool_index for n in report.nets] == held
     # The numbers are the replay protocol's, recomputed independently here.
     model = create_model(**b.model)
     net = Pool.load(pool_dir).load_net(held[0])
-    final, _ = replay(model, net, b.images, b.labels, b.lrs)
+    final = unroll(model, net, b.images, b.labels, b.lrs, create_graph=False).params
     assert report.nets[0].after.accuracy == pytest.approx(accuracy(model, final, data.test_x, data.test_y))
     assert report.nets[0].before.accuracy == pytest.approx(accuracy(model, net, data.test_x, data.test_y))
     d = report.to_dict()

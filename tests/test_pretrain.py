@@ -6,10 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ddcli.engine.inits import derive_seed
+from ddcli.core.seeds import derive_seed
 from ddcli.pool.pool import MANIFEST, Pool, net_file
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
-from ddcli.core._replay import accuracy
+from ddcli.core.metrics import accuracy
 from ddcli.cli import app
 from ddcli.errors import ConfigError, PoolError
 from ddcli.models import create_model

@@ -11,11 +11,15 @@ from torch import nn
 from torch.autograd.graph import saved_tensors_hooks
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from ddcli.engine.inits import init_params
-from ddcli.core.memory import estimate_memory
 from ddcli.config import DistillConfig, replace
+from ddcli.core.memory import estimate_memory
+from ddcli.core.nets import meta_gradient
+from ddcli.core.params import init_params
+from ddcli.core.rates import lrs_from_raw, raw_from_lrs
+from ddcli.core.unroll import unroll
 from ddcli.models import create_model
-from ddcli.core.unroll import meta_gradient, softplus_inverse, unroll
+
+softplus_inverse = raw_from_lrs
 
 
 class Tiny(nn.Module):
@@ -45,13 +49,16 @@ def _problem(dtype=torch.float64, steps=2, epochs=2, classes=3, k=1, seed=0):
 
 
 def _loss_of(model, params, images, labels, raw, real_x, real_y):
-    final, _ = unroll(model, params, images, labels, F.softplus(raw), create_graph=False)
+    final = unroll(model, params, images, labels, lrs_from_raw(raw), create_graph=False).params
     with torch.no_grad():
         return F.cross_entropy(torch.func.functional_call(model, final, (real_x,)), real_y).item()
 
 
-def test_softplus_inverse_roundtrip():
-    assert F.softplus(softplus_inverse(0.02)).item() == pytest.approx(0.02, rel=1e-6)
+def test_raw_rates_roundtrip():
+    assert lrs_from_raw(raw_from_lrs(0.02)).item() == pytest.approx(0.02, rel=1e-6)
+    assert torch.equal(lrs_from_raw(raw_from_lrs(torch.tensor([0.3, 1.5], dtype=torch.float64))),
+                       F.softplus(torch.log(torch.expm1(torch.tensor([0.3, 1.5],
+                                                                     dtype=torch.float64)))))
 
 
 @pytest.mark.parametrize("mode", ["full", "stepwise", "recompute"])
@@ -112,7 +119,7 @@ def test_unroll_equals_plain_sgd_loop():
     images = torch.randn(steps, 10, 1, 28, 28)
     labels = torch.arange(10).expand(steps, 10)
     lrs = torch.tensor([0.05, 0.02, 0.03, 0.01, 0.04, 0.02])
-    final, trace = unroll(model, params, images, labels, lrs, create_graph=False, trace=True)
+    final, trace, _ = unroll(model, params, images, labels, lrs, create_graph=False, trace=True)
     assert len(trace) == steps * epochs + 1
 
     net = copy.deepcopy(model)

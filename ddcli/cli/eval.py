@@ -12,12 +12,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ddcli.evaluate.pool import evaluate_pool_bundle, is_pool_bundle
-from ddcli.bundle import Bundle
+from ddcli.evaluate.pool import PoolEvalReport
 from ddcli.evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report
 from ddcli.cli._app import app
 from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
-from ddcli.cli._pool_report import print_pool_report
+from ddcli.evaluate.pool_report import pool_report_lines
 from ddcli.cli._progress import stderr
 
 Opt = typer.Option
@@ -59,22 +58,20 @@ def eval_command(
     json_out: Json = False,
 ) -> None:
     """Train fresh networks on a distilled set; print test accuracy (mean ± std over nets)."""
-    if path.suffix == ".safetensors" and path.is_file():
-        bundle = Bundle.load(path)
-        if is_pool_bundle(bundle):
-            # Pretrained-init bundles are scored on the pool's held-out nets, before and
-            # after the distilled steps, against the same steps on random real images.
-            report = evaluate_pool_bundle(bundle, data_root=data_root, pool=pool,
-                                          n_nets=n_nets, seed=seed or 0)
-            return print_pool_report(report, json_out)
     cfg = EvalConfig(
         protocol=protocol, n_nets=n_nets, seed=0 if seed is None else seed, per_step=per_step,
         baselines=tuple(BASELINES if compare else baseline or ()), candidates=candidates,
         model=model, train_lr=train_lr, train_epochs=train_epochs, batch_size=batch_size,
         init_scheme=init_scheme, device=device or "auto", batching=batching,
     )
-    report = evaluate(path, cfg, dataset=dataset, data_root=data_root,
+    report = evaluate(path, cfg, dataset=dataset, data_root=data_root, pool=pool,
                       callbacks=_Stages(quiet or json_out))
+    if isinstance(report, PoolEvalReport):
+        # Pool bundles: held-out nets before and after the distilled steps, against the
+        # same steps on random real images.
+        for line in [json.dumps(report.to_dict())] if json_out else pool_report_lines(report):
+            typer.echo(line)
+        return
     if record:
         where = record_report(report)
         if not json_out and not quiet:

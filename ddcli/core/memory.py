@@ -34,7 +34,8 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.func import functional_call
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from ddcli.core.unroll import gd_step, meta_gradient
+from ddcli.core.nets import meta_gradient
+from ddcli.core.steps import StepFn
 
 MODES = ("full", "stepwise", "recompute")
 
@@ -130,7 +131,7 @@ def _step_graph_bytes(model, params, n, c, hw, classes) -> int:
     lr = torch.empty((), device="meta", requires_grad=True)
     hooks, seen = _counting([*theta.values(), x, lr])
     with hooks:
-        new = gd_step(model, theta, x, y, lr, create_graph=True)
+        new, _ = StepFn(model)(theta, {}, x, y, lr, create_graph=True)
     return sum(seen.values()) + sum(v.untyped_storage().nbytes() for v in new.values())
 
 

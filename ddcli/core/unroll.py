@@ -1,219 +1,258 @@
 """The inner loop of dataset distillation and its meta-gradient.
 
-Notation. theta_0 are the network's initial weights; x_s, y_s are the synthetic images
-and labels of step s (S steps, cycled E epochs, T = S * E GD steps); eta_t = softplus(r_t)
-is the learning rate of GD step t, stored raw as r_t. One GD step is
+Notation. theta_0 are the network's initial weights, s_0 the update rule's state (empty
+for plain GD); step t of the unroll takes inputs (x_t, y_t) from the synthetic set D
+(images, and labels when they are learned) as the schedule says, and rate eta_t (a
+learned rate, stored raw: ``ddcli.core.rates``). One step is the step map
 
-    theta_{t+1} = theta_t - eta_t * g_t,    g_t = d/dtheta CE(f(x_{t mod S}; theta_t), y)
+    (theta_{t+1}, s_{t+1}) = Phi(theta_t, s_t, x_t, y_t, eta_t)      (``ddcli.core.steps``)
 
-and the outer loss is L = CE(f(x_real; theta_T), y_real).
+and the outer loss is L = CE(f(x_real; theta_N), y_real) after N steps.
 
-Meta-gradient. With the adjoint a_t = dL/dtheta_t, starting at a_T = dL/dtheta_T,
-the reverse recursion over t = T-1 .. 0 is
+Meta-gradient. With the adjoint a_t = (dL/dtheta_t, dL/ds_t), starting at
+a_N = (dL/dtheta_N, 0), the reverse recursion over t = N-1 .. t0 is
 
-    a_t        = a_{t+1} - eta_t * H_t a_{t+1}         (H_t = dg_t/dtheta_t, a Hessian-vector product)
-    dL/dx_s   += -eta_t * (dg_t/dx_s)^T a_{t+1}        (mixed second derivative, for t mod S = s)
-    dL/dr_t    = -sigmoid(r_t) * <g_t, a_{t+1}>        (softplus' = sigmoid)
+    a_t   = (dPhi/d(theta_t, s_t))^T a_{t+1}
+    dL/dD += (dPhi/dD)^T a_{t+1}            (through x_t, y_t and eta_t)
 
-Every term is one vector-Jacobian product of the map (theta_t, x_s, r_t) -> theta_{t+1}
-with the cotangent a_{t+1}. The three memory modes compute exactly this, differently:
+For plain GD this is a_t = a_{t+1} - eta_t * H_t a_{t+1} (H_t the inner Hessian),
+dL/dx += -eta_t (dg_t/dx)^T a_{t+1} and dL/dr_t = -sigmoid(r_t) <g_t, a_{t+1}>: every
+term is one vector-Jacobian product of the step map with the cotangent a_{t+1}.
 
-- ``full``: autograd through the whole unroll built with create_graph=True. Keeps every
-  step's double-backward graph and chains them.
-- ``stepwise``: each step's graph is built from detached leaves (theta_t, x_s, r_t) and
-  kept; the reverse loop walks the recursion above, one VJP per step (the reference's
-  scheme). Nothing chains across steps, but all T graphs are alive at the peak.
-- ``recompute``: only theta_t (detached, T x |theta| floats) is kept from the forward
-  pass; the reverse loop rebuilds one step's graph at a time and frees it before the
-  next, so graph memory is one step's whatever T is, at the cost of a second
-  forward/backward per step. a_0 is never needed, so step 0's VJP skips it.
+Truncation (RaT-BPTT). With a window [t0, N) only the last N - t0 steps are
+differentiated: steps 0 .. t0-1 run without a graph and theta_t0 is treated as a
+constant. With t0 = 0 this is the full meta-gradient.
 
-The step map is a parameter (``step``): ``gd_step`` for one network, or the batched
-step of ``ddcli.core.nets`` that moves N stacked networks at once; the recursion is the
-same for both because it only ever asks for VJPs of the step map.
+The memory modes compute exactly the recursion above, differently:
 
-Invariants: theta_0 is never modified (steps build new tensors); synthetic labels are
-fixed; all three modes agree to float64 round-off (tests/test_unroll.py).
+- ``full``: autograd through the whole window, built with create_graph=True.
+- ``stepwise``: each step's graph is built from detached leaves (theta_t, s_t) and kept;
+  the reverse loop walks the recursion, one VJP per step (the reference's scheme).
+- ``recompute``: only (theta_t, s_t) are kept from the forward pass; the reverse loop
+  rebuilds one step's graph at a time and frees it, so graph memory is one step's,
+  whatever N is, at the cost of a second forward/backward per step.
+
+Invariants: theta_0 is never modified (steps build new tensors); the schedule is a pure
+function of t, so a rebuilt step sees the same inputs (and augmentation); all three
+modes agree to float64 round-off (tests/test_unroll.py).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-Params = dict[str, Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
-# The outer loss of the final weights and its gradient there: (L, a_T by parameter).
+from ddcli.core.params import Params, detached, leaves
+from ddcli.core.rates import lrs_from_raw
+from ddcli.core.schedules import CyclicSchedule, Schedule
+from ddcli.core.steps import State, StepFn
+
+# The outer loss of the final weights and its gradient there: (L, a_N by parameter).
 OuterFn = Callable[[Params], tuple[Tensor, tuple[Tensor, ...]]]
+MODES = ("full", "stepwise", "recompute")
 
 
-class StepFn(Protocol):
-    """One GD step on (x, y) with rate ``lr``: returns the new weights as new tensors."""
-
-    def __call__(self, params: Params, x: Tensor, y: Tensor, lr: Tensor, *,
-                 create_graph: bool) -> Params: ...
-
-
-def softplus_inverse(y: float | Tensor) -> Tensor:
-    """Raw value r with softplus(r) == y: r = log(expm1(y)). Used to initialise raw rates."""
-    y = torch.as_tensor(y, dtype=torch.get_default_dtype())
-    return torch.log(torch.expm1(y))
-
-
-def gd_step(
-    model: nn.Module, params: Params, x: Tensor, y: Tensor, lr: Tensor, *, create_graph: bool
-) -> Params:
-    """One plain GD step on (x, y). Returns new tensors; ``params`` is untouched."""
-    logits = functional_call(model, params, (x,))
-    loss = F.cross_entropy(logits, y)
-    grads = torch.autograd.grad(loss, tuple(params.values()), create_graph=create_graph)
-    return {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+class Unrolled(NamedTuple):
+    params: Params  # theta after the last step
+    trace: dict[int, Params] | None  # theta before step t (t = 0..T), if asked for
+    state: State  # the update rule's final state
 
 
 def unroll(
-    model: nn.Module,
+    step: StepFn | nn.Module,
     params: Params,
     images: Tensor,
     labels: Tensor,
     lrs: Tensor,
     *,
     create_graph: bool,
+    schedule: Schedule | None = None,
+    state: State | None = None,
+    start: int = 0,
+    stop: int | None = None,
     trace: bool = False,
-) -> tuple[Params, list[Params] | None]:
-    """Apply T = len(lrs) GD steps, cycling over the S synthetic steps.
+    observe: Callable[[int, Params], None] | None = None,
+) -> Unrolled:
+    """Apply the schedule's steps ``start .. stop-1`` to ``params``.
+
+    Distillation calls it with ``create_graph=True`` (the ``full`` memory mode) and
+    evaluation with ``create_graph=False`` (a replay: the same steps, no meta-graph).
 
     Args:
-        model: the network; only its structure is used (weights come from ``params``).
-        params: initial weights theta_0, by parameter name.
-        images: synthetic images, shape (S, n, C, H, W).
-        labels: their labels, shape (S, n).
-        lrs: learning rates eta_t (already through softplus), shape (T,).
-        create_graph: keep the graph for a meta-gradient (distillation) or not (evaluation).
-        trace: also return the weights before every step and the final ones (T + 1 dicts).
+        step: the step map, or a model (plain GD on it).
+        params: the initial weights (never modified).
+        images: synthetic images, (S, n, C, H, W) (a leading net dim for per-net sets).
+        labels: (S, n) class indices, or (S, n, classes) soft labels.
+        lrs: the rates (after ``lrs_from_raw``), indexed by ``schedule.rate_index``.
+        create_graph: keep the graph for a meta-gradient, or not.
+        schedule: default the paper's: step t uses images[t mod S], T = len(lrs).
+        state: the update rule's state (default: ``step.init(params)``).
+        start, stop: the steps to run (default all of the schedule).
+        trace: also return the weights before every step and after the last.
+        observe: called as ``observe(t, params)`` with the weights before step t and
+            after the last (t = stop): a trace without keeping it.
 
     Returns:
-        The final weights theta_T, and the trace or None.
+        ``Unrolled(params, trace, state)``.
+
+    Example:
+        >>> final = unroll(model, params, images, labels, lrs, create_graph=False).params  # doctest: +SKIP
     """
+    step = step if isinstance(step, StepFn) else StepFn(step)
+    schedule = schedule or CyclicSchedule(images.shape[0], lrs.shape[0])
+    stop = schedule.length if stop is None else stop
     if not create_graph:
-        # GD needs d loss / d theta even in evaluation: make the weights leaves that
-        # require grad, but never connect them to anything the caller holds.
-        params = _leaves(params)
-    steps = images.shape[0]
-    history: list[Params] | None = [params] if trace else None
-    for t in range(lrs.shape[0]):
-        s = t % steps
-        params = gd_step(model, params, images[s], labels[s], lrs[t], create_graph=create_graph)
-        if not create_graph:
-            params = _leaves(params)
+        params = detached(params)
+    state = step.init(params) if state is None else state
+    history: dict[int, Params] | None = {start: params} if trace else None
+    for t in range(start, stop):
+        if observe is not None:
+            observe(t, params)
+        x, y = schedule.inputs(t, images, labels)
+        params, state = step(params, state, x, y, lrs[schedule.rate_index(t)],
+                             create_graph=create_graph)
         if history is not None:
-            history.append(params)
-    return params, history
+            history[t + 1] = params
+    if observe is not None:
+        observe(stop, params)
+    return Unrolled(params, history, state)
 
 
-def outer_loss(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(functional_call(model, params, (x,)), y)
+@dataclass
+class MetaGradient:
+    """The outer loss and its gradient with respect to each learned tensor, detached."""
 
-
-def meta_gradient(
-    model: nn.Module,
-    params0: Params,
-    images: Tensor,
-    labels: Tensor,
-    raw_lrs: Tensor,
-    real_x: Tensor,
-    real_y: Tensor,
-    *,
-    mode: str = "full",
-    loss_fn: Callable[[nn.Module, Params, Tensor, Tensor], Tensor] = outer_loss,
-    inner_threads: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Outer loss and its gradient with respect to the images and the raw rates.
-
-    Args:
-        model: the network structure.
-        params0: the init theta_0 (not modified; need not require grad).
-        images: (S, n, C, H, W) synthetic images.
-        labels: (S, n) synthetic labels.
-        raw_lrs: (T,) raw rates; the rates are softplus(raw_lrs).
-        real_x, real_y: a batch of real data for the outer loss.
-        mode: "full", "stepwise" or "recompute" (see the module docstring).
-        loss_fn: the outer objective given the final weights (the attack objective
-            relabels inside it).
-        inner_threads: CPU threads for the unroll's own work (its steps and their
-            backward pass); None leaves torch's setting. The outer loss always runs
-            with torch's setting.
-
-    Returns:
-        (loss, d loss / d images, d loss / d raw_lrs), all detached.
-    """
-
-    def step(params, x, y, lr, *, create_graph):
-        return gd_step(model, params, x, y, lr, create_graph=create_graph)
-
-    outer = adjoint_of(lambda params: loss_fn(model, params, real_x, real_y))
-    return differentiate_unroll(step, outer, params0, images, labels, raw_lrs, mode=mode,
-                                inner_threads=inner_threads)
-
-
-def adjoint_of(loss: Callable[[Params], Tensor]) -> OuterFn:
-    """The ``outer`` of a scalar loss: its value and a_T = d loss / d theta_T."""
-
-    def outer(final: Params) -> tuple[Tensor, tuple[Tensor, ...]]:
-        value = loss(final)
-        return value.detach(), torch.autograd.grad(value, tuple(final.values()))
-
-    return outer
+    loss: Tensor
+    grads: dict[str, Tensor]  # "images", "raw_lrs" and, when learned, "labels"
 
 
 def differentiate_unroll(
     step: StepFn,
     outer: OuterFn,
     params0: Params,
-    images: Tensor,
-    labels: Tensor,
-    raw_lrs: Tensor,
+    learned: dict[str, Tensor],
     *,
+    labels: Tensor | None = None,
+    schedule: Schedule | None = None,
     mode: str = "full",
+    window: tuple[int, int] | None = None,
     inner_threads: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``meta_gradient`` for any step map and outer loss (e.g. N networks at once).
+) -> MetaGradient:
+    """The meta-gradient of ``outer`` after the unroll, in any memory mode.
 
-    The outer loss is differentiated first, on its own (``outer`` returns a_T), and its
+    The outer loss is differentiated first, on its own (``outer`` returns a_N), and its
     graph is gone before the unroll's backward pass starts; the chain rule makes this
     the same computation as one backward pass through both.
 
     Args:
-        step: the GD step map (see ``StepFn``); it must return new tensors.
-        outer: maps the final weights (autograd leaves) to (outer loss, a_T); see
+        step: the step map (one net or N stacked ones).
+        outer: maps the final weights (autograd leaves) to (outer loss, a_N); see
             ``adjoint_of``.
-        params0, images, labels, raw_lrs, mode, inner_threads: as in ``meta_gradient``.
+        params0: theta_0 (not modified; need not require grad).
+        learned: the tensors to differentiate: ``images`` (S, n, C, H, W), ``raw_lrs``
+            (T,), and ``labels`` (S, n, classes) when the labels are learned.
+        labels: the fixed labels when they are not in ``learned``.
+        schedule: default the paper's cyclic one over len(raw_lrs) steps.
+        mode: "full", "stepwise" or "recompute" (see the module docstring).
+        window: (t0, N): differentiate steps t0 .. N-1 and take the outer loss after
+            step N; steps before t0 run without a graph. Default (0, T).
+        inner_threads: CPU threads for the unroll's own work (its steps and their
+            backward pass); None leaves torch's setting. The outer loss always runs
+            with torch's setting.
 
     Returns:
-        (loss, d loss / d images, d loss / d raw_lrs), all detached.
+        ``MetaGradient(loss, grads)`` with a gradient for every tensor in ``learned``.
     """
-    inner = _threads(inner_threads)
-    if mode == "full":
-        images = images.detach().requires_grad_(True)
-        raw_lrs = raw_lrs.detach().requires_grad_(True)
-        lrs = F.softplus(raw_lrs)
-        params, steps = _leaves(params0), images.shape[0]
-        with inner:
-            for t in range(raw_lrs.shape[0]):
-                s = t % steps
-                params = step(params, images[s], labels[s], lrs[t], create_graph=True)
-        value, adjoint = outer(_leaves(params))
-        with inner:
-            g_img, g_lr = torch.autograd.grad(tuple(params.values()), (images, raw_lrs),
-                                              grad_outputs=adjoint)
-        return value, g_img, g_lr
-    if mode not in ("stepwise", "recompute"):
+    if mode not in MODES:
         raise ValueError(f"unknown unroll memory mode {mode!r}")
-    return _reverse_loop(step, outer, params0, images.detach(), labels, raw_lrs.detach(),
-                         keep_graphs=mode == "stepwise", inner=inner)
+    names = list(learned)
+    wrt = {k: v.detach().requires_grad_(True) for k, v in learned.items()}
+    fixed_labels = labels
+    schedule = schedule or CyclicSchedule(wrt["images"].shape[0], wrt["raw_lrs"].shape[0])
+    t0, stop = window or (0, schedule.length)
+    inner = _threads(inner_threads)
+
+    def run(w: dict[str, Tensor], params: Params, state: State, begin: int, end: int, *,
+            create_graph: bool) -> Unrolled:
+        ys = w["labels"] if "labels" in w else fixed_labels
+        return unroll(step, params, w["images"], ys, lrs_from_raw(w["raw_lrs"]),
+                      create_graph=create_graph, schedule=schedule, state=state,
+                      start=begin, stop=end)
+
+    with inner:
+        # Steps before the window: no graph; theta_t0 is a constant of the meta-gradient.
+        start = run({k: v.detach() for k, v in wrt.items()}, params0, step.init(params0),
+                    0, t0, create_graph=False) if t0 > 0 else Unrolled(params0, None,
+                                                                     step.init(params0))
+    if mode == "full":
+        with inner:
+            end = run(wrt, leaves(start.params), start.state, t0, stop, create_graph=True)
+        value, adjoint = outer(leaves(end.params))
+        with inner:
+            grads = torch.autograd.grad(tuple(end.params.values()), tuple(wrt.values()),
+                                        grad_outputs=adjoint, materialize_grads=True)
+        return MetaGradient(value, dict(zip(names, grads)))
+    return _reverse_loop(run, outer, start, wrt, t0, stop, keep_graphs=mode == "stepwise",
+                         inner=inner)
+
+
+def _reverse_loop(run, outer, start: Unrolled, wrt: dict[str, Tensor], t0: int, stop: int,
+                  *, keep_graphs: bool, inner) -> MetaGradient:
+    names = list(wrt)
+    plain = {k: v.detach() for k, v in wrt.items()}
+
+    def step_graph(carry: tuple[Params, State], t: int):
+        """Step t's graph from detached leaves: (its leaves, its outputs)."""
+        theta, state = leaves(carry[0]), leaves(carry[1])
+        out = run(wrt, theta, state, t, t + 1, create_graph=True)
+        return (*theta.values(), *state.values()), (*out.params.values(), *out.state.values())
+
+    # Forward: (theta_t, s_t) for every t, detached; "stepwise" also keeps every graph.
+    carries: list[tuple[Params, State] | None] = [(start.params, start.state)]
+    graphs = []
+    with inner:
+        for t in range(t0, stop):
+            if keep_graphs:
+                ins, outs = step_graph(carries[-1], t)
+                graphs.append((ins, outs))
+                n = len(carries[-1][0])
+                new = (dict(zip(carries[-1][0], (o.detach() for o in outs[:n]))),
+                       dict(zip(carries[-1][1], (o.detach() for o in outs[n:]))))
+            else:
+                out = run(plain, carries[-1][0], carries[-1][1], t, t + 1, create_graph=False)
+                new = (detached(out.params), detached(out.state))
+            carries.append(new)
+
+    final_params, final_state = carries[-1]
+    value, adjoint = outer(leaves(final_params))
+    adjoint = (*adjoint, *(torch.zeros_like(v) for v in final_state.values()))
+    total = {k: torch.zeros_like(v) for k, v in wrt.items()}
+    with inner:
+        for i in reversed(range(stop - t0)):
+            carries[i + 1] = None  # (theta, s) after this step are no longer needed: free them
+            ins, outs = graphs.pop() if keep_graphs else step_graph(carries[i], t0 + i)
+            # The adjoint of the window's first weights is never used: don't compute it.
+            wanted = (*wrt.values(), *ins) if i > 0 else tuple(wrt.values())
+            grads = torch.autograd.grad(outs, wanted, grad_outputs=adjoint,
+                                        materialize_grads=True, allow_unused=True)
+            for k, g in zip(names, grads):
+                total[k] += g
+            adjoint = grads[len(names):]
+            del ins, outs
+    return MetaGradient(value, total)
+
+
+def adjoint_of(loss: Callable[[Params], Tensor]) -> OuterFn:
+    """The ``outer`` of a scalar loss: its value and a_N = d loss / d theta_N."""
+
+    def outer(final: Params) -> tuple[Tensor, tuple[Tensor, ...]]:
+        value = loss(final)
+        return value.detach(), torch.autograd.grad(value, tuple(final.values()))
+
+    return outer
 
 
 class _threads:
@@ -230,60 +269,3 @@ class _threads:
     def __exit__(self, *exc) -> None:
         if self.saved is not None:
             torch.set_num_threads(self.saved)
-
-
-def _leaves(params: Params) -> Params:
-    """Fresh autograd leaves on the same storage (no copy), requiring grad."""
-    return {k: v.detach().requires_grad_(True) for k, v in params.items()}
-
-
-def _step_graph(step: StepFn, theta: Params, x: Tensor, y: Tensor, raw_lr: Tensor):
-    """One step's graph from detached leaves: (leaves, new weights)."""
-    x_leaf = x.requires_grad_(True)
-    r_leaf = raw_lr.requires_grad_(True)
-    inputs = _leaves(theta)
-    out = step(inputs, x_leaf, y, F.softplus(r_leaf), create_graph=True)
-    return (x_leaf, r_leaf, *inputs.values()), out
-
-
-def _reverse_loop(step, outer, theta0, images, labels, raw_lrs, *, keep_graphs, inner):
-    steps, total = images.shape[0], raw_lrs.shape[0]
-    # Forward: theta_t for every t, detached; "stepwise" also keeps every step's graph,
-    # "recompute" runs the steps without one.
-    thetas: list[Params | None] = [theta0]
-    graphs: list[tuple] = []
-    params = theta0
-    with inner:
-        for t in range(total):
-            s = t % steps
-            if keep_graphs:
-                leaves, new = _step_graph(step, params, images[s].detach(), labels[s],
-                                          raw_lrs[t].detach())
-                graphs.append((leaves, new))
-            else:
-                new = step(_leaves(params), images[s], labels[s], F.softplus(raw_lrs[t]),
-                           create_graph=False)
-            params = {k: v.detach() for k, v in new.items()}
-            thetas.append(params)
-
-    value, adjoint = outer(_leaves(params))
-    g_img = torch.zeros_like(images)
-    g_lr = torch.zeros_like(raw_lrs)
-    with inner:
-        for t in reversed(range(total)):
-            s = t % steps
-            thetas[t + 1] = None  # theta_{t+1} is no longer needed: free it first
-            if keep_graphs:
-                leaves, out = graphs.pop()
-            else:
-                leaves, out = _step_graph(step, thetas[t], images[s].detach(), labels[s],
-                                          raw_lrs[t].detach())
-            # a_0 is never used: at t = 0 ask only for the image and rate terms.
-            wanted = leaves if t > 0 else leaves[:2]
-            grads = torch.autograd.grad(tuple(out.values()), wanted, grad_outputs=adjoint,
-                                        materialize_grads=True)
-            g_img[s] += grads[0]
-            g_lr[t] += grads[1]
-            adjoint = grads[2:]
-            del leaves, out
-    return value, g_img, g_lr

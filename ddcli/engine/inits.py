@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import abc
-import copy
-import hashlib
 
 import torch
 from torch import nn
 
 from ddcli.errors import ConfigError, PoolError
-from ddcli.models import init_weights
-from ddcli.core.unroll import Params
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A stable 63-bit seed from parts (independent of PYTHONHASHSEED and platform)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+from ddcli.core.params import Params, init_params
+from ddcli.core.seeds import derive_seed
 
 
 def initial_images(shape: tuple[int, ...] | torch.Size, seed: int) -> torch.Tensor:
@@ -29,13 +21,6 @@ def initial_images(shape: tuple[int, ...] | torch.Size, seed: int) -> torch.Tens
     """
     gen = torch.Generator().manual_seed(derive_seed(seed, "images"))
     return torch.randn(tuple(shape), generator=gen)
-
-
-def init_params(model: nn.Module, scheme: str, seed: int) -> Params:
-    """Fresh weights for ``model``'s structure; ``model`` itself is left untouched."""
-    scratch = copy.deepcopy(model)
-    init_weights(scratch, scheme, generator=torch.Generator().manual_seed(seed))
-    return {k: v.detach().clone() for k, v in scratch.named_parameters()}
 
 
 class InitSource(abc.ABC):
@@ -175,7 +160,7 @@ def make_init_source(cfg, model: nn.Module, device: torch.device) -> InitSource:
     if i.mode == "random":
         return RandomInit(model, cfg.model.init_scheme, i.seed, i.n_nets, i.sample_n_nets, device)
     if i.mode in ("pretrained-fixed", "pretrained-random"):
-        from ddcli.pool.pool import Pool  # imported here: _pool itself uses derive_seed
+        from ddcli.pool.pool import Pool
 
         pool = Pool.load(i.pool)
         spec = model.ddcli_spec

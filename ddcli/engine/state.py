@@ -1,28 +1,72 @@
-"""Run-folder checkpoints: one file, written atomically, loaded without unpickling code."""
+"""What a run carries between iterations: ``RunState``, and its checkpoint file.
+
+``RunState`` is the one list of what a checkpoint stores, what a resume restores and
+what the bundle is made from; nothing else about a run survives the process. The
+checkpoint is one ``torch.save`` file, written atomically and loaded with
+``weights_only=True`` (no pickled code runs).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from ddcli.infra import io as _io
+from ddcli.core.params import Params
 from ddcli.errors import CheckpointError
+from ddcli.infra import io as _io
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, nested dicts and lists) atomically."""
+@dataclass
+class RunState:
+    """The learned tensors, the optimiser, and the run's own record, at ``iteration``."""
+
+    iteration: int  # completed outer iterations
+    images: Tensor  # (S, n, C, H, W), normalised
+    labels: Tensor  # (S, n) int64, the slots' classes (class-major in each step)
+    raw_lrs: Tensor  # (T,), the learned GD rates before ``lrs_from_raw``
+    optimizer: dict[str, Any]  # Adam's state_dict
+    scheduler: dict[str, Any]  # StepLR's state_dict
+    aug_rng: Tensor  # the real-batch augmentation generator's state
+    config: dict[str, Any]  # DistillConfig.to_dict()
+    out: str  # the bundle path, absolute, so a resume from elsewhere writes it there
+    total_iterations: int
+    fixed_params: Params | None = None  # fixed and pretrained-fixed: the one init
+    elapsed: float = 0.0  # seconds of training, over every process that ran it
+    last_loss: float = float("nan")
+    evals: list[dict[str, Any]] = field(default_factory=list)  # {"iteration", "accuracies"}
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """Plain dict for ``torch.save`` (tensors on the CPU)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("images", "labels", "raw_lrs"):
+            out[name] = out[name].detach().cpu()
+        if self.fixed_params is not None:
+            out["fixed_params"] = {k: v.detach().cpu() for k, v in self.fixed_params.items()}
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> "RunState":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in names})
+
+
+def save_checkpoint(run_dir: Path, state: RunState) -> Path:
+    """Write ``state`` to ``run_dir/checkpoint.pt`` atomically; returns the path."""
     path = Path(run_dir) / CHECKPOINT_NAME
-    _io.torch_save(path, {"checkpoint_version": CHECKPOINT_VERSION, **state})
+    _io.torch_save(path, {"checkpoint_version": CHECKPOINT_VERSION, **state.to_checkpoint()})
     return path
 
 
-def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+def load_checkpoint(run_dir: str | Path) -> RunState:
     """Load a run folder's checkpoint. ``weights_only`` loading runs no pickled code."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_NAME
@@ -39,4 +83,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is unreadable: {exc}".splitlines()[0]) from None
     if not isinstance(state, dict) or state.get("checkpoint_version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} is not a checkpoint this ddcli version can read")
-    return state
+    try:
+        return RunState.from_checkpoint(state)
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint {path} lacks fields this version needs: {exc}") from None

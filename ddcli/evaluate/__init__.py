@@ -7,6 +7,11 @@ Two protocols (``EvalConfig.protocol``):
 - ``train`` (the DC/DSA/DM/MTT papers): SGD on the images for 300 epochs, with any
   registered model; also for ``.pt``/``.npz``/ImageFolder sets made by other tools.
 
+Bundles distilled from a pretrained pool, and adapt and attack bundles, are evaluated
+on the pool's held-out nets before and after the distilled steps (``evaluate`` picks
+this itself; ``PoolEvalReport``). Which nets every evaluation starts from is one policy,
+``evaluation_nets``.
+
 Baselines (``BASELINES``) build sets of the same layout from real training data and are
 evaluated with the same protocol and rates; ``knn`` classifies with a set's images as
 1-NN references. Many nets run at once through ``torch.func.vmap``.
@@ -25,9 +30,21 @@ from ddcli.evaluate._job import StageInfo
 from ddcli.evaluate._replay_protocol import initial_params
 from ddcli.evaluate._report import EvalConfig, EvalReport, EvalRow, record_report, sidecar_path
 from ddcli.evaluate._sets import ImageSet, load_image_set
+from ddcli.evaluate.nets import HELD_OUT, RANDOM, STORED, EvalNet, evaluation_nets
+from ddcli.evaluate.pool import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
+from ddcli.evaluate.pool_report import pool_report_lines
 
 __all__ = [
     "BASELINES",
+    "HELD_OUT",
+    "RANDOM",
+    "STORED",
+    "EvalNet",
+    "PoolEvalReport",
+    "evaluate_pool_bundle",
+    "evaluation_nets",
+    "is_pool_bundle",
+    "pool_report_lines",
     "EvalConfig",
     "EvalReport",
     "EvalRow",

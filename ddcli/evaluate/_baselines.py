@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ddcli.engine.inits import derive_seed
+from ddcli.core.seeds import derive_seed
 from ddcli.data import RealData
 from ddcli.errors import ConfigError
 

@@ -19,7 +19,9 @@ from ddcli.models import check_functional, create_model
 from ddcli.evaluate._nets import supports_vmap
 from ddcli.evaluate._job import Job, count_stages
 from ddcli.evaluate._replay_protocol import checkpoints, run_replay
-from ddcli.evaluate._report import BATCHING, RANDOM, EvalConfig, EvalReport
+from ddcli.evaluate._report import BATCHING, EvalConfig, EvalReport
+from ddcli.evaluate.nets import RANDOM
+from ddcli.evaluate.pool import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
 from ddcli.evaluate._sets import ImageSet, load_image_set, set_kind
 from ddcli.evaluate._train_protocol import run_train, score_epochs
 
@@ -27,8 +29,10 @@ from ddcli.evaluate._train_protocol import run_train, score_epochs
 DEFAULT_TRAIN_LR = 0.01
 
 
-def evaluate(source: str | os.PathLike, cfg: EvalConfig | None = None, **kwargs: Any) -> EvalReport:
-    """Evaluate a bundle, ``.pt``, ``.npz`` or ImageFolder path (see ``evaluate_set``)."""
+def evaluate(source: str | os.PathLike, cfg: EvalConfig | None = None,
+             **kwargs: Any) -> EvalReport | PoolEvalReport:
+    """Evaluate a bundle, ``.pt``, ``.npz`` or ImageFolder path (see ``evaluate_bundle``
+    and ``evaluate_set``)."""
     if set_kind(source) == "bundle":
         return evaluate_bundle(source, cfg, **kwargs)
     return evaluate_set(source, cfg, **kwargs)
@@ -36,19 +40,26 @@ def evaluate(source: str | os.PathLike, cfg: EvalConfig | None = None, **kwargs:
 
 def evaluate_bundle(
     bundle: Bundle | str | os.PathLike, cfg: EvalConfig | None = None, **kwargs: Any
-) -> EvalReport:
+) -> EvalReport | PoolEvalReport:
     """Train fresh networks on a distilled bundle and measure full-test-set accuracy.
+
+    Bundles made from a pretrained pool, and adapt and attack bundles, are replayed on
+    the pool's held-out nets, before and after the distilled steps, against the same
+    steps on random real images (``evaluate_pool_bundle``); ``protocol="train"`` trains
+    fresh nets on any bundle instead.
 
     Args:
         bundle: a ``Bundle`` or the path of one.
         cfg: protocol and settings; keyword arguments named like ``EvalConfig`` fields
             override it (``evaluate_bundle(b, n_nets=5)``).
         **kwargs: also ``dataset`` (test set; default the bundle's), ``data`` (a
-            preloaded ``RealData``), ``data_root`` and ``callbacks`` (an object with
+            preloaded ``RealData``), ``data_root``, ``pool`` (pool bundles: the pool
+            folder, default the recorded one) and ``callbacks`` (an object with
             ``on_stage(StageInfo)``).
 
     Returns:
-        An ``EvalReport``: distilled rows, then baseline and knn rows.
+        An ``EvalReport`` (distilled rows, then baseline and knn rows), or a
+        ``PoolEvalReport`` for pool bundles.
 
     Example:
         >>> from ddcli.evaluate import evaluate_bundle
@@ -60,6 +71,13 @@ def evaluate_bundle(
     source = "<bundle>"
     if not isinstance(bundle, Bundle):
         source, bundle = str(bundle), Bundle.load(bundle)
+    pool = options.pop("pool", None)
+    if is_pool_bundle(bundle) and cfg.protocol != "train":
+        report = evaluate_pool_bundle(
+            bundle, data_root=options.get("data_root"), pool=pool, n_nets=cfg.n_nets,
+            seed=cfg.seed, data=options.get("data"), device=str(resolve_device(cfg.device)))
+        report.bundle = report.bundle or (source if source != "<bundle>" else "")
+        return report
     return _evaluate(ImageSet.from_bundle(bundle, source), cfg, **options)
 
 
@@ -76,6 +94,7 @@ def evaluate_set(
     Args and returns as ``evaluate_bundle``.
     """
     cfg, options = _settings(cfg, kwargs)
+    options.pop("pool", None)  # only pool bundles use one
     if not isinstance(image_set, ImageSet):
         image_set = load_image_set(image_set)
     return _evaluate(image_set, cfg, **options)

@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ddcli.engine.inits import derive_seed, init_params
+from ddcli.core.params import Params, init_params
+from ddcli.core.seeds import derive_seed
 from ddcli.data import RealData
-from ddcli.core.unroll import Params
 from ddcli.evaluate._baselines import DETERMINISTIC, SET_BASELINES, build_baseline, knn_accuracy
 from ddcli.evaluate._report import EvalConfig, EvalRow
 

@@ -17,20 +17,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ddcli.engine.inits import derive_seed, init_params
 from ddcli.bundle import Bundle
-from ddcli.errors import BundleFormatError, ConfigError
-from ddcli.core.unroll import Params
+from ddcli.core.params import Params
+from ddcli.errors import BundleFormatError
+from ddcli.evaluate.nets import RANDOM, STORED, evaluation_nets
 from ddcli.evaluate._nets import replay_accuracies
 from ddcli.evaluate._job import Job, baseline_rows
-from ddcli.evaluate._report import RANDOM, STORED, EvalRow
+from ddcli.evaluate._report import EvalRow
 
 
 def initial_params(
     bundle: Bundle, model: nn.Module, n_nets: int, seed: int, *,
     scheme: str | None = None, device: torch.device | str = "cpu",
 ) -> list[tuple[str, Params]]:
-    """The nets a replay starts from, each with its group label (``STORED`` or ``RANDOM``).
+    """The nets a replay starts from, each with its group label (``STORED`` or ``RANDOM``),
+    as ``evaluation_nets`` picks them for the bundle's init mode.
 
     Args:
         bundle: decides the groups through ``init_mode``.
@@ -40,33 +41,24 @@ def initial_params(
         scheme: weight init of fresh nets; default the bundle's ``init_scheme``.
 
     Raises:
-        ConfigError: a pretrained-init bundle (its pool can't be loaded here yet).
-        BundleFormatError: a fixed-init bundle without (matching) stored weights.
+        BundleFormatError: a fixed-init bundle without (matching) stored weights, or an
+            init mode this function doesn't replay (pool bundles: ``ddcli.evaluate.pool``).
     """
-    scheme = scheme or bundle.init_scheme
-    fresh = [
-        (RANDOM, {k: v.to(device) for k, v in init_params(
-            model, scheme, derive_seed(seed, "eval", j)).items()})
-        for j in range(n_nets)
-    ]
     mode = bundle.init_mode
+    if mode not in ("fixed", "random"):
+        raise BundleFormatError(f"replaying a {mode} bundle is pool evaluation "
+                                "(ddcli.evaluate.evaluate picks it); not a fixed or random one")
+    stored = bundle.init_params if mode == "fixed" else None
     if mode == "fixed":
-        stored = bundle.init_params
         expected = {k: tuple(v.shape) for k, v in model.named_parameters()}
         if stored is None or {k: tuple(v.shape) for k, v in stored.items()} != expected:
             raise BundleFormatError(
                 "this fixed-init bundle lacks the init weights for its model; it is damaged or "
                 "was written by another tool (try --protocol train)"
             )
-        return [(STORED, {k: v.to(device) for k, v in stored.items()})] + fresh
-    if mode == "random":
-        return fresh
-    if mode.startswith("pretrained"):
-        raise ConfigError(
-            f"replaying a {mode} bundle needs its pretrained pool, which dd eval can't load "
-            "yet; evaluate it with --protocol train"
-        )
-    raise BundleFormatError(f"bundle has unknown init mode {mode!r}")
+    nets = evaluation_nets(model, n_fresh=n_nets, seed=seed, scheme=scheme or bundle.init_scheme,
+                           stored=stored, device=device)
+    return [(net.group, net.params) for net in nets]
 
 
 def checkpoints(steps: int, total: int, per_step: bool) -> list[int]:

@@ -19,9 +19,7 @@ from ddcli.evaluate._baselines import check_baselines
 PROTOCOLS = ("replay", "train")
 #: EvalConfig.batching -> the ``batched`` argument of the _batched routines
 BATCHING = {"auto": None, "vmap": True, "loop": False}
-STORED = "stored init"
-RANDOM = "fresh random inits"
-FRESH = "fresh nets"
+FRESH = "fresh nets"  # the train protocol's nets (the replay's groups: ddcli.evaluate.nets)
 RECORD_FORMAT = "ddcli-eval"
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ddcli.engine.inits import derive_seed
+from ddcli.core.seeds import derive_seed
 from ddcli.evaluate._nets import train_accuracies
 from ddcli.evaluate._job import Job, baseline_rows
 from ddcli.evaluate._report import FRESH, EvalRow

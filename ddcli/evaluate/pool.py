@@ -22,19 +22,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from ddcli.engine.inits import derive_seed, init_params
+from ddcli.core.metrics import confusion
+from ddcli.core.seeds import derive_seed
+from ddcli.core.unroll import unroll
+from ddcli.evaluate.nets import HELD_OUT, RANDOM, STORED, evaluation_nets
 from ddcli.pool.pool import Pool
-from ddcli.core._replay import replay
 from ddcli.bundle import Bundle
 from ddcli.data import RealData, load_dataset
 from ddcli.errors import ConfigError, PoolError
 from ddcli.models import create_model
-from ddcli.core.unroll import Params
+from ddcli.core.params import Params
 
 PHASES = ("before", "after", "baseline")
-HELD_OUT, STORED, RANDOM = "held-out", "stored", "random"
 
 
 @dataclass
@@ -172,10 +172,10 @@ def evaluate_pool_bundle(
     images, labels, lrs = bundle.images.to(dev), bundle.labels.to(dev), bundle.lrs.to(dev)
     for j, (group, index, params0) in enumerate(nets):
         real = random_real_images(labels, data, derive_seed(seed, "pool-baseline", j)).to(dev)
-        after, _ = replay(model, params0, images, labels, lrs)
-        tuned, _ = replay(model, params0, real, labels, lrs)
-        measured = [_metrics(_confusion(model, p, test_x, test_y, bundle.num_classes), a, b, kind)
-                    for p in (params0, after, tuned)]
+        after = unroll(model, params0, images, labels, lrs, create_graph=False).params
+        tuned = unroll(model, params0, real, labels, lrs, create_graph=False).params
+        measured = [_metrics(confusion(model, p, test_x, test_y, bundle.num_classes, chunk=2048),
+                             a, b, kind) for p in (params0, after, tuned)]
         report.nets.append(NetEval(group, index, *measured))
     return report
 
@@ -204,55 +204,46 @@ def _objective(bundle: Bundle) -> dict[str, Any]:
 
 def _nets(bundle: Bundle, model: nn.Module, init: dict, pool_path, n_nets, seed, dev,
           report: PoolEvalReport) -> list[tuple[str, int | None, Params]]:
-    """(group, pool index, weights) of every net to evaluate."""
-    nets: list[tuple[str, int | None, Params]] = []
-    names = [name for name, _ in model.named_parameters()]  # a fixed order: same rounding
-    if bundle.init_params is not None:
-        nets.append((STORED, init.get("pool_index"),
-                     {k: bundle.init_params[k].to(dev) for k in names}))
-    pooled = bundle.init_mode.startswith("pretrained")
-    if pooled:
-        pool_path = pool_path or init.get("pool")
-        held = list(init.get("holdout_indices", []))
-        if pool_path is None or not Path(pool_path).exists():
-            if bundle.init_params is None:
-                raise PoolError(f"the bundle's pool {pool_path} is not there; pass --pool POOL_DIR")
-            report.notes.append(f"pool {pool_path} not found: only the stored net is evaluated")
-            return nets
-        pool = Pool.load(pool_path)
-        report.pool = str(pool_path)
-        recorded = list(init.get("train_indices", [])) + held
-        try:
-            same = pool.content_hash(recorded) == init.get("pool_hash")
-        except ConfigError:
-            same = False
-        if not same:
-            raise PoolError(f"pool {pool_path} is not the pool this bundle was distilled with "
-                            "(its nets changed or are missing)")
-        if not held:
-            report.notes.append("the bundle holds out no pool nets (--pool-holdout 0)")
-        for i in held[: n_nets or len(held)]:
-            params = pool.load_net(i, dev)
-            nets.append((HELD_OUT, i, {k: params[k] for k in names}))
-    elif bundle.init_mode == "random":
-        for j in range(n_nets or 10):
-            params = init_params(model, bundle.init_scheme, derive_seed(seed, "eval", j))
-            nets.append((RANDOM, None, {k: v.to(dev) for k, v in params.items()}))
+    """(group, pool index, weights) of every net to evaluate (``evaluation_nets``' policy)."""
+    held, held_indices = None, None
+    if bundle.init_mode.startswith("pretrained"):
+        held_indices = _held_out_indices(bundle, init, pool_path, report)
+        if held_indices is not None:
+            pool = Pool.load(report.pool)
+            held_indices = held_indices[: n_nets or len(held_indices)]
+            held = [pool.load_net(i, dev) for i in held_indices]
+    n_fresh = (n_nets or 10) if bundle.init_mode == "random" else 0
+    nets = evaluation_nets(model, n_fresh=n_fresh, seed=seed, scheme=bundle.init_scheme,
+                           stored=bundle.init_params, stored_index=init.get("pool_index"),
+                           held_out=held, held_out_indices=held_indices, device=dev)
     if not nets:
         raise PoolError("this bundle has no nets to evaluate (no stored init, no held-out nets)")
-    return nets
+    return [(net.group, net.pool_index, net.params) for net in nets]
 
 
-@torch.no_grad()
-def _confusion(model: nn.Module, params: Params, x: Tensor, y: Tensor, k: int,
-               batch_size: int = 2048) -> Tensor:
-    """(K, K) counts: row = true class, column = prediction."""
-    params = {name: v.detach() for name, v in params.items()}
-    counts = torch.zeros(k * k, dtype=torch.long, device=x.device)
-    for start in range(0, x.shape[0], batch_size):
-        pred = functional_call(model, params, (x[start : start + batch_size],)).argmax(1)
-        counts += torch.bincount(y[start : start + batch_size] * k + pred, minlength=k * k)
-    return counts.reshape(k, k).cpu()
+def _held_out_indices(bundle: Bundle, init: dict, pool_path, report) -> list[int] | None:
+    """The bundle's held-out pool nets, after checking the pool is the one it was made
+    with; None (with a note) when the pool is gone but a stored net can still be tested."""
+    pool_path = pool_path or init.get("pool")
+    held = list(init.get("holdout_indices", []))
+    if pool_path is None or not Path(pool_path).exists():
+        if bundle.init_params is None:
+            raise PoolError(f"the bundle's pool {pool_path} is not there; pass --pool POOL_DIR")
+        report.notes.append(f"pool {pool_path} not found: only the stored net is evaluated")
+        return None
+    pool = Pool.load(pool_path)
+    report.pool = str(pool_path)
+    recorded = list(init.get("train_indices", [])) + held
+    try:
+        same = pool.content_hash(recorded) == init.get("pool_hash")
+    except ConfigError:
+        same = False
+    if not same:
+        raise PoolError(f"pool {pool_path} is not the pool this bundle was distilled with "
+                        "(its nets changed or are missing)")
+    if not held:
+        report.notes.append("the bundle holds out no pool nets (--pool-holdout 0)")
+    return held
 
 
 def _metrics(conf: Tensor, a: int | None, b: int | None, kind: str) -> NetMetrics:

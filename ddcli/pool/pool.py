@@ -30,10 +30,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ddcli.infra import io as _io
-from ddcli.engine.inits import derive_seed
+from ddcli.core.seeds import derive_seed
 from ddcli._version import __version__
 from ddcli.errors import ConfigError, PoolError
-from ddcli.core.unroll import Params
+from ddcli.core.params import Params
 
 MANIFEST = "pool.json"
 FORMAT_NAME = "ddcli-pool"

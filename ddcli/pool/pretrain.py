@@ -9,7 +9,6 @@ has its own init seed and its own shuffle of the training set in every epoch.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,18 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
 
-from ddcli.engine.loop import resolve_device
-from ddcli.engine.inits import derive_seed
+from ddcli.core.metrics import correct_counts
+from ddcli.core.params import Params, init_params, num_nets, stack_params
+from ddcli.core.seeds import derive_seed
+from ddcli.core.steps import SGD, Adam, StepFn
+from ddcli.infra.device import resolve_device
 from ddcli.pool.pool import MANIFEST, Pool, PoolNet, read_net_record
 from ddcli.config import DEFAULT_MODELS
 from ddcli.data import RealData, load_dataset
 from ddcli.errors import ConfigError, DivergedError, PoolError
-from ddcli.models import check_functional, create_model, init_weights
-from ddcli.core.unroll import Params
+from ddcli.models import check_functional, create_model
 
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
@@ -240,27 +239,25 @@ def _json(obj: Any) -> str:
 def _train_group(model: nn.Module, group: list[int], seeds: list[int], scheme: str, seed: int,
                  recipe: PretrainRecipe, total_steps: int, train_x: Tensor, train_y: Tensor,
                  callbacks: Any) -> Params:
-    """Train the nets of ``group`` together; returns their stacked params (G, ...)."""
-    nets = []
-    for s in seeds:
-        m = copy.deepcopy(model)
-        init_weights(m, scheme, generator=torch.Generator().manual_seed(s))
-        nets.append(m)
-    params, _ = stack_module_state(nets)
-    stacked = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}  # (G, ...)
-    if recipe.optimizer == "adam":
-        opt = torch.optim.Adam(stacked.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    else:
-        opt = torch.optim.SGD(stacked.values(), lr=recipe.lr, momentum=recipe.momentum,
-                              weight_decay=recipe.weight_decay)
+    """Train the nets of ``group`` together through the step map; returns their stacked
+    params (G, ...). Each net gets exactly its own gradient and its own optimiser state
+    (rules act elementwise on the stacked tensors)."""
+    params = stack_params([init_params(model, scheme, s) for s in seeds], train_x.device)
+    rule = (Adam(weight_decay=recipe.weight_decay) if recipe.optimizer == "adam" else
+            SGD(momentum=recipe.momentum, weight_decay=recipe.weight_decay))
+    # One net alone runs plainly, without vmap: the one-at-a-time baseline.
+    single = len(group) == 1
+    step = StepFn(model, rule) if single else StepFn(model, rule, batched=True, per_net_data=True)
+    state = step.init({k: v[0] for k, v in params.items()} if single else params)
+    if single:
+        params = {k: v[0] for k, v in params.items()}
     n = train_x.shape[0]
     b = min(recipe.batch_size, n)
     per_epoch = max(1, n // b)
-    forward = _group_forward(model, len(group))
     perms: Tensor | None = None
     t0 = time.perf_counter()
-    for step in range(total_steps):
-        epoch, i = divmod(step, per_epoch)
+    for t in range(total_steps):
+        epoch, i = divmod(t, per_epoch)
         if i == 0:
             # Each net's own shuffle of this epoch, a pure function of (seed, net, epoch).
             perms = torch.stack([
@@ -270,44 +267,25 @@ def _train_group(model: nn.Module, group: list[int], seeds: list[int], scheme: s
             ]).to(train_x.device)  # (G, N)
         idx = perms[:, i * b : (i + 1) * b]  # (G, B)
         x, y = train_x[idx], train_y[idx]  # (G, B, C, H, W), (G, B)
-        logits = forward(stacked, x)  # (G, B, K)
-        # Sum over nets of each net's mean loss: every net gets exactly its own gradient.
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / b
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        mean_loss = loss.item() / len(group)
+        if single:
+            x, y = x[0], y[0]
+        params, state, loss = step.with_loss(params, state, x, y, float(recipe.lr))
+        mean_loss = float(loss.mean())
         if mean_loss != mean_loss or mean_loss == float("inf"):
-            raise DivergedError(f"pretraining loss became {mean_loss} at step {step + 1} of "
+            raise DivergedError(f"pretraining loss became {mean_loss} at step {t + 1} of "
                                 f"nets {group}; use a lower --lr")
         _emit(callbacks, "on_step", PretrainStepInfo(
-            nets=group, step=step + 1, total=total_steps, loss=mean_loss,
+            nets=group, step=t + 1, total=total_steps, loss=mean_loss,
             elapsed=time.perf_counter() - t0))
-    return {k: v.detach() for k, v in stacked.items()}
+    return {k: v[None] for k, v in params.items()} if single else params
 
 
-def _group_forward(model: nn.Module, g: int):
-    def one(params: Params, x: Tensor) -> Tensor:
-        return functional_call(model, params, (x,))
-
-    if g == 1:
-        # One net alone runs plainly, without vmap: the one-at-a-time baseline.
-        return lambda p, x: one({k: v[0] for k, v in p.items()}, x[0]).unsqueeze(0)
-    return vmap(one)
-
-
-@torch.no_grad()
 def stacked_accuracy(model: nn.Module, stacked: Params, x: Tensor, y: Tensor,
                      batch_size: int = 1000) -> list[float]:
     """Test accuracy of each of G stacked nets on (x, y)."""
-    g = next(iter(stacked.values())).shape[0]
-    forward = _group_forward(model, g)
-    correct = torch.zeros(g, dtype=torch.long, device=x.device)
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
-        logits = forward(stacked, xb.unsqueeze(0).expand(g, *xb.shape))  # (G, B, K)
-        correct += (logits.argmax(-1) == y[start : start + batch_size]).sum(1)
-    return (correct.double() / max(1, x.shape[0])).tolist()
+    vmapped = num_nets(stacked) > 1
+    counts = correct_counts(model, stacked, x, y, vmapped=vmapped, chunk=batch_size)
+    return (counts.double() / max(1, x.shape[0])).tolist()
 
 
 def _emit(callbacks: Any, name: str, payload: Any) -> None:

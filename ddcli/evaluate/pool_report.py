@@ -1,27 +1,20 @@
-"""Rendering a PoolEvalReport (pretrained, adapt and attack bundles) on stdout."""
+"""A PoolEvalReport (pretrained, adapt and attack bundles) as text tables."""
 
 from __future__ import annotations
 
-import json
-
-import typer
-
-from ddcli.evaluate.pool import HELD_OUT, PHASES, STORED, PoolEvalReport
+from ddcli.evaluate.nets import HELD_OUT, RANDOM, STORED
+from ddcli.evaluate.pool import PHASES, PoolEvalReport
 
 _HEAD = {"before": "before", "after": "after (distilled)", "baseline": "random real"}
-_GROUP = {HELD_OUT: "held-out pool nets", STORED: "stored init net", "random": "fresh random nets"}
+_GROUP = {HELD_OUT: "held-out pool nets", STORED: "stored init net", RANDOM: "fresh random nets"}
 
 
-def print_pool_report(report: PoolEvalReport, json_out: bool) -> None:
-    """Print the report as text tables, or as one JSON object with ``--json``."""
-    if json_out:
-        typer.echo(json.dumps(report.to_dict()))
-        return
-    for line in _lines(report):
-        typer.echo(line)
+def pool_report_lines(r: PoolEvalReport) -> list[str]:
+    """The report as lines of text: a header, a table per group of nets, per-class accuracy.
 
-
-def _lines(r: PoolEvalReport) -> list[str]:
+    Example:
+        >>> print("\n".join(pool_report_lines(report)))  # doctest: +SKIP
+    """
     what = {"attack": f"attack {r.attack_class} -> {r.target_class}",
             "adapt": f"adapt {r.source_dataset} -> {r.dataset}"}.get(r.objective, "distill")
     where = "" if r.objective == "adapt" else f" on {r.dataset}"
@@ -29,7 +22,7 @@ def _lines(r: PoolEvalReport) -> list[str]:
            + (f" from pool {r.pool}" if r.pool else "")
            + f", {r.steps} steps x {r.epochs} epochs, {r.images} images"]
     out += [f"note: {n}" for n in r.notes]
-    groups = [g for g in (HELD_OUT, "random", STORED) if r.values("before", "accuracy", g)]
+    groups = [g for g in (HELD_OUT, RANDOM, STORED) if r.values("before", "accuracy", g)]
     names = {"accuracy": "accuracy", "other_accuracy": f"accuracy, classes != {r.attack_class}",
              "success_rate": f"attack success {r.attack_class} -> {r.target_class}"}
     for group in groups:

@@ -1,0 +1,217 @@
+"""The step map: the one place where weights become new weights.
+
+Every weight update in ddcli -- the inner steps of distillation, their replay in
+evaluation, the train-protocol's SGD, pretraining a pool -- is one call of a
+``StepFn``: the gradient of the inner loss on a batch, then an update rule (the
+functional-optimizer split of torchopt's ``update``/``apply_updates`` and of
+``higher``'s differentiable optimizers):
+
+    g_t              = d/dtheta CE(f(x_t; theta_t), y_t)
+    theta_t+1, s_t+1 = rule(theta_t, g_t, s_t, eta_t)
+
+``s`` is the rule's state (SGD's momentum buffers; nothing for plain GD). Targets y are
+class indices or, for learned soft labels, float vectors (soft cross-entropy). With
+``create_graph=True`` the whole map is differentiable in theta, s, x, y and eta (what
+the meta-gradient needs); without, it runs no graph and returns detached tensors.
+
+A ``StepFn`` moves one network, or N networks whose parameters are stacked along a new
+leading dimension (``batched=True``): their gradients come from
+``vmap(torch.func.grad(...))``, on inputs shared by all nets or given per net
+(``per_net_data``). Under vmap a layer whose weights differ per net but whose input is
+shared becomes one wider layer (conv1 of N LeNets is one conv with 6N filters).
+Update rules act elementwise, so they are the same code for one or N nets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+from ddcli.core.params import Params
+
+State = dict[str, Tensor]
+Rate = Tensor | float  # a tensor when it is learned (differentiated), else a float
+
+
+def inner_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy; ``targets`` are class indices (B,) or soft targets (B, C).
+
+    Soft targets need not sum to 1: a target's mass scales that image's gradient.
+    """
+    return F.cross_entropy(logits, targets)
+
+
+class UpdateRule(Protocol):
+    """How a gradient changes the weights: ``init`` the state, then ``update``."""
+
+    def init(self, params: Params) -> State: ...
+
+    def update(self, params: Params, grads: Params, state: State, lr: Rate
+               ) -> tuple[Params, State]: ...
+
+
+@dataclass(frozen=True)
+class GD:
+    """Plain gradient descent, the paper's inner step: theta - eta * g."""
+
+    def init(self, params: Params) -> State:
+        return {}
+
+    def update(self, params, grads, state, lr):
+        return {k: p - lr * grads[k] for k, p in params.items()}, state
+
+
+@dataclass(frozen=True)
+class SGD:
+    """SGD with momentum and (L2) weight decay, exactly as ``torch.optim.SGD``:
+
+        d = g + wd * theta;  b = momentum * b + d  (b starts at 0);  theta - eta * b
+
+    With a float rate the arithmetic is torch.optim.SGD's, op for op (``add`` with
+    ``alpha``), so the two agree bit for bit; a learned (tensor) rate multiplies.
+    """
+
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def init(self, params: Params) -> State:
+        if not self.momentum:
+            return {}
+        return {k: torch.zeros_like(p) for k, p in params.items()}
+
+    def update(self, params, grads, state, lr):
+        new_params, new_state = {}, {}
+        for k, p in params.items():
+            d = grads[k].add(p, alpha=self.weight_decay) if self.weight_decay else grads[k]
+            if self.momentum:
+                # 0 * momentum + d == d exactly: the first step is torch's clone(d).
+                d = new_state[k] = state[k].mul(self.momentum).add(d)
+            new_params[k] = p.add(d, alpha=-lr) if isinstance(lr, float) else p - lr * d
+        return new_params, new_state
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam with L2 weight decay, as ``torch.optim.Adam`` computes it (for pretraining;
+    a float rate only, and not meant to be differentiated)."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def init(self, params: Params) -> State:
+        state = {"step": torch.zeros(())}
+        for k, p in params.items():
+            state[f"m.{k}"], state[f"v.{k}"] = torch.zeros_like(p), torch.zeros_like(p)
+        return state
+
+    def update(self, params, grads, state, lr):
+        b1, b2 = self.betas
+        step = state["step"] + 1
+        n = float(step)
+        correction1, correction2_sqrt = 1 - b1**n, (1 - b2**n) ** 0.5
+        new_params, new_state = {}, {"step": step}
+        for k, p in params.items():
+            g = grads[k].add(p, alpha=self.weight_decay) if self.weight_decay else grads[k]
+            m = new_state[f"m.{k}"] = state[f"m.{k}"].lerp(g, 1 - b1)
+            v = new_state[f"v.{k}"] = state[f"v.{k}"].mul(b2).addcmul(g, g, value=1 - b2)
+            denom = (v.sqrt() / correction2_sqrt).add(self.eps)
+            new_params[k] = p.addcdiv(m, denom, value=-lr / correction1)
+        return new_params, new_state
+
+
+class StepFn:
+    """One step of ``rule`` on the inner loss of ``model`` (see the module docstring).
+
+    Args:
+        model: the network structure; its own weights are never used or changed.
+        rule: the update rule (default: plain GD, the paper's).
+        batched: params are N stacked nets, (N, *shape) per tensor.
+        per_net_data: with ``batched``, x carries a leading N dimension too (each net
+            its own batch); shared by all nets otherwise.
+        per_net_targets: with ``batched``, y carries a leading N dimension (default:
+            as ``per_net_data``).
+
+    Example:
+        >>> step = StepFn(model, SGD(momentum=0.9))  # doctest: +SKIP
+        >>> state = step.init(params)  # doctest: +SKIP
+        >>> params, state = step(params, state, x, y, 0.01, create_graph=False)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, rule: UpdateRule | None = None, *,
+                 batched: bool = False, per_net_data: bool = False,
+                 per_net_targets: bool | None = None) -> None:
+        self.model, self.rule = model, rule or GD()
+        self.batched, self.per_net_data = batched, per_net_data
+        self.per_net_targets = per_net_data if per_net_targets is None else per_net_targets
+
+        def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
+            return inner_loss(functional_call(model, params, (x,)), y)
+
+        self._loss = loss
+        if batched:
+            dims = (0, 0 if per_net_data else None, 0 if self.per_net_targets else None)
+            self._grads = vmap(grad(loss), in_dims=dims)
+            self._grads_and_loss = vmap(grad_and_value(loss), in_dims=dims)
+
+    def with_rule(self, rule: UpdateRule) -> "StepFn":
+        return StepFn(self.model, rule, batched=self.batched, per_net_data=self.per_net_data,
+                      per_net_targets=self.per_net_targets)
+
+    def batched_like(self, *, per_net_data: bool = False,
+                     per_net_targets: bool | None = None) -> "StepFn":
+        """The same step (model and rule) for N stacked nets."""
+        return StepFn(self.model, self.rule, batched=True, per_net_data=per_net_data,
+                      per_net_targets=per_net_targets)
+
+    def single_like(self) -> "StepFn":
+        """The same step (model and rule) for one net."""
+        return StepFn(self.model, self.rule)
+
+    def init(self, params: Params) -> State:
+        return self.rule.init(params)
+
+    def grads(self, params: Params, x: Tensor, y: Tensor, *, create_graph: bool) -> Params:
+        """The inner loss's gradient at ``params`` (per net, when batched)."""
+        if self.batched:
+            # torch.func.grad ignores an enclosing no_grad for its own gradient, so this
+            # only stops the outer level from recording a graph nobody will use.
+            with contextlib.nullcontext() if create_graph else torch.no_grad():
+                return self._grads(params, x, y)
+        if not create_graph and not all(p.requires_grad for p in params.values()):
+            params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        loss = self._loss(params, x, y)
+        g = torch.autograd.grad(loss, tuple(params.values()), create_graph=create_graph)
+        return dict(zip(params, g))
+
+    def with_loss(self, params: Params, state: State, x: Tensor, y: Tensor, lr: Rate
+                  ) -> tuple[Params, State, Tensor]:
+        """A step without a graph that also returns the inner loss before it: a 0-dim
+        tensor, or (N,) for stacked nets (pretraining reports and checks it)."""
+        with torch.no_grad():
+            if self.batched:
+                grads, loss = self._grads_and_loss(params, x, y)
+            else:
+                live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+                with torch.enable_grad():
+                    value = self._loss(live, x, y)
+                    grads = dict(zip(live, torch.autograd.grad(value, tuple(live.values()))))
+                loss = value.detach()
+            new, new_state = self.rule.update(params, grads, state, lr)
+        return {k: v.detach() for k, v in new.items()}, new_state, loss
+
+    def __call__(self, params: Params, state: State, x: Tensor, y: Tensor, lr: Rate, *,
+                 create_graph: bool) -> tuple[Params, State]:
+        """New weights and state as new tensors; ``params`` and ``state`` are untouched."""
+        grads = self.grads(params, x, y, create_graph=create_graph)
+        if create_graph:
+            return self.rule.update(params, grads, state, lr)
+        with torch.no_grad():
+            new, new_state = self.rule.update(params, grads, state, lr)
+        return {k: v.detach() for k, v in new.items()}, new_state

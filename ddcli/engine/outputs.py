@@ -1,0 +1,95 @@
+"""What a run writes: its folder (config, metrics, snapshots, checkpoints) and the bundle."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ddcli.bundle import Bundle
+from ddcli.config import DistillConfig
+from ddcli.engine._loop import trim_metrics
+from ddcli.engine.state import RunState, save_checkpoint
+from ddcli.infra import io as _io
+
+
+def default_out(cfg: DistillConfig) -> Path:
+    dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.data.dataset.split(":")[-1]).strip("_.")
+    s = cfg.synth
+    return Path(
+        f"{dataset or 'folder'}-{cfg.model_name()}-{cfg.init.mode}"
+        f"-s{s.steps}e{s.epochs}k{s.images_per_class}.safetensors"
+    )
+
+
+def default_run_dir(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".safetensors") + ".run")
+
+
+class RunFolder:
+    """``config.json``, ``metrics.jsonl``, ``snapshots/`` and ``checkpoint.pt`` of a run.
+
+    Only rank 0 writes (``enabled``); every write of a whole file is atomic.
+    """
+
+    def __init__(self, path: Path, *, enabled: bool) -> None:
+        self.path, self.enabled = Path(path), enabled
+
+    def start(self, cfg: DistillConfig, *, iteration: int) -> None:
+        """A fresh run empties the metrics log; a resumed one drops lines past its
+        checkpoint, so nothing is logged twice."""
+        if not self.enabled:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if iteration == 0:
+            (self.path / "metrics.jsonl").unlink(missing_ok=True)
+        else:
+            trim_metrics(self.path / "metrics.jsonl", iteration)
+        _io.write_json(self.path / "config.json", cfg.to_dict())
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def snapshot(self, iteration: int, learned: dict[str, Tensor]) -> None:
+        """Small (images + rates) files that `dd visualize --run` draws as an evolution."""
+        if self.enabled:
+            _io.torch_save(self.path / "snapshots" / f"iter_{iteration:06d}.pt", {
+                "iteration": iteration, **{k: v.detach().cpu() for k, v in learned.items()}})
+
+    def checkpoint(self, state: RunState) -> Path:
+        return save_checkpoint(self.path, state) if self.enabled else self.path / "checkpoint.pt"
+
+
+def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bundle:
+    """The bundle of a run's current state (``rt`` is the run's ``Runtime``)."""
+    d, cfg = rt.data, rt.cfg
+    summary = {
+        "iterations": state.iteration,
+        "final_loss": state.last_loss,
+        "elapsed_s": round(state.elapsed, 2),
+        "device": str(rt.device),
+        "processes": rt.dist.world,
+        "nets_batched": rt.nets.batched,
+    }
+    if state.evals:
+        last = state.evals[-1]
+        summary["last_eval"] = {"iteration": last["iteration"],
+                                "test_acc": sum(last["accuracies"]) / len(last["accuracies"])}
+    described = source.describe()
+    return Bundle(
+        images=learned["images"].detach().cpu(), labels=rt.labels.cpu(),
+        raw_lrs=learned["raw_lrs"].detach().cpu(), dataset=d.name, classes=list(d.classes),
+        mean=tuple(d.mean), std=tuple(d.std), model=dict(rt.model.ddcli_spec),
+        init_scheme=cfg.model.init_scheme, init_mode=cfg.init.mode, seed=cfg.init.seed,
+        epochs=cfg.synth.epochs, config=cfg.to_dict(), summary=summary,
+        extra={"init": described, "objective": rt.objective.describe(),
+               # adapt: nets pretrained on the source, distilled and tested on the target
+               "datasets": {"source": described.get("pool_dataset", d.name), "target": d.name}},
+        init_params=({k: v.cpu() for k, v in source.fixed_params.items()}
+                     if source.fixed_params is not None else None),
+    )

@@ -1,0 +1,139 @@
+"""What one distillation process runs on: device, data, model, step map, schedules.
+
+Everything here is fixed when a run starts (fresh or resumed) and derived from the
+config alone; what changes from iteration to iteration is in ``RunState``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ddcli.config import DistillConfig
+from ddcli.core.nets import NetsMetaGradient
+from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
+from ddcli.core.seeds import derive_seed
+from ddcli.core.steps import StepFn
+from ddcli.core.objectives import make_objective
+from ddcli.data import RealData, load_dataset
+from ddcli.engine.batches import BatchSampler, augment_batch
+from ddcli.engine.inits import FixedInit, InitSource, initial_images, make_init_source
+from ddcli.engine.state import RunState
+from ddcli.evaluate._nets import replay_accuracies
+from ddcli.evaluate.nets import evaluation_nets
+from ddcli.infra import device as _device
+from ddcli.infra import distributed as _distributed
+from ddcli.models import check_functional, create_model
+
+
+class Runtime:
+    """The fixed parts of a run in this process (device, data, model, nets, budget)."""
+
+    def __init__(self, cfg: DistillConfig, data: RealData | None) -> None:
+        self.cfg = cfg
+        _, world, local_rank = _distributed.env_world()
+        _distributed.check_config(cfg, world)
+        self.device = _device.resolve_device(cfg.run.device,
+                                             local_rank=local_rank if world > 1 else None)
+        self.dist = _distributed.setup(self.device)
+        self.sync_every = _device.sync_interval(self.device, cfg.run.log_every)
+        # Random nets are drawn on the CPU and copied over without a host sync.
+        self.init_device = torch.device("cpu") if cfg.init.mode == "random" else self.device
+        self.data = d = data if data is not None else load_dataset(
+            cfg.data.dataset, root=cfg.data.data_root)
+        self.model = create_model(
+            cfg.model_name(d.name), in_channels=d.in_channels, num_classes=d.num_classes,
+            image_size=d.image_size, **cfg.model.kwargs)
+        check_functional(self.model)
+        self.model.to(self.device)
+        self.step = StepFn(self.model)
+        self.nets = NetsMetaGradient(self.step, mode=cfg.run.unroll_memory,
+                                     batch=cfg.run.batch_nets,
+                                     inner_threads=_device.inner_threads(self.device))
+        self.train_x, self.train_y = d.train_x.to(self.device), d.train_y.to(self.device)
+        self.test_x, self.test_y = d.test_x.to(self.device), d.test_y.to(self.device)
+        self.sampler = BatchSampler(self.train_x.shape[0], cfg.data.batch_size,
+                                    derive_seed(cfg.init.seed, "batches"))
+        o, ipe = cfg.optim, self.sampler.iterations_per_epoch
+        self.total = o.iterations if o.iterations is not None else max(1, round(o.real_epochs * ipe))
+        self.decay_iters = max(1, round(o.decay_every * ipe))
+        self.objective = make_objective(cfg, d.num_classes)
+        k = cfg.synth.images_per_class
+        # Class-major labels inside each step: [0]*k + [1]*k + ...
+        labels = torch.arange(d.num_classes).repeat_interleave(k)
+        self.labels = labels.expand(cfg.synth.steps, d.num_classes * k).contiguous().to(
+            self.device)  # (S, n)
+
+    # --- state --------------------------------------------------------------------------------
+    def fresh_state(self, out) -> RunState:
+        """Iteration 0: N(0, 1) images from the seed, every rate at ``step_lr``."""
+        cfg, d = self.cfg, self.data
+        s = cfg.synth
+        shape = (s.steps, d.num_classes * s.images_per_class, d.in_channels, d.image_size,
+                 d.image_size)
+        source = make_init_source(cfg, self.model, self.init_device)
+        return RunState(
+            iteration=0, images=initial_images(shape, cfg.init.seed), labels=self.labels.cpu(),
+            raw_lrs=initial_raw_lrs(s.step_lr, cfg.total_steps), optimizer={}, scheduler={},
+            aug_rng=torch.Generator().manual_seed(derive_seed(cfg.init.seed, "augment")).get_state(),
+            config=cfg.to_dict(), out=str(out.absolute()), total_iterations=self.total,
+            fixed_params=source.fixed_params)
+
+    def restore(self, state: RunState) -> tuple[dict[str, Tensor], Any, Any]:
+        """The learned tensors (on the device, requiring grad), Adam and StepLR."""
+        o = self.cfg.optim
+        learned = {
+            "images": state.images.to(self.device).requires_grad_(True),  # (S, n, C, H, W)
+            "raw_lrs": state.raw_lrs.to(self.device).requires_grad_(True),  # (T,)
+        }
+        self.dist.broadcast_(list(learned.values()))
+        optimizer = torch.optim.Adam(list(learned.values()), lr=o.meta_lr,
+                                     betas=(o.beta1, o.beta2))
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.decay_iters,
+                                                    gamma=o.decay_factor)
+        if state.optimizer:  # a checkpoint
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+            old_lr = DistillConfig.from_dict(state.config).optim.meta_lr
+            if old_lr != o.meta_lr or scheduler.base_lrs[0] != o.meta_lr:
+                # A resumed run with a new --meta-lr keeps the decay schedule's position.
+                scheduler.base_lrs = [o.meta_lr for _ in scheduler.base_lrs]
+                for group in optimizer.param_groups:
+                    group["initial_lr"] = o.meta_lr
+                    group["lr"] = o.meta_lr * o.decay_factor ** (state.iteration // self.decay_iters)
+            scheduler.step_size = self.decay_iters
+        state.config, state.total_iterations = self.cfg.to_dict(), self.total
+        return learned, optimizer, scheduler
+
+    def init_source(self, state: RunState) -> InitSource:
+        """Where theta_0 comes from; a resumed fixed-init run reuses its stored init."""
+        if state.fixed_params is not None and self.cfg.init.mode == "fixed":
+            return FixedInit({k: v.to(self.device) for k, v in state.fixed_params.items()})
+        # A pretrained-fixed run reloads its pool net, so its bundle keeps the pool's record.
+        return make_init_source(self.cfg, self.model, self.init_device)
+
+    # --- per iteration --------------------------------------------------------------------------
+    def real_batch(self, it: int, aug_gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = _device.to_device(self.sampler.indices(it), self.device)
+        x, y = self.train_x[idx], self.objective.relabel(self.train_y[idx])
+        if self.cfg.data.augment:
+            x = augment_batch(x, aug_gen)
+        return x, y
+
+    def quick_eval(self, learned: dict[str, Tensor], source: InitSource) -> list[float]:
+        """Replay accuracy on the full test set of the nets ``evaluation_nets`` picks for
+        a periodic evaluation, with the code ``dd eval`` uses (same numbers, same weights).
+        """
+        r, cfg = self.cfg.run, self.cfg
+        held = source.eval_inits(r.eval_nets)  # pretrained-random: held-out pool nets
+        nets = evaluation_nets(
+            self.model, n_fresh=0 if source.fixed_params is not None or held else r.eval_nets,
+            seed=cfg.init.seed, scheme=cfg.model.init_scheme, stored=source.fixed_params,
+            held_out=held, device=self.device)
+        inits = [net.params for net in nets]
+        accs = replay_accuracies(self.model, inits, learned["images"].detach(), self.labels,
+                                 lrs_from_raw(learned["raw_lrs"].detach()), self.test_x,
+                                 self.test_y)
+        return accs[-1].tolist()
