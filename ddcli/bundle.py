@@ -64,6 +64,7 @@ class Bundle:
     summary: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     init_params: dict[str, torch.Tensor] | None = None
+    soft_labels: torch.Tensor | None = None  # (S, n, classes) learned labels, >= 0
 
     @property
     def steps(self) -> int:
@@ -120,6 +121,8 @@ class Bundle:
             "labels": self.labels.detach().long().contiguous().cpu(),
             "raw_lrs": self.raw_lrs.detach().float().contiguous().cpu(),
         }
+        if self.soft_labels is not None:
+            tensors["soft_labels"] = self.soft_labels.detach().float().contiguous().cpu()
         for name, value in (self.init_params or {}).items():
             tensors[_INIT_PREFIX + name] = value.detach().float().contiguous().cpu()
         meta = {
@@ -197,6 +200,7 @@ class Bundle:
                 summary=json.loads(meta.get("summary", "{}")),
                 extra=json.loads(meta.get("extra", "{}")),
                 init_params=init or None,
+                soft_labels=tensors.get("soft_labels"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise BundleFormatError(f"{path} has missing or malformed metadata: {exc}") from None

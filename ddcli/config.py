@@ -24,6 +24,9 @@ else:  # pragma: no cover
 INIT_MODES = ("fixed", "random", "pretrained-fixed", "pretrained-random")
 UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
 OBJECTIVES = ("distill", "adapt", "attack")
+WINDOW_SAMPLING = ("last", "random")
+INNER_OPTIMIZERS = ("gd", "sgd")
+AUGMENTS = ("none", "crop-flip", "dsa")
 
 # The paper's model for each named dataset; other inputs default to ConvNet.
 DEFAULT_MODELS = {
@@ -79,7 +82,16 @@ class DataConfig(_Section):
     dataset: str = "mnist"
     data_root: str | None = None
     batch_size: int = 1024  # real images per outer iteration
-    augment: bool = False  # reflect-pad 4, random crop, flip on real batches (CIFAR)
+    # none; crop-flip (reflect-pad 4, random crop, flip on real batches: the reference's
+    # CIFAR setting); dsa (DSA's ops on the real batch and on the synthetic images of
+    # every inner step), or dsa:FAMILY_FAMILY... for some of its op families.
+    augment: str = "none"
+    validation: int = 0  # training images held out for model selection (never the test set)
+
+    def __post_init__(self) -> None:
+        # Configs before augmentations had names stored a bool: True was crop-flip.
+        if isinstance(self.augment, bool):
+            self.augment = "crop-flip" if self.augment else "none"
 
 
 @dataclass
@@ -95,6 +107,19 @@ class SynthConfig(_Section):
     epochs: int = 3
     images_per_class: int = 1  # per class, per step
     step_lr: float = 0.02  # the initial value of every learned GD rate (not raw)
+    # T, the number of inner steps (and learned rates); None: steps x epochs. Must be a
+    # multiple of steps (epochs becomes T / steps).
+    unroll_steps: int | None = None
+    # RaT-BPTT's set-structured loop: each inner step uses K images drawn from all
+    # steps x n images (a fresh shuffle per pass and per iteration); None: the paper's
+    # ordered steps, all n images of step t mod S.
+    inner_batch: int | None = None
+    window: int | None = None  # W: differentiate only the last W inner steps; None: all T
+    window_sampling: str = "last"  # last: unroll all T steps; random: N ~ U[W, T] per iteration
+    inner_optimizer: str = "gd"  # gd (the paper's) or sgd (momentum + weight decay)
+    inner_momentum: float = 0.9  # sgd only
+    inner_weight_decay: float = 5e-4  # sgd only
+    learn_labels: bool = False  # learned soft labels, one-hot init, kept >= 0
 
     RENAMED = {"distill_lr": "step_lr"}
 
@@ -108,6 +133,7 @@ class OptimConfig(_Section):
     decay_factor: float = 0.5
     real_epochs: float = 400.0  # budget, used when iterations is None
     iterations: int | None = None
+    label_lr: float | None = None  # Adam's step size for learned labels; None: meta_lr
 
     RENAMED = {"lr": "meta_lr"}
 
@@ -142,6 +168,7 @@ class RunConfig(_Section):
     log_every: int = 10
     nproc: int = 1  # processes the sampled nets are split over (dd distill --nproc)
     batch_nets: bool = True  # evaluate the sampled nets together (vmap) rather than looping
+    keep_best: bool = False  # bundle the set with the best validation accuracy (eval_every)
 
 
 @dataclass
@@ -164,7 +191,13 @@ class DistillConfig(_Section):
 
     @property
     def total_steps(self) -> int:
-        return self.synth.steps * self.synth.epochs
+        """T, the inner steps of one unroll (and the number of learned rates)."""
+        return self.synth.unroll_steps or self.synth.steps * self.synth.epochs
+
+    @property
+    def passes(self) -> int:
+        """E, the passes over the steps: T / S."""
+        return self.total_steps // self.synth.steps
 
     def model_name(self, dataset: str | None = None) -> str:
         return self.model.name or DEFAULT_MODELS.get(dataset or self.data.dataset, "convnet")
@@ -215,9 +248,43 @@ class DistillConfig(_Section):
             if getattr(r, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         _positive("nproc", r.nproc)
+        self._validate_methods()
         if not isinstance(r.batch_nets, bool):
             raise ConfigError(f"run.batch_nets must be true or false, got {r.batch_nets!r}")
         return self
+
+
+    def _validate_methods(self) -> None:
+        s, d, o, r = self.synth, self.data, self.optim, self.run
+        t = self.total_steps
+        if s.unroll_steps is not None:
+            _positive("unroll-steps", s.unroll_steps)
+            if s.unroll_steps % s.steps:
+                raise ConfigError(f"--unroll-steps {s.unroll_steps} is not a multiple of "
+                                  f"--steps {s.steps}")
+        for flag, value in (("inner-batch", s.inner_batch), ("window", s.window)):
+            if value is not None:
+                _positive(flag, value)
+        if s.window is not None and s.window > t:
+            raise ConfigError(f"--window {s.window} exceeds the {t} inner steps")
+        if s.window_sampling not in WINDOW_SAMPLING:
+            raise ConfigError(f"--window-sampling must be one of {', '.join(WINDOW_SAMPLING)}, "
+                              f"got {s.window_sampling!r}")
+        if s.inner_optimizer not in INNER_OPTIMIZERS:
+            raise ConfigError(f"--inner-optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, "
+                              f"got {s.inner_optimizer!r}")
+        if not (0 <= s.inner_momentum < 1 and s.inner_weight_decay >= 0):
+            raise ConfigError("--inner-momentum must be in [0, 1) and --inner-weight-decay >= 0")
+        if o.label_lr is not None and not (math.isfinite(o.label_lr) and o.label_lr > 0):
+            raise ConfigError(f"--label-lr must be a positive number, got {o.label_lr}")
+        if not (d.augment in AUGMENTS or d.augment.startswith("dsa:")):
+            raise ConfigError(f"--augment must be one of {', '.join(AUGMENTS)} or dsa:OPS, "
+                              f"got {d.augment!r}")
+        if not isinstance(d.validation, int) or d.validation < 0:
+            raise ConfigError(f"--validation must be a count of images >= 0, got {d.validation!r}")
+        if r.keep_best and not (d.validation and r.eval_every):
+            raise ConfigError("--keep-best selects on a validation split: it needs "
+                              "--validation N and --eval-every K")
 
 
 def _positive(flag: str, value: Any) -> None:

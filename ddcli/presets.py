@@ -21,7 +21,7 @@ _PAPER_MNIST = {
 
 # The reference's CIFAR-10 command: AlexCifarNet, distill_lr (our step_lr) 0.001, augmented real batches.
 _PAPER_CIFAR10 = {
-    "data": {"dataset": "cifar10", "batch_size": 1024, "augment": True},
+    "data": {"dataset": "cifar10", "batch_size": 1024, "augment": "crop-flip"},
     "model": {"name": "alexcifarnet", "init_scheme": "xavier"},
     "synth": {"steps": 10, "epochs": 3, "images_per_class": 1, "step_lr": 0.001},
     "optim": {"meta_lr": 0.01, "decay_every": 40.0, "decay_factor": 0.5, "real_epochs": 400.0,

@@ -26,7 +26,7 @@ def test_paper_mnist_presets_match_the_paper():
         assert (cfg.optim.meta_lr, cfg.optim.beta1, cfg.optim.beta2) == (0.01, 0.5, 0.999)
         assert (cfg.optim.decay_every, cfg.optim.decay_factor) == (40.0, 0.5)
         assert cfg.optim.real_epochs == 400.0 and cfg.optim.iterations is None
-        assert cfg.data.batch_size == 1024 and not cfg.data.augment
+        assert cfg.data.batch_size == 1024 and cfg.data.augment == "none"
     assert fixed.init.mode == "fixed" and random.init.mode == "random"
 
 
@@ -34,7 +34,7 @@ def test_paper_cifar_presets_match_the_reference():
     for name, mode in (("paper-cifar10-fixed", "fixed"), ("paper-cifar10-random", "random")):
         cfg = build_config(None, {}, base=get_preset(name))
         assert cfg.data.dataset == "cifar10" and cfg.model.name == "alexcifarnet"
-        assert cfg.synth.step_lr == 0.001 and cfg.data.augment and cfg.init.mode == mode
+        assert cfg.synth.step_lr == 0.001 and cfg.data.augment == "crop-flip" and cfg.init.mode == mode
 
 
 def test_fashion_presets_are_the_results_page_settings():

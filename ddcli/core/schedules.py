@@ -73,13 +73,14 @@ class PoolSchedule:
         batch: K images per step (K >= M: every step uses the whole pool).
         length: T inner steps.
         seed: e.g. derived from (run seed, outer iteration).
+        per_net: images carry a leading net dimension, (N, S, n, C, H, W).
         augment: optional, applied to each step's images.
     """
 
     def __init__(self, pool_size: int, batch: int, length: int, seed: int, *,
-                 augment: Augment | None = None) -> None:
+                 per_net: bool = False, augment: Augment | None = None) -> None:
         self.pool_size, self.batch = pool_size, min(batch, pool_size)
-        self.length, self.seed, self.augment = length, seed, augment
+        self.length, self.seed, self.augment, self.per_net = length, seed, augment, per_net
         per_pass = max(1, pool_size // self.batch)
         passes = -(-length // per_pass)
         orders = [torch.randperm(pool_size, generator=torch.Generator().manual_seed(
@@ -91,7 +92,10 @@ class PoolSchedule:
 
     def inputs(self, t: int, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         idx = self.indices[t].to(images.device)
-        x = images.flatten(0, 1)[idx]  # (K, C, H, W)
+        if self.per_net:  # (N, S, n, C, H, W): every net its own pool, the same slots
+            x = images.flatten(1, 2)[:, idx]  # (N, K, C, H, W)
+        else:
+            x = images.flatten(0, 1)[idx]  # (K, C, H, W)
         y = labels.flatten(0, 1)[idx.to(labels.device)]  # (K,) or (K, classes)
         if self.augment is not None:
             x = self.augment(x, t)

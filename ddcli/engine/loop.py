@@ -143,9 +143,13 @@ class _Run:
         # 2. This iteration's initial weights: every rank draws all, each uses its share.
         inits = self.source.sample(it)
         mine = [_device.to_device(p, rt.device) for p in rt.dist.share(inits)]
-        # 3. The meta-gradient, summed over this rank's nets.
-        mg = rt.nets(mine, self.learned, x, y, labels=rt.labels)
-        # 4. One buffer, one all-reduce: [loss, stop flag, every gradient], summed over
+        # 3. The inner loop of this iteration: its schedule (minibatches of the pool,
+        #    augmentation seeds) and the window of steps to differentiate.
+        schedule, window = rt.inner_plan(it)
+        # 4. The meta-gradient, summed over this rank's nets.
+        mg = rt.nets(mine, self.learned, x, y, labels=rt.labels, schedule=schedule,
+                     window=window)
+        # 5. One buffer, one all-reduce: [loss, stop flag, every gradient], summed over
         #    ranks, then divided by the number of nets of the iteration.
         names = list(self.learned)
         stop_flag = torch.full((1,), float(stop), dtype=mg.loss.dtype, device=rt.device)
@@ -155,7 +159,8 @@ class _Run:
         finite = torch.isfinite(flat).all()
         if rt.sync_every == 1 and not finite:  # CPU: stop before stepping on a NaN
             raise DivergedError(self._diverged_message(it, flat[0].item() / n))
-        # 5. Adam on the synthetic set, then the meta step size's decay.
+        # 6. Adam on the synthetic set, then the meta step size's decay; learned labels
+        #    are projected back onto >= 0 (a label's mass weighs its image's gradient).
         offset = 2
         for k in names:
             size = self.learned[k].numel()
@@ -163,6 +168,9 @@ class _Run:
             offset += size
         self.optimizer.step()
         self.scheduler.step()
+        if "labels" in self.learned:
+            with torch.no_grad():
+                self.learned["labels"].clamp_(min=0)
         lrs = lrs_from_raw(self.learned["raw_lrs"].detach())
         return torch.stack([flat[0] / n, finite.to(flat.dtype), flat[1], lrs.min(), lrs.mean(),
                             lrs.max()])
@@ -262,6 +270,9 @@ class _Run:
         if r.eval_every and (it % r.eval_every == 0 or it == self.rt.total):
             ev = EvalInfo(iteration=it, accuracies=self.rt.quick_eval(self.learned, self.source))
             self.state.evals.append({"iteration": ev.iteration, "accuracies": ev.accuracies})
+            if r.keep_best and (self.state.best is None or ev.mean > self.state.best["score"]):
+                self.state.best = {"iteration": it, "score": ev.mean,
+                                   **{k: v.detach().cpu().clone() for k, v in self.learned.items()}}
             self.folder.log({"iteration": it, "test_acc": ev.mean, "test_accs": ev.accuracies,
                              "elapsed": round(info.elapsed, 3)})
             self._emit("on_eval", ev)
@@ -275,6 +286,8 @@ class _Run:
         st = self.state
         st.images = self.learned["images"].detach()
         st.raw_lrs = self.learned["raw_lrs"].detach()
+        if "labels" in self.learned:
+            st.soft_labels = self.learned["labels"].detach()
         st.optimizer, st.scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
         st.aug_rng = self.aug_gen.get_state()
         path = self.folder.checkpoint(st)

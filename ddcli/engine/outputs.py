@@ -80,13 +80,24 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
         last = state.evals[-1]
         summary["last_eval"] = {"iteration": last["iteration"],
                                 "test_acc": sum(last["accuracies"]) / len(last["accuracies"])}
+    chosen = {k: v.detach().cpu() for k, v in learned.items()}
+    if cfg.run.keep_best and state.best is not None:
+        # The set of the best validation accuracy, never the test set's choice.
+        chosen = {k: state.best[k] for k in learned}
+        summary["selected"] = {"iteration": state.best["iteration"],
+                               "validation_acc": state.best["score"],
+                               "by": f"replay accuracy on {cfg.data.validation} held-out "
+                                     "training images"}
+    if cfg.data.validation:
+        summary["validation"] = {"images": cfg.data.validation,
+                                 "split": "derive_seed('validation', n_train) permutation"}
     described = source.describe()
     return Bundle(
-        images=learned["images"].detach().cpu(), labels=rt.labels.cpu(),
-        raw_lrs=learned["raw_lrs"].detach().cpu(), dataset=d.name, classes=list(d.classes),
+        images=chosen["images"], labels=rt.labels.cpu(), raw_lrs=chosen["raw_lrs"],
+        soft_labels=chosen.get("labels"), dataset=d.name, classes=list(d.classes),
         mean=tuple(d.mean), std=tuple(d.std), model=dict(rt.model.ddcli_spec),
         init_scheme=cfg.model.init_scheme, init_mode=cfg.init.mode, seed=cfg.init.seed,
-        epochs=cfg.synth.epochs, config=cfg.to_dict(), summary=summary,
+        epochs=cfg.passes, config=cfg.to_dict(), summary=summary,
         extra={"init": described, "objective": rt.objective.describe(),
                # adapt: nets pretrained on the source, distilled and tested on the target
                "datasets": {"source": described.get("pool_dataset", d.name), "target": d.name}},

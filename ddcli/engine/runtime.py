@@ -9,18 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ddcli.config import DistillConfig
+from ddcli.core.inner import InnerLoop
 from ddcli.core.nets import NetsMetaGradient
 from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
 from ddcli.core.seeds import derive_seed
-from ddcli.core.steps import StepFn
+from ddcli.core.schedules import Schedule
 from ddcli.core.objectives import make_objective
 from ddcli.data import RealData, load_dataset
 from ddcli.engine.batches import BatchSampler, augment_batch
 from ddcli.engine.inits import FixedInit, InitSource, initial_images, make_init_source
 from ddcli.engine.state import RunState
+from ddcli.errors import ConfigError
 from ddcli.evaluate._nets import replay_accuracies
 from ddcli.evaluate.nets import evaluation_nets
 from ddcli.infra import device as _device
@@ -48,19 +51,26 @@ class Runtime:
             image_size=d.image_size, **cfg.model.kwargs)
         check_functional(self.model)
         self.model.to(self.device)
-        self.step = StepFn(self.model)
+        k = cfg.synth.images_per_class
+        self.inner = InnerLoop.from_config(cfg, d.num_classes * k)
+        self.step = self.inner.step_fn(self.model)
         self.nets = NetsMetaGradient(self.step, mode=cfg.run.unroll_memory,
                                      batch=cfg.run.batch_nets,
                                      inner_threads=_device.inner_threads(self.device))
         self.train_x, self.train_y = d.train_x.to(self.device), d.train_y.to(self.device)
+        self.val_x = self.val_y = None
+        if cfg.data.validation:  # real batches never come from the held-out images
+            train, val = validation_split(d.train_y.shape[0], cfg.data.validation)
+            self.val_x, self.val_y = self.train_x[val], self.train_y[val]
+            self.train_x, self.train_y = self.train_x[train], self.train_y[train]
         self.test_x, self.test_y = d.test_x.to(self.device), d.test_y.to(self.device)
+        self.real_dsa = self.inner.augment  # DSA on the real batch too
         self.sampler = BatchSampler(self.train_x.shape[0], cfg.data.batch_size,
                                     derive_seed(cfg.init.seed, "batches"))
         o, ipe = cfg.optim, self.sampler.iterations_per_epoch
         self.total = o.iterations if o.iterations is not None else max(1, round(o.real_epochs * ipe))
         self.decay_iters = max(1, round(o.decay_every * ipe))
         self.objective = make_objective(cfg, d.num_classes)
-        k = cfg.synth.images_per_class
         # Class-major labels inside each step: [0]*k + [1]*k + ...
         labels = torch.arange(d.num_classes).repeat_interleave(k)
         self.labels = labels.expand(cfg.synth.steps, d.num_classes * k).contiguous().to(
@@ -74,12 +84,15 @@ class Runtime:
         shape = (s.steps, d.num_classes * s.images_per_class, d.in_channels, d.image_size,
                  d.image_size)
         source = make_init_source(cfg, self.model, self.init_device)
+        soft = None
+        if s.learn_labels:  # one-hot, so the run starts exactly where hard labels would
+            soft = F.one_hot(self.labels.cpu(), d.num_classes).float()  # (S, n, classes)
         return RunState(
             iteration=0, images=initial_images(shape, cfg.init.seed), labels=self.labels.cpu(),
             raw_lrs=initial_raw_lrs(s.step_lr, cfg.total_steps), optimizer={}, scheduler={},
             aug_rng=torch.Generator().manual_seed(derive_seed(cfg.init.seed, "augment")).get_state(),
             config=cfg.to_dict(), out=str(out.absolute()), total_iterations=self.total,
-            fixed_params=source.fixed_params)
+            fixed_params=source.fixed_params, soft_labels=soft)
 
     def restore(self, state: RunState) -> tuple[dict[str, Tensor], Any, Any]:
         """The learned tensors (on the device, requiring grad), Adam and StepLR."""
@@ -88,9 +101,12 @@ class Runtime:
             "images": state.images.to(self.device).requires_grad_(True),  # (S, n, C, H, W)
             "raw_lrs": state.raw_lrs.to(self.device).requires_grad_(True),  # (T,)
         }
+        groups = [{"params": list(learned.values())}]
+        if state.soft_labels is not None:
+            learned["labels"] = state.soft_labels.to(self.device).requires_grad_(True)
+            groups.append({"params": [learned["labels"]], "lr": o.label_lr or o.meta_lr})
         self.dist.broadcast_(list(learned.values()))
-        optimizer = torch.optim.Adam(list(learned.values()), lr=o.meta_lr,
-                                     betas=(o.beta1, o.beta2))
+        optimizer = torch.optim.Adam(groups, lr=o.meta_lr, betas=(o.beta1, o.beta2))
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.decay_iters,
                                                     gamma=o.decay_factor)
         if state.optimizer:  # a checkpoint
@@ -99,10 +115,11 @@ class Runtime:
             old_lr = DistillConfig.from_dict(state.config).optim.meta_lr
             if old_lr != o.meta_lr or scheduler.base_lrs[0] != o.meta_lr:
                 # A resumed run with a new --meta-lr keeps the decay schedule's position.
-                scheduler.base_lrs = [o.meta_lr for _ in scheduler.base_lrs]
-                for group in optimizer.param_groups:
-                    group["initial_lr"] = o.meta_lr
-                    group["lr"] = o.meta_lr * o.decay_factor ** (state.iteration // self.decay_iters)
+                base = [o.meta_lr, o.label_lr or o.meta_lr][: len(optimizer.param_groups)]
+                scheduler.base_lrs = base
+                for group, lr in zip(optimizer.param_groups, base):
+                    group["initial_lr"] = lr
+                    group["lr"] = lr * o.decay_factor ** (state.iteration // self.decay_iters)
             scheduler.step_size = self.decay_iters
         state.config, state.total_iterations = self.cfg.to_dict(), self.total
         return learned, optimizer, scheduler
@@ -118,13 +135,28 @@ class Runtime:
     def real_batch(self, it: int, aug_gen: torch.Generator) -> tuple[Tensor, Tensor]:
         idx = _device.to_device(self.sampler.indices(it), self.device)
         x, y = self.train_x[idx], self.objective.relabel(self.train_y[idx])
-        if self.cfg.data.augment:
+        if self.cfg.data.augment == "crop-flip":
             x = augment_batch(x, aug_gen)
+        elif self.real_dsa is not None:
+            x = self.real_dsa(x, derive_seed(self.cfg.init.seed, "real-dsa", it))
         return x, y
 
+    def inner_plan(self, it: int) -> tuple[Schedule, tuple[int, int]]:
+        """Iteration ``it``'s schedule (minibatches, DSA seeds) and window (t0, N)."""
+        s, t = self.cfg.synth, self.cfg.total_steps
+        seed = derive_seed(self.cfg.init.seed, "inner", it)
+        w = s.window or t
+        n = t
+        if s.window_sampling == "random":  # RaT-BPTT: N ~ U[W, T], then the last W of N
+            g = torch.Generator().manual_seed(derive_seed(seed, "window"))
+            n = int(torch.randint(w, t + 1, (1,), generator=g))
+        return self.inner.schedule(seed, augment=True), (n - w, n)
+
     def quick_eval(self, learned: dict[str, Tensor], source: InitSource) -> list[float]:
-        """Replay accuracy on the full test set of the nets ``evaluation_nets`` picks for
-        a periodic evaluation, with the code ``dd eval`` uses (same numbers, same weights).
+        """Replay accuracy of the nets ``evaluation_nets`` picks for a periodic
+        evaluation, with the code ``dd eval`` uses (same numbers, same weights): on the
+        validation split when there is one (model selection), else the full test set
+        (monitoring only).
         """
         r, cfg = self.cfg.run, self.cfg
         held = source.eval_inits(r.eval_nets)  # pretrained-random: held-out pool nets
@@ -133,7 +165,20 @@ class Runtime:
             seed=cfg.init.seed, scheme=cfg.model.init_scheme, stored=source.fixed_params,
             held_out=held, device=self.device)
         inits = [net.params for net in nets]
-        accs = replay_accuracies(self.model, inits, learned["images"].detach(), self.labels,
-                                 lrs_from_raw(learned["raw_lrs"].detach()), self.test_x,
-                                 self.test_y)
+        x, y = (self.val_x, self.val_y) if self.cfg.data.validation else (self.test_x, self.test_y)
+        labels = learned["labels"].detach() if "labels" in learned else self.labels
+        accs = replay_accuracies(
+            self.model, inits, learned["images"].detach(), labels,
+            lrs_from_raw(learned["raw_lrs"].detach()), x, y, inner=self.inner,
+            seed=cfg.init.seed)
         return accs[-1].tolist()
+
+
+def validation_split(n: int, size: int) -> tuple[Tensor, Tensor]:
+    """(train, validation) indices of a training set of ``n``: ``size`` images held out,
+    picked by a permutation seeded by ``n`` alone, so every run on a dataset holds out
+    the same images whatever its seed."""
+    if size >= n:
+        raise ConfigError(f"--validation {size} leaves no training images (the set has {n})")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("validation", n)))
+    return order[size:].sort().values, order[:size].sort().values

@@ -43,12 +43,17 @@ class RunState:
     elapsed: float = 0.0  # seconds of training, over every process that ran it
     last_loss: float = float("nan")
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"iteration", "accuracies"}
+    soft_labels: Tensor | None = None  # (S, n, classes) learned labels (--learn-labels)
+    # --keep-best: the set with the best validation accuracy so far: {"iteration",
+    # "score", "images", "raw_lrs", "soft_labels"}.
+    best: dict[str, Any] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """Plain dict for ``torch.save`` (tensors on the CPU)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("images", "labels", "raw_lrs"):
-            out[name] = out[name].detach().cpu()
+        for name in ("images", "labels", "raw_lrs", "soft_labels"):
+            if out[name] is not None:
+                out[name] = out[name].detach().cpu()
         if self.fixed_params is not None:
             out["fixed_params"] = {k: v.detach().cpu() for k, v in self.fixed_params.items()}
         return out

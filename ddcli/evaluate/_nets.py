@@ -25,8 +25,10 @@ from torch.func import functional_call, grad, vmap
 
 from ddcli.core.metrics import ACTIVATION_BUDGET, activation_floats, correct_counts
 from ddcli.core.params import Params, detached, stack_params
-from ddcli.core.schedules import CyclicSchedule, EpochSchedule
-from ddcli.core.steps import SGD, StepFn, inner_loss
+from ddcli.core.inner import InnerLoop
+from ddcli.core.schedules import EpochSchedule
+from ddcli.core.seeds import derive_seed
+from ddcli.core.steps import GD, SGD, StepFn, inner_loss
 from ddcli.core.unroll import unroll
 
 _VMAP_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -85,7 +87,8 @@ def replay_accuracies(
     *,
     at: Sequence[int] | None = None,
     batched: bool | None = None,
-    step: StepFn | None = None,
+    inner: InnerLoop | None = None,
+    seed: int = 0,
 ) -> Tensor:
     """Replay the learned GD steps from each init and measure test accuracy along the way.
 
@@ -99,26 +102,30 @@ def replay_accuracies(
         at: GD step counts in 0..T after which to measure; default ``[T]``.
         batched: True: vmap over the nets; False: one net at a time; None (default):
             ``use_vmap`` decides per part (GD steps, test inference) and device.
-        step: the step map of one net (default plain GD on ``model``).
+        inner: the set's inner loop (rule, schedule); default the paper's: plain GD on
+            the ordered steps. Replays never augment.
+        seed: seeds the inner loop's minibatches (pool sets), the same for every net.
 
     Returns:
         Accuracies, float64 of shape (len(at), N).
     """
     images, lrs = images.detach(), lrs.detach()
-    step = step or StepFn(model)
+    per_net = images.dim() == 6
+    steps = images.shape[1] if per_net else images.shape[0]
+    inner = inner or InnerLoop(steps=steps, images_per_step=images.shape[-4],
+                               length=lrs.shape[0], rule=GD())
+    step, seed = inner.step_fn(model), derive_seed(seed, "replay-schedule")
     total = lrs.shape[0]
     at = list(at) if at is not None else [total]
     if any(not 0 <= t <= total for t in at):
         raise ValueError(f"checkpoints must be in 0..{total}, got {at}")
-    per_net = images.dim() == 6
-    steps = images.shape[1] if per_net else images.shape[0]
     out = torch.zeros(len(at), len(inits), dtype=torch.float64)
     rows = {t: [i for i, a in enumerate(at) if a == t] for t in set(at)}
     last, n_test = max(at), max(1, test_x.shape[0])
     act = activation_floats(model, images.shape[-3:])
     vmap_infer = use_vmap(batched, model, images.shape[-3:], "inference")
     if not use_vmap(batched, model, images.shape[-3:], "steps"):
-        schedule = CyclicSchedule(steps, total)
+        schedule = inner.schedule(seed)
         for j, p0 in enumerate(inits):
             def measure(t: int, params: Params, j: int = j) -> None:
                 for r in rows.get(t, ()):
@@ -140,7 +147,7 @@ def replay_accuracies(
 
         unroll(many, stack_params([inits[j] for j in group], test_x.device),
                images[cols] if per_net else images, labels, lrs, create_graph=False,
-               schedule=CyclicSchedule(steps, total, per_net=per_net), stop=last,
+               schedule=inner.schedule(seed, per_net=per_net), stop=last,
                observe=measure)
     return out
 

@@ -1,0 +1,62 @@
+"""How a synthetic set's inner steps run: the update rule, the schedule, augmentation.
+
+A set is only meaningful with the inner loop it was learned for, so distillation and
+every evaluation that replays a set build it the same way, from the run's config
+(``InnerLoop.from_config``; a bundle stores that config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ddcli.core.augment import DSA, parse_augment
+from ddcli.core.schedules import CyclicSchedule, PoolSchedule, Schedule
+from ddcli.core.seeds import derive_seed
+from ddcli.core.steps import GD, SGD, StepFn, UpdateRule
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """The inner loop of a set: S ordered steps cycled (the paper) or minibatches of a
+    pool (``inner_batch``), T steps in all, one update rule, optional DSA."""
+
+    steps: int  # S
+    images_per_step: int  # n
+    length: int  # T
+    rule: UpdateRule
+    inner_batch: int | None = None
+    augment: DSA | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, images_per_step: int) -> "InnerLoop":
+        """From a ``DistillConfig`` (or its dict, as bundles store it)."""
+        from ddcli.config import DistillConfig  # config is above core; only its values are used
+
+        if isinstance(cfg, dict):
+            cfg = DistillConfig.from_dict(cfg)
+        s = cfg.synth
+        rule = GD() if s.inner_optimizer == "gd" else SGD(momentum=s.inner_momentum,
+                                                          weight_decay=s.inner_weight_decay)
+        augment = parse_augment(cfg.data.augment) if cfg.data.augment.startswith("dsa") else None
+        return cls(steps=s.steps, images_per_step=images_per_step, length=cfg.total_steps,
+                   rule=rule, inner_batch=s.inner_batch, augment=augment)
+
+    def step_fn(self, model: nn.Module) -> StepFn:
+        return StepFn(model, self.rule)
+
+    def schedule(self, seed: int, *, per_net: bool = False, augment: bool = False) -> Schedule:
+        """The schedule of one unroll: minibatches drawn from ``seed`` (pool mode), and
+        DSA seeded by (``seed``, step) when ``augment`` and the loop augments."""
+        aug = None
+        if augment and self.augment is not None:
+            dsa = self.augment
+
+            def aug(x, t):
+                return dsa(x, derive_seed(seed, "dsa", t))
+        if self.inner_batch is None:
+            return CyclicSchedule(self.steps, self.length, per_net=per_net, augment=aug)
+        return PoolSchedule(self.steps * self.images_per_step, self.inner_batch, self.length,
+                            derive_seed(seed, "inner-batches"), per_net=per_net, augment=aug)
