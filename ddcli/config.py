@@ -2,19 +2,27 @@
 
 One ``DistillConfig`` describes a run completely. It is written as ``config.json`` into
 the run folder and into every bundle, so a result always says how it was made.
+
+It is also the one description of `dd distill`'s flags: each field that is one carries
+``flag()`` metadata (``ddcli.infra.sections``) with its names, help, ``--help`` panel and
+whether ``--resume`` may change it. The CLI, its ``--help``, the README's flag table,
+``resumable_settings()`` and the layering in ``build_config`` are derived from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import ConfigError
+from .infra.sections import Flag, Section, collect_flags, flag
+from .presets import get_preset
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,7 +34,7 @@ UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
 OBJECTIVES = ("distill", "adapt", "attack")
 WINDOW_SAMPLING = ("last", "random")
 INNER_OPTIMIZERS = ("gd", "sgd")
-AUGMENTS = ("none", "crop-flip", "dsa")
+AUGMENTS = ("none", "crop-flip", "dsa")  # and dsa:FAMILY_FAMILY... (ddcli.core.augment)
 
 # The paper's model for each named dataset; other inputs default to ConvNet.
 DEFAULT_MODELS = {
@@ -37,56 +45,36 @@ DEFAULT_MODELS = {
     "svhn": "alexcifarnet",
 }
 
-
-class _Section:
-    """Mixin giving dataclasses a strict ``from_dict`` and a plain ``to_dict``."""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if isinstance(value, _Section) else _plain(value)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str = "config"):
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where} must be a table/object, got {type(data).__name__}")
-        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        # Keys renamed since earlier versions still load (config files, run folders).
-        renamed = getattr(cls, "RENAMED", {})
-        if any(old in data for old in renamed):
-            data = {renamed.get(k, k): v for k, v in data.items()}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {', '.join(unknown)} in {where}; known: {', '.join(known)}"
-            )
-        kwargs = {}
-        for name, value in data.items():
-            sub = _SECTIONS.get((cls.__name__, name))
-            kwargs[name] = sub.from_dict(value, where=f"{where}.{name}") if sub else value
-        return cls(**kwargs)
+# The --help panels of the settings (the CLI adds one to start from a preset or a run).
+DATA, MODEL, SYNTH = "Data", "Model and init", "Synthetic set"
+INNER = "Inner loop (RaT-BPTT, momentum)"
+BUDGET, SCALE, OUTPUT = "Budget and meta-optimiser", "Memory and scale", "Output"
+POOLS = "Pretrained pools, adapt, attack"
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+def _flag(default: Any, help: str, panel: str, **kw: Any) -> Any:
+    return field(default=default, metadata=flag(help, panel=panel, **kw))
 
 
+# A new setting needs nothing but a field here: with _flag(...) metadata it is also a
+# `dd distill` flag (bool, int, float, str, choices, or None-able), listed in --help and
+# the README, layered and resumed like the others; a plain field is set in config files
+# only (as beta1 and beta2 are).
 @dataclass
-class DataConfig(_Section):
-    dataset: str = "mnist"
-    data_root: str | None = None
-    batch_size: int = 1024  # real images per outer iteration
-    # none; crop-flip (reflect-pad 4, random crop, flip on real batches: the reference's
-    # CIFAR setting); dsa (DSA's ops on the real batch and on the synthetic images of
-    # every inner step), or dsa:FAMILY_FAMILY... for some of its op families.
-    augment: str = "none"
-    validation: int = 0  # training images held out for model selection (never the test set)
+class DataConfig(Section):
+    dataset: str = _flag("mnist", "mnist, fashion-mnist, cifar10, cifar100, svhn or "
+                         "folder:PATH.", "Arguments", argument=True, metavar="DATASET")
+    data_root: str | None = _flag(None, "Datasets in torchvision's layout.", DATA,
+                                  metavar="DIR", resumable=True,
+                                  default_text="$DDCLI_DATA_ROOT, else ~/.cache/ddcli/data")
+    batch_size: int = _flag(1024, "Real images per outer iteration.", DATA)
+    # crop-flip: reflect-pad 4, random crop and horizontal flip of the real batches, as
+    # the reference does for CIFAR. dsa: DSA's ops on the real batch and on the synthetic
+    # images of every inner step; dsa:flip_rotate (etc.) for some of its op families.
+    augment: str = _flag("none", "none, crop-flip (real batches) or dsa (real and "
+                         "synthetic, every inner step).", DATA, metavar="AUG")
+    validation: int = _flag(0, "Training images held out to select on (never test).",
+                            DATA, metavar="N", default_text="0 (none)")
 
     def __post_init__(self) -> None:
         # Configs before augmentations had names stored a bool: True was crop-flip.
@@ -95,84 +83,120 @@ class DataConfig(_Section):
 
 
 @dataclass
-class ModelConfig(_Section):
-    name: str | None = None  # None: the paper's model for the dataset
-    init_scheme: str = "xavier"
+class ModelConfig(Section):
+    name: str | None = _flag(None, "lenet, alexcifarnet, convnet or mlp.", MODEL,
+                             name="--model", metavar="NAME",
+                             default_text="the paper's for the dataset")
+    init_scheme: str = _flag("xavier", "Weight init: xavier, xavier-uniform, kaiming, "
+                             "kaiming-out, orthogonal, normal or default.", MODEL, metavar="NAME")
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class SynthConfig(_Section):
-    steps: int = 10
-    epochs: int = 3
-    images_per_class: int = 1  # per class, per step
-    step_lr: float = 0.02  # the initial value of every learned GD rate (not raw)
-    # T, the number of inner steps (and learned rates); None: steps x epochs. Must be a
-    # multiple of steps (epochs becomes T / steps).
-    unroll_steps: int | None = None
-    # RaT-BPTT's set-structured loop: each inner step uses K images drawn from all
-    # steps x n images (a fresh shuffle per pass and per iteration); None: the paper's
-    # ordered steps, all n images of step t mod S.
-    inner_batch: int | None = None
-    window: int | None = None  # W: differentiate only the last W inner steps; None: all T
-    window_sampling: str = "last"  # last: unroll all T steps; random: N ~ U[W, T] per iteration
-    inner_optimizer: str = "gd"  # gd (the paper's) or sgd (momentum + weight decay)
-    inner_momentum: float = 0.9  # sgd only
-    inner_weight_decay: float = 5e-4  # sgd only
-    learn_labels: bool = False  # learned soft labels, one-hot init, kept >= 0
+class SynthConfig(Section):
+    steps: int = _flag(10, "GD steps, each with its own images.", SYNTH)
+    epochs: int = _flag(3, "Passes over the steps, each with its own rates.", SYNTH)
+    images_per_class: int = _flag(1, "Images per class in each step.", SYNTH,
+                                  name="--images-per-class-per-step", aliases=("--ipc",))
+    # The rate itself, not raw: every learned GD rate starts here.
+    step_lr: float = _flag(0.02, "Initial value of the learned rates.", SYNTH,
+                           aliases=("--distill-lr",))
+    # Learned soft labels (Sucholutsky & Schonlau): one-hot at first, kept >= 0.
+    learn_labels: bool = _flag(False, "Learn a label vector per image.", SYNTH)
+    # T; epochs becomes T / steps. RaT-BPTT unrolls 200 steps over one pool of images.
+    unroll_steps: int | None = _flag(None, "Inner steps T (and rates).", INNER, metavar="T",
+                                     default_text="steps x epochs")
+    # RaT-BPTT's set-structured loop: each inner step draws K of the steps x n images, a
+    # fresh shuffle on every pass and every iteration.
+    inner_batch: int | None = _flag(None, "Images per inner step, drawn from all of them.",
+                                    INNER, metavar="K", default_text="a step's own, in order")
+    window: int | None = _flag(None, "Differentiate only the last W inner steps.", INNER,
+                               metavar="W", default_text="all")
+    # random: RaT-BPTT's N ~ U[W, T] per iteration, the outer loss taken at step N.
+    window_sampling: str = _flag("last", "last (unroll T) or random (N in [W, T]).", INNER,
+                                 choices=WINDOW_SAMPLING, metavar="HOW")
+    inner_optimizer: str = _flag("gd", "gd, or sgd with momentum and weight decay.", INNER,
+                                 choices=INNER_OPTIMIZERS, metavar="RULE")
+    inner_momentum: float = _flag(0.9, "sgd: momentum.", INNER)
+    inner_weight_decay: float = _flag(5e-4, "sgd: weight decay.", INNER)
 
     RENAMED = {"distill_lr": "step_lr"}
 
 
 @dataclass
-class OptimConfig(_Section):
-    meta_lr: float = 0.01  # Adam's step size over the synthetic set and rates
+class OptimConfig(Section):
+    meta_lr: float = _flag(0.01, "The meta-optimiser's (Adam's) step size.", BUDGET,
+                           aliases=("--lr",), resumable=True)
     beta1: float = 0.5
     beta2: float = 0.999
-    decay_every: float = 40.0  # in real-data epochs
-    decay_factor: float = 0.5
-    real_epochs: float = 400.0  # budget, used when iterations is None
-    iterations: int | None = None
-    label_lr: float | None = None  # Adam's step size for learned labels; None: meta_lr
+    decay_every: float = _flag(40.0, "StepLR period, in real-data epochs.", BUDGET)
+    decay_factor: float = _flag(0.5, "StepLR factor.", BUDGET)
+    real_epochs: float = _flag(400.0, "Budget in passes over the real data.", BUDGET,
+                               resumable=True)
+    iterations: int | None = _flag(None, "Budget in outer iterations (wins over "
+                                   "--real-epochs).", BUDGET, resumable=True)
+    label_lr: float | None = _flag(None, "Adam's step size for learned labels.", BUDGET,
+                                   default_text="--meta-lr")
 
     RENAMED = {"lr": "meta_lr"}
 
 
 @dataclass
-class InitConfig(_Section):
-    mode: str = "fixed"
-    seed: int = 0
-    n_nets: int = 1
-    sample_n_nets: int = 1
-    pool: str | None = None
-    pool_index: int = 0
-    pool_holdout: float = 0.2
+class InitConfig(Section):
+    mode: str = _flag("fixed", "fixed (one known init), random (new inits every "
+                      "iteration), pretrained-fixed or pretrained-random (--pool).",
+                      MODEL, name="--init-mode", choices=INIT_MODES, metavar="MODE")
+    seed: int = _flag(0, "Seed for inits and data order.", MODEL)
+    n_nets: int = _flag(1, "random: nets drawn per iteration.", MODEL)
+    sample_n_nets: int = _flag(1, "random modes: nets used per iteration.", MODEL)
+    pool: str | None = _flag(None, "A pool of trained nets made by `dd pretrain`.", POOLS,
+                             metavar="DIR")
+    pool_index: int = _flag(0, "pretrained-fixed: the pool net to use.", POOLS)
+    pool_holdout: float = _flag(0.2, "Fraction of the pool held out.", POOLS)
 
 
 @dataclass
-class ObjectiveConfig(_Section):
-    kind: str = "distill"
-    source_dataset: str | None = None  # adapt: the pool's dataset
-    attack_class: int | None = None
-    target_class: int | None = None
+class ObjectiveConfig(Section):
+    kind: str = _flag("distill", "distill, adapt or attack.", POOLS, name="--objective",
+                      choices=OBJECTIVES, metavar="KIND")
+    source_dataset: str | None = _flag(None, "adapt: the dataset the pool was trained on.",
+                                       POOLS, metavar="NAME")
+    attack_class: int | None = _flag(None, "attack: the class A the nets should misclassify.",
+                                     POOLS)
+    target_class: int | None = _flag(None, "attack: the class B that A should be taken for.",
+                                     POOLS)
 
 
 @dataclass
-class RunConfig(_Section):
-    device: str = "auto"  # auto: CUDA if present, then MPS, then CPU
-    unroll_memory: str = "full"  # see docs/performance.md for the measurements behind it
-    checkpoint_every: int = 50
-    snapshot_every: int = 0  # keep images+rates every N iterations (dd visualize --run)
-    eval_every: int = 0
-    eval_nets: int = 4
-    log_every: int = 10
-    nproc: int = 1  # processes the sampled nets are split over (dd distill --nproc)
-    batch_nets: bool = True  # evaluate the sampled nets together (vmap) rather than looping
-    keep_best: bool = False  # bundle the set with the best validation accuracy (eval_every)
+class RunConfig(Section):
+    # auto: CUDA when a GPU is visible, then MPS, then the CPU.
+    device: str = _flag("auto", "auto, cpu, cuda, cuda:N or mps.",
+                        SCALE, metavar="DEVICE", resumable=True)
+    # docs/performance.md has the measurements behind the modes. This, nproc and
+    # batch_nets change speed and memory, not the result (beyond float rounding), so a
+    # resumed run may change them.
+    unroll_memory: str = _flag("full", "full, stepwise or recompute.", SCALE, choices=UNROLL_MEMORY_MODES,
+                               metavar="MODE", resumable=True)
+    checkpoint_every: int = _flag(50, "Checkpoint every N iterations (0: at the end).", OUTPUT,
+                                  resumable=True)
+    snapshot_every: int = _flag(0, "Save images and rates for `dd visualize --run`.", OUTPUT,
+                                default_text="0 (none)", resumable=True)
+    eval_every: int = _flag(0, "Measure replay test accuracy.", OUTPUT,
+                            default_text="0 (never)", resumable=True)
+    eval_nets: int = _flag(4, "random: nets per periodic evaluation.", OUTPUT,
+                           resumable=True)
+    log_every: int = _flag(10, "Append to metrics.jsonl.", OUTPUT, resumable=True)
+    nproc: int = _flag(1, "Processes to split the nets over.", SCALE,
+                       resumable=True)
+    batch_nets: bool = _flag(True, "Run the sampled nets together (vmap).",
+                             SCALE, resumable=True)
+    # Periodic evaluation runs on the validation split when there is one.
+    keep_best: bool = _flag(False, "Bundle the set of the best validation accuracy.",
+                            OUTPUT)
 
 
 @dataclass
-class DistillConfig(_Section):
+class DistillConfig(Section):
     """Everything that defines a distillation run.
 
     Example:
@@ -204,16 +228,20 @@ class DistillConfig(_Section):
 
     def validate(self) -> "DistillConfig":
         """Raise ConfigError for values no run could use. Returns self."""
+        for f in config_flags():
+            value = getattr(getattr(self, f.section), f.key)
+            allowed = value in f.choices or (value is None and f.default is None)
+            if f.choices and not allowed:
+                raise ConfigError(
+                    f"{f.names[0]} must be one of {', '.join(f.choices)}, got {value!r}")
         s, o, i, r = self.synth, self.optim, self.init, self.run
-        _positive("steps", s.steps)
-        _positive("epochs", s.epochs)
-        _positive("images-per-class", s.images_per_class)
-        _positive("batch-size", self.data.batch_size)
-        _positive("n-nets", i.n_nets)
-        _positive("sample-n-nets", i.sample_n_nets)
-        for name, value in (("step-lr", s.step_lr), ("meta-lr", o.meta_lr)):
+        for section, key in (("synth", "steps"), ("synth", "epochs"),
+                             ("synth", "images_per_class"), ("data", "batch_size"),
+                             ("init", "n_nets"), ("init", "sample_n_nets"), ("run", "nproc")):
+            _positive(flag_name(section, key), getattr(getattr(self, section), key))
+        for name, value in (("--step-lr", s.step_lr), ("--meta-lr", o.meta_lr)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"--{name} must be a positive number, got {value}")
+                raise ConfigError(f"{name} must be a positive number, got {value}")
         if not 0 < o.decay_factor <= 1:
             raise ConfigError(f"--decay-factor must be in (0, 1], got {o.decay_factor}")
         if o.decay_every <= 0:
@@ -222,11 +250,9 @@ class DistillConfig(_Section):
             if o.real_epochs <= 0:
                 raise ConfigError(f"--real-epochs must be positive, got {o.real_epochs}")
         else:
-            _positive("iterations", o.iterations)
+            _positive("--iterations", o.iterations)
         if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
             raise ConfigError("Adam betas must be in [0, 1)")
-        if i.mode not in INIT_MODES:
-            raise ConfigError(f"--init-mode must be one of {', '.join(INIT_MODES)}, got {i.mode!r}")
         if i.mode == "random" and i.sample_n_nets > i.n_nets:
             raise ConfigError(
                 f"--sample-n-nets ({i.sample_n_nets}) can't exceed --n-nets ({i.n_nets})"
@@ -235,52 +261,40 @@ class DistillConfig(_Section):
             raise ConfigError(f"--init-mode {i.mode} needs --pool POOL_DIR (made by `dd pretrain`)")
         if not 0 <= i.pool_holdout < 1:
             raise ConfigError(f"--pool-holdout must be in [0, 1), got {i.pool_holdout}")
-        if r.unroll_memory not in UNROLL_MEMORY_MODES:
-            raise ConfigError(
-                f"--unroll-memory must be one of {', '.join(UNROLL_MEMORY_MODES)}, "
-                f"got {r.unroll_memory!r}"
-            )
-        if self.objective.kind not in OBJECTIVES:
-            raise ConfigError(
-                f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective.kind!r}"
-            )
         for name in ("checkpoint_every", "snapshot_every", "eval_every", "log_every"):
             if getattr(r, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
-        _positive("nproc", r.nproc)
-        self._validate_methods()
+                raise ConfigError(f"{flag_name('run', name)} must be >= 0")
         if not isinstance(r.batch_nets, bool):
             raise ConfigError(f"run.batch_nets must be true or false, got {r.batch_nets!r}")
+        self._validate_methods()
         return self
-
 
     def _validate_methods(self) -> None:
         s, d, o, r = self.synth, self.data, self.optim, self.run
-        t = self.total_steps
         if s.unroll_steps is not None:
-            _positive("unroll-steps", s.unroll_steps)
+            _positive("--unroll-steps", s.unroll_steps)
             if s.unroll_steps % s.steps:
                 raise ConfigError(f"--unroll-steps {s.unroll_steps} is not a multiple of "
                                   f"--steps {s.steps}")
-        for flag, value in (("inner-batch", s.inner_batch), ("window", s.window)):
+        for name, value in (("--inner-batch", s.inner_batch), ("--window", s.window)):
             if value is not None:
-                _positive(flag, value)
-        if s.window is not None and s.window > t:
-            raise ConfigError(f"--window {s.window} exceeds the {t} inner steps")
-        if s.window_sampling not in WINDOW_SAMPLING:
-            raise ConfigError(f"--window-sampling must be one of {', '.join(WINDOW_SAMPLING)}, "
-                              f"got {s.window_sampling!r}")
-        if s.inner_optimizer not in INNER_OPTIMIZERS:
-            raise ConfigError(f"--inner-optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, "
-                              f"got {s.inner_optimizer!r}")
+                _positive(name, value)
+        if s.window is not None and s.window > self.total_steps:
+            raise ConfigError(f"--window {s.window} exceeds the {self.total_steps} inner steps")
         if not (0 <= s.inner_momentum < 1 and s.inner_weight_decay >= 0):
             raise ConfigError("--inner-momentum must be in [0, 1) and --inner-weight-decay >= 0")
         if o.label_lr is not None and not (math.isfinite(o.label_lr) and o.label_lr > 0):
             raise ConfigError(f"--label-lr must be a positive number, got {o.label_lr}")
-        if not (d.augment in AUGMENTS or d.augment.startswith("dsa:")):
-            raise ConfigError(f"--augment must be one of {', '.join(AUGMENTS)} or dsa:OPS, "
-                              f"got {d.augment!r}")
-        if not isinstance(d.validation, int) or d.validation < 0:
+        if not (d.augment in AUGMENTS or str(d.augment).startswith("dsa:")):
+            raise ConfigError(f"--augment must be one of {', '.join(AUGMENTS)} or "
+                              f"dsa:FAMILY_..., got {d.augment!r}")
+        if str(d.augment).startswith("dsa:"):
+            from ddcli.core.augment import parse_augment  # raises for unknown families
+            try:
+                parse_augment(d.augment)
+            except ValueError as exc:
+                raise ConfigError(f"--augment: {exc}") from None
+        if isinstance(d.validation, bool) or not isinstance(d.validation, int) or d.validation < 0:
             raise ConfigError(f"--validation must be a count of images >= 0, got {d.validation!r}")
         if r.keep_best and not (d.validation and r.eval_every):
             raise ConfigError("--keep-best selects on a validation split: it needs "
@@ -289,13 +303,96 @@ class DistillConfig(_Section):
 
 def _positive(flag: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"--{flag} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
 
 
-_SECTIONS = {
-    ("DistillConfig", f.name): f.default_factory  # type: ignore[misc]
-    for f in fields(DistillConfig)
-}
+# --- the settings as flags: derived from the field metadata above ----------------------
+
+@functools.cache
+def config_flags() -> tuple[Flag, ...]:
+    """Every `dd distill` flag that sets a config field, in the config's order."""
+    return collect_flags(DistillConfig)
+
+
+def flag_name(section: str, key: str) -> str:
+    """How messages name a setting: its flag (``--init-mode``), else ``section.key``."""
+    for f in config_flags():
+        if (f.section, f.key) == (section, key):
+            return f.names[0]
+    return f"{section}.{key}"
+
+
+def resumable_settings() -> frozenset[tuple[str, str]]:
+    """(section, key) of every setting ``--resume`` may change (``flag(resumable=True)``)."""
+    return frozenset((f.section, f.key) for f in config_flags() if f.resumable)
+
+
+def flag_overrides(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A partial config tree from flag values keyed by ``Flag.dest``; None means not given.
+
+    Example:
+        >>> flag_overrides({"images_per_class_per_step": 2, "init_mode": None, "out": "x"})
+        {'synth': {'images_per_class': 2}}
+    """
+    by_dest = {f.dest: f for f in config_flags()}
+    out: dict[str, dict[str, Any]] = {}
+    for dest, value in values.items():
+        f = by_dest.get(dest)
+        if f is not None and value is not None:
+            out.setdefault(f.section, {})[f.key] = value
+    return out
+
+
+def apply_real_epochs_rule(layer: dict[str, Any]) -> dict[str, Any]:
+    """``layer`` with ``optim.iterations`` cleared when it sets ``real_epochs`` alone.
+
+    A budget is iterations or real-data epochs, and iterations wins when both are set.
+    So a layer that gives ``real_epochs`` without ``iterations`` (``--preset quick-mnist
+    --real-epochs 2``, ``--resume RUN --real-epochs 50``) means "this budget instead":
+    it must clear an iterations budget from the layers below it.
+    """
+    optim = layer.get("optim")
+    if isinstance(optim, dict) and "real_epochs" in optim and "iterations" not in optim:
+        return {**layer, "optim": {**optim, "iterations": None}}
+    return layer
+
+
+# --- building a config from layers ----------------------------------------------------
+
+def build_config(*, preset: str | None = None, config_file: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> DistillConfig:
+    """The config of a new run: the defaults, then a preset, then a file, then overrides.
+
+    Each layer is a partial tree shaped like ``config.json``; a later layer wins key by
+    key, and a layer's real-epochs budget replaces the iterations budget below it
+    (``apply_real_epochs_rule``). `dd distill` passes its flags as ``overrides``.
+
+    Raises:
+        ConfigError: an unknown preset, an unreadable file, an unknown key or a bad value.
+
+    Example:
+        >>> cfg = build_config(preset="quick-mnist", overrides={"optim": {"real_epochs": 2}})
+        >>> cfg.optim.iterations, cfg.optim.real_epochs
+        (None, 2)
+    """
+    layers = (get_preset(preset) if preset else {},
+              load_config_file(config_file) if config_file is not None else {},
+              overrides or {})
+    merged = DistillConfig().to_dict()
+    for layer in layers:
+        merged = merge_dicts(merged, apply_real_epochs_rule(_renamed_tree(layer)))
+    return DistillConfig.from_dict(merged).validate()
+
+
+def _renamed_tree(layer: dict[str, Any]) -> dict[str, Any]:
+    # Renamed keys are given their current names before merging, or a file's old `lr`
+    # and a flag's `meta_lr` would both reach from_dict and the wrong one could win.
+    if not isinstance(layer, dict):
+        return layer
+    sections = {f.name: f.default_factory for f in fields(DistillConfig)}
+    return {name: sections[name].renamed(values)  # type: ignore[attr-defined]
+            if name in sections and isinstance(values, dict) else values
+            for name, values in layer.items()}
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

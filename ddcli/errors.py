@@ -1,4 +1,6 @@
-"""Domain errors. The library raises these; the CLI maps each to one line and exit 1."""
+"""Domain errors. The library raises these; the CLI maps each to one line on stderr and
+its ``exit_code``: 2 for usage errors (the command asked for something that can't be:
+fix the command), 1 for what fails at run time, 130 for an interrupted run."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ class ConfigError(DDError):
 
 
 class UnknownDatasetError(DDError):
-    """The dataset name is not in the registry."""
+    """The dataset name is not in the registry (a usage error: exit 2)."""
+
+    exit_code = 2
 
 
 class DatasetNotFoundError(DDError):
@@ -24,7 +28,9 @@ class DatasetNotFoundError(DDError):
 
 
 class UnknownModelError(DDError):
-    """The model name is not in the registry."""
+    """The model name is not in the registry (a usage error: exit 2)."""
+
+    exit_code = 2
 
 
 class ModelError(DDError):

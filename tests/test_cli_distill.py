@@ -1,12 +1,20 @@
 """`dd distill` through the CLI: exit codes, one-line errors, outputs."""
 
 import json
+from dataclasses import dataclass, field
 
 import pytest
+import typer
+import typer.main
 from typer.testing import CliRunner
 
 from ddcli import Bundle
 from ddcli.cli import app
+from ddcli.cli._options import config_options
+from ddcli.cli._scale import forward_args
+from ddcli.config import build_config, config_flags, flag_overrides, resumable_settings
+from ddcli.engine import loop
+from ddcli.infra.sections import Section, collect_flags, flag
 
 runner = CliRunner()
 
@@ -29,7 +37,7 @@ def test_help_lists_commands():
 
 def test_unknown_dataset(tmp_path):
     err = one_line_error(run("distill", "imagenet-9000", "--data-root", tmp_path, "-o",
-                             tmp_path / "x.safetensors"), 1)
+                             tmp_path / "x.safetensors"), 2)
     assert err.startswith("error:") and "imagenet-9000" in err and "mnist" in err
     assert len(err.splitlines()) == 1
 
@@ -102,3 +110,103 @@ def test_summary_line_and_resume_via_cli(tmp_path, fixture_root):
     r = run("distill", "--resume", tmp_path / "m.run", "--iterations", "5", "--quiet", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["iterations"] == 5
+
+
+# --- the flags are generated from the config ------------------------------------------
+
+def _parse(*args):
+    command = typer.main.get_command(app).commands["distill"]
+    return command.make_context("distill", [str(a) for a in args])
+
+
+def test_every_config_flag_is_a_distill_option_and_back():
+    command = typer.main.get_command(app).commands["distill"]
+    params = {p.name: p for p in command.params}
+    for f in config_flags():
+        param = params[f.dest]
+        assert param.param_type_name == ("argument" if f.argument else "option")
+        if not f.argument:
+            assert param.opts == list(f.names) and param.rich_help_panel == f.panel
+            assert param.secondary_opts == ([f"--no-{f.names[0][2:]}"] if f.type is bool else [])
+    # Each spelling lands in its config field; flags not given stay out of the overrides.
+    ctx = _parse("fashion-mnist", "--ipc", "3", "--distill-lr", "0.1", "--lr", "0.2",
+                 "--augment", "none", "--init-mode", "random", "--iterations", "7")
+    assert flag_overrides(ctx.params) == {
+        "data": {"dataset": "fashion-mnist", "augment": "none"},
+        "synth": {"images_per_class": 3, "step_lr": 0.1},
+        "optim": {"meta_lr": 0.2, "iterations": 7}, "init": {"mode": "random"}}
+    cfg = build_config(preset="paper-cifar10-fixed", overrides=flag_overrides(ctx.params))
+    assert cfg.data.augment == "none" and cfg.synth.images_per_class == 3  # over the preset's
+
+
+def test_forward_args_rebuild_the_command_line_for_the_workers():
+    ctx = _parse("mnist", "--ipc", "2", "--no-batch-nets", "--meta-lr", "0.1", "--nproc", "2",
+                 "--dry-run", "-o", "x.safetensors", "--quiet", "--init-mode", "random")
+    args = forward_args(ctx)
+    assert args[0] == "distill" and "--nproc" not in args and "--dry-run" not in args
+    again = _parse(*args[1:])
+    assert {k: v for k, v in again.params.items() if k not in ("nproc", "dry_run")} == {
+        k: v for k, v in ctx.params.items() if k not in ("nproc", "dry_run")}
+    assert again.params["batch_nets"] is False and again.params["dataset"] == "mnist"
+
+
+def test_resumable_settings_come_from_the_metadata():
+    assert loop.RESUMABLE_OVERRIDES == resumable_settings() == {
+        ("optim", "meta_lr"), ("optim", "iterations"), ("optim", "real_epochs"),
+        ("run", "checkpoint_every"), ("run", "snapshot_every"), ("run", "eval_every"),
+        ("run", "eval_nets"), ("run", "log_every"), ("run", "device"), ("data", "data_root"),
+        ("run", "nproc"), ("run", "unroll_memory"), ("run", "batch_nets")}
+
+
+def test_resume_with_real_epochs_replaces_the_iterations_budget(tmp_path, fixture_root):
+    out = tmp_path / "m.safetensors"
+    r = run("distill", "mnist", "--data-root", fixture_root, "--steps", "1", "--epochs", "1",
+            "--batch-size", "64", "--iterations", "3", "-o", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    # 600 fixture images / 64 = 9 iterations per epoch: 0.5 real epochs is 4 iterations.
+    r = run("distill", "--resume", tmp_path / "m.run", "--real-epochs", "0.5", "--quiet",
+            "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["iterations"] == 4
+    assert Bundle.load(out).config["optim"]["iterations"] is None
+    err = one_line_error(run("distill", "--resume", tmp_path / "m.run", "--steps", "2"), 2)
+    assert "can't change when resuming" in err
+
+
+@dataclass
+class _Toy(Section):
+    window_sampling: str = field(default="last", metadata=flag(
+        "last or random.", panel="New", choices=("last", "random")))
+    soft_labels: bool = field(default=False, metadata=flag("Learn the labels.", panel="New"))
+    window: int | None = field(default=None, metadata=flag("Truncate the unroll.", panel="New"))
+    label_lr: float = field(default=0.5, metadata=flag("Label rate.", panel="New",
+                                                       resumable=True))
+    config_only: int = 3
+
+
+@dataclass
+class _ToyConfig(Section):
+    synth: _Toy = field(default_factory=_Toy)
+
+
+def test_a_new_field_of_any_kind_is_a_flag_with_nothing_else_to_write():
+    flags = collect_flags(_ToyConfig)
+    assert [f.dest for f in flags] == ["window_sampling", "soft_labels", "window", "label_lr"]
+    assert [f.default_label for f in flags] == ["last", None, None, "0.5"]
+    toy = typer.Typer(add_completion=False)
+    seen = {}
+
+    @toy.command()
+    @config_options(["New"], flags=flags)
+    def cmd(**values) -> None:
+        seen.update(values)
+
+    r = runner.invoke(toy, ["--window-sampling", "random", "--soft-labels", "--window", "8",
+                            "--label-lr", "0.25"])
+    assert r.exit_code == 0, r.output
+    assert seen == {"window_sampling": "random", "soft_labels": True, "window": 8,
+                    "label_lr": 0.25}
+    r = runner.invoke(toy, ["--no-soft-labels"])
+    assert r.exit_code == 0 and seen["soft_labels"] is False and seen["window"] is None
+    assert runner.invoke(toy, ["--window", "eight"]).exit_code == 2
+    assert "--config-only" not in runner.invoke(toy, ["--help"]).stdout

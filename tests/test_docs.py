@@ -1,10 +1,13 @@
-"""Docs stay true: every command documented with help text, every distill flag in the README."""
+"""Docs stay true: every command documented with help text, the README's flag table
+generated from the config, the README's test command the one CI runs."""
 
 from pathlib import Path
 
+import pytest
 import typer.main
 
-from ddcli.cli import app
+from ddcli.cli import _docs, app
+from ddcli.config import config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -29,13 +32,33 @@ def test_every_command_has_help_and_docs():
                 assert (param.help or "").strip(), f"dd {name} {param.opts[0]} has no help"
 
 
-def test_every_distill_flag_is_in_the_readme():
+def test_readme_flag_table_is_generated_from_the_config():
+    # The table between the markers is distill_flag_table()'s output, so it lists every
+    # flag with the help and default of the code; after changing a flag, regenerate it
+    # with `python -m ddcli.cli._docs`.
+    section = README.split(_docs.TABLE_START)[1].split(_docs.TABLE_END)[0].strip()
+    assert section == _docs.distill_flag_table(), \
+        "README's distill flag table is stale: run `python -m ddcli.cli._docs`"
+
+
+def test_flag_table_lists_every_distill_flag_and_its_default():
     distill = _commands()["distill"]
+    table = _docs.distill_flag_table()
     for param in distill.params:
-        if param.param_type_name != "option":
-            continue
-        long = [o for o in param.opts if o.startswith("--")][0]
-        assert f"`{long}" in README, f"{long} is missing from README's distill flag list"
+        for name in _docs.names(param):
+            assert f"`{name}`" in table, f"{name} is missing from the distill flag table"
+    for f in config_flags():
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{f.names[0]}`")
+                   or (f.argument and line.startswith(f"| `{f.metavar}`")))
+        assert row.split(" | ")[1] == (f.default_label or "").replace("<", "&lt;"), row
+
+
+def test_readme_table_is_replaced_between_the_markers_only():
+    text = f"intro\n{_docs.TABLE_START}\nold\n{_docs.TABLE_END}\noutro\n"
+    assert _docs.readme_with_table(text, "| new |") == (
+        f"intro\n{_docs.TABLE_START}\n| new |\n{_docs.TABLE_END}\noutro\n")
+    with pytest.raises(ValueError):
+        _docs.readme_with_table("no markers", "| new |")
 
 
 def test_readme_commands_match_ci():

@@ -1,25 +1,26 @@
-"""Presets parse into the intended configs, and flags override them."""
+"""Presets parse into the intended configs; the layers over them (file, flags) win."""
+
+import json
 
 import pytest
 from typer.testing import CliRunner
 
-from ddcli.config import DistillConfig
+from ddcli.config import DistillConfig, build_config, flag_overrides
 from ddcli.cli import app
-from ddcli.cli.distill import build_config
 from ddcli.errors import ConfigError
 from ddcli.presets import PRESETS, get_preset, list_presets
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_validates(name):
-    cfg = build_config(None, {}, base=get_preset(name))
+    cfg = build_config(preset=name)
     assert cfg.synth.steps == 10 and cfg.synth.epochs == 3 and cfg.synth.images_per_class == 1
     assert cfg.total_steps == 30
 
 
 def test_paper_mnist_presets_match_the_paper():
-    fixed = build_config(None, {}, base=get_preset("paper-mnist-fixed"))
-    random = build_config(None, {}, base=get_preset("paper-mnist-random"))
+    fixed = build_config(preset="paper-mnist-fixed")
+    random = build_config(preset="paper-mnist-random")
     for cfg in (fixed, random):
         assert cfg.data.dataset == "mnist" and cfg.model.name == "lenet"
         assert cfg.model.init_scheme == "xavier" and cfg.synth.step_lr == 0.02
@@ -32,13 +33,13 @@ def test_paper_mnist_presets_match_the_paper():
 
 def test_paper_cifar_presets_match_the_reference():
     for name, mode in (("paper-cifar10-fixed", "fixed"), ("paper-cifar10-random", "random")):
-        cfg = build_config(None, {}, base=get_preset(name))
+        cfg = build_config(preset=name)
         assert cfg.data.dataset == "cifar10" and cfg.model.name == "alexcifarnet"
         assert cfg.synth.step_lr == 0.001 and cfg.data.augment == "crop-flip" and cfg.init.mode == mode
 
 
 def test_fashion_presets_are_the_results_page_settings():
-    lenet = {m: build_config(None, {}, base=get_preset(f"fashion-lenet-{m}"))
+    lenet = {m: build_config(preset=f"fashion-lenet-{m}")
              for m in ("fixed", "random")}
     for mode, cfg in lenet.items():
         assert cfg.data.dataset == "fashion-mnist" and cfg.model.name == "lenet"
@@ -46,7 +47,7 @@ def test_fashion_presets_are_the_results_page_settings():
         assert (cfg.optim.real_epochs, cfg.optim.decay_every) == (50.0, 15.0)
         assert cfg.optim.iterations is None and cfg.init.mode == mode
     assert (lenet["random"].init.n_nets, lenet["random"].init.sample_n_nets) == (4, 4)
-    conv = {m: build_config(None, {}, base=get_preset(f"fashion-convnet-{m}"))
+    conv = {m: build_config(preset=f"fashion-convnet-{m}")
             for m in ("fixed", "random")}
     for mode, cfg in conv.items():
         assert cfg.data.dataset == "fashion-mnist" and cfg.model.name == "convnet"
@@ -57,24 +58,72 @@ def test_fashion_presets_are_the_results_page_settings():
 
 
 def test_quick_preset_is_short():
-    cfg = build_config(None, {}, base=get_preset("quick-mnist"))
+    cfg = build_config(preset="quick-mnist")
     assert cfg.data.dataset == "mnist" and cfg.optim.iterations is not None
     assert cfg.optim.iterations <= 1000 and cfg.init.mode == "fixed"
 
 
 def test_flags_override_preset():
-    cfg = build_config(None, {"meta_lr": 0.005, "init_mode": "random", "iterations": 7},
-                       base=get_preset("paper-mnist-fixed"))
+    flags = flag_overrides({"meta_lr": 0.005, "init_mode": "random", "iterations": 7})
+    cfg = build_config(preset="paper-mnist-fixed", overrides=flags)
     assert cfg.optim.meta_lr == 0.005 and cfg.init.mode == "random" and cfg.optim.iterations == 7
-    cfg = build_config(None, {"real_epochs": 2.0}, base=get_preset("quick-mnist"))
+    cfg = build_config(preset="quick-mnist", overrides=flag_overrides({"real_epochs": 2.0}))
     assert cfg.optim.iterations is None and cfg.optim.real_epochs == 2.0
+
+
+def test_layers_apply_in_order(tmp_path):
+    # defaults < preset < file < flags, key by key
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"synth": {"steps": 4, "epochs": 2}, "optim": {"meta_lr": 0.03}}))
+    cfg = build_config(preset="fashion-lenet-fixed", config_file=conf,
+                       overrides={"synth": {"epochs": 5}})
+    assert cfg.data.dataset == "fashion-mnist"  # the preset's, over the default
+    assert cfg.synth.steps == 4 and cfg.optim.meta_lr == 0.03  # the file's, over the preset's
+    assert cfg.synth.epochs == 5  # the flag's, over the file's
+    assert cfg.synth.images_per_class == 1 and cfg.init.n_nets == 1  # defaults elsewhere
+    assert build_config() == DistillConfig()
+
+
+def test_a_real_epochs_budget_replaces_iterations_from_any_layer_below(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text("[optim]\nreal_epochs = 3.0\n")
+    cfg = build_config(preset="quick-mnist", config_file=conf)  # quick-mnist: 500 iterations
+    assert cfg.optim.iterations is None and cfg.optim.real_epochs == 3.0
+    # Both in one layer: iterations stands.
+    conf.write_text("[optim]\nreal_epochs = 3.0\niterations = 9\n")
+    assert build_config(config_file=conf).optim.iterations == 9
+    # A flag giving iterations over a file's real_epochs: iterations (it wins when set).
+    cfg = build_config(config_file=conf, overrides={"optim": {"iterations": 4}})
+    assert (cfg.optim.iterations, cfg.optim.real_epochs) == (4, 3.0)
+
+
+def test_renamed_keys_in_a_file_lose_to_current_flags(tmp_path):
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"optim": {"lr": 0.2}, "synth": {"distill_lr": 0.3}}))
+    cfg = build_config(config_file=conf, overrides=flag_overrides({"meta_lr": 0.05}))
+    assert cfg.optim.meta_lr == 0.05 and cfg.synth.step_lr == 0.3
+    assert build_config(config_file=conf).optim.meta_lr == 0.2
+
+
+@pytest.mark.parametrize("layer, needle", [
+    ({"synth": {"stepz": 2}}, "stepz"),
+    ({"init": {"mode": "sideways"}}, "--init-mode must be one of"),
+    ({"run": {"unroll_memory": "lots"}}, "--unroll-memory must be one of"),
+    ({"synth": {"images_per_class": 0}}, "--images-per-class-per-step must be a positive"),
+])
+def test_bad_layers_are_config_errors(layer, needle):
+    with pytest.raises(ConfigError, match=needle):
+        build_config(overrides=layer)
 
 
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("paper-imagenet")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_config(preset="paper-imagenet")
     r = CliRunner().invoke(app, ["distill", "--preset", "paper-imagenet"])
-    assert r.exit_code == 2 and "--list-presets" in r.stderr
+    assert r.exit_code == 2 and r.stderr.startswith("error: unknown preset 'paper-imagenet'")
+    assert "--list-presets" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_list_presets_cli():

@@ -132,7 +132,7 @@ def test_cli_pretrain_json_and_resume(tmp_path, fixture_root):
     ("--optimizer", "lbfgs", 2, "--optimizer must be one of"),
     ("--n-nets", "0", 2, "--n-nets must be a positive integer"),
     ("--real-epochs", "0", 2, "--real-epochs must be positive"),
-    ("--model", "resnet9000", 1, "unknown model"),
+    ("--model", "resnet9000", 2, "unknown model"),
 ])
 def test_cli_pretrain_errors_are_one_line(tmp_path, fixture_root, flag, value, code, needle):
     r = runner.invoke(app, ["pretrain", "mnist", "--data-root", str(fixture_root), flag, value,

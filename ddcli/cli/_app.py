@@ -1,12 +1,19 @@
-"""The Typer app and the one place where domain errors become exit codes."""
+"""The Typer app and the one place where errors become one line and an exit code.
+
+Exit codes: 0 success; 2 a usage error (a bad flag or value, an unknown dataset, model
+or preset, a bad config file: fix the command); 1 a failure at run time; 130 after
+Ctrl-C. Click's own usage errors get the same one line as ddcli's, not its usage box.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer._click import exceptions as click_errors  # typer >= 0.29 vendors Click
+from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 
 from ddcli.errors import DDError
@@ -30,12 +37,75 @@ def _report(message: str) -> None:
             pass
 
 
+def _usage_line(exc: click_errors.UsageError) -> str:
+    """A Click usage error as one ``error:`` line, naming the closest flag for a typo."""
+    see = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+    if isinstance(exc, click_errors.NoSuchOption):
+        # Click's candidates come from difflib, closest first.
+        closest = f"; did you mean {exc.possibilities[0]}?" if exc.possibilities else see
+        return f"error: no such option {exc.option_name}{closest}"
+    param = getattr(exc, "param", None)
+    if param is not None and getattr(exc, "param_hint", None) is None:
+        # Named as typed (--steps, DATASET), not as Click quotes all its spellings.
+        if param.param_type_name == "option":
+            name = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+        else:
+            name = param.metavar or param.name.upper()
+        if isinstance(exc, click_errors.MissingParameter):
+            return f"error: missing {param.param_type_name} {name}{see}"
+        return f"error: invalid value for {name}: {_sentence(exc.message)}"
+    message = _sentence(exc.format_message()).replace(". Did you mean", "; did you mean")
+    return f"error: {message}"
+
+
+def _sentence(text: str) -> str:
+    """One line, starting lower case (unless it starts with a name such as DATASET)."""
+    text = " ".join(str(text).split()).rstrip(".")
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
+def _print_help(command: Any, ctx: Any) -> None:
+    # Imported here, not above, so that `python -m ddcli.cli._docs` isn't imported twice.
+    from ddcli.cli import _docs
+
+    _docs.print_help(command, ctx)
+
+
+class _Command(TyperCommand):
+    """Every dd subcommand: its --help laid out by ``ddcli.cli._docs``."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _print_help(self, ctx)
+
+
+class _Typer(typer.Typer):
+    """A Typer app whose commands are ``_Command``s unless told otherwise."""
+
+    def command(self, name: str | None = None, *, cls: Any = None, **kwargs: Any):
+        return super().command(name, cls=cls or _Command, **kwargs)
+
+
 class _Group(TyperGroup):
-    """Maps every DDError to one line on stderr and its exit code (1, or 2 for usage)."""
+    """Maps every error to one line on stderr and its exit code (2 for usage errors)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _print_help(self, ctx)
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click_errors.NoArgsIsHelpError:
+            raise  # plain `dd`: Typer prints the help
+        except click_errors.UsageError as exc:  # `dd --bogus`, `dd evl`
+            _report(_usage_line(exc))
+            raise typer.Exit(2) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click_errors.UsageError as exc:  # the subcommand's flags and arguments
+            _report(_usage_line(exc))
+            raise typer.Exit(2) from None
         except DDError as exc:
             if _debug():
                 raise
@@ -61,7 +131,7 @@ class _Group(TyperGroup):
             raise typer.Exit(1) from None
 
 
-app = typer.Typer(
+app = _Typer(
     cls=_Group,
     name="dd",
     help="Dataset distillation: learn a tiny synthetic training set (Wang et al. 2018).",
@@ -76,7 +146,9 @@ def main() -> None:
     """Console-script entry point (`dd`, `ddcli`, `python -m ddcli`)."""
     from ddcli.cli import _commands  # noqa: F401  (mounts the subcommands)
 
-    sys.exit(app(prog_name=os.path.basename(sys.argv[0]) if sys.argv else "dd"))
+    prog = os.path.basename(sys.argv[0]) if sys.argv else "dd"
+    # `python -m ddcli` (and torchrun's workers) run __main__.py: name the command as typed.
+    sys.exit(app(prog_name="python -m ddcli" if prog == "__main__.py" else prog))
 
 
 def _show_version(value: bool) -> None:

@@ -11,7 +11,7 @@ import typer
 
 from ddcli.core import memory as _memory
 from ddcli.infra.device import resolve_device
-from ddcli.config import DistillConfig, load_config_file
+from ddcli.config import DistillConfig, apply_real_epochs_rule, load_config_file, merge_dicts
 from ddcli.data import load_dataset
 from ddcli.models import create_model
 
@@ -47,9 +47,9 @@ def resumed_config(run_dir: Path, overrides: dict[str, dict[str, Any]]) -> Disti
     path = Path(run_dir) / "config.json"
     if not path.exists():
         return None
-    merged = load_config_file(path)
-    for section, values in overrides.items():
-        merged.setdefault(section, {}).update(values)
+    # Through from_dict first: run folders from earlier versions use older key names.
+    stored = DistillConfig.from_dict(load_config_file(path)).to_dict()
+    merged = merge_dicts(stored, apply_real_epochs_rule(overrides))
     return DistillConfig.from_dict(merged).validate()
 
 

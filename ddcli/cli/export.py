@@ -21,7 +21,7 @@ def export_command(
                                            show_default=False)],
     fmt: Annotated[str, typer.Option("--format", "-f", help=f"{', '.join(FORMATS)}.",
                                      show_default=False)],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file, or folder for imagefolder (default: beside the bundle, named after it).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file, or folder for imagefolder.", show_default="beside the bundle, named after it", rich_help_panel="Output")] = None,
     json_out: Json = False,
 ) -> None:
     """Export a bundle for other tools: imagefolder (PNGs + manifest.json), pt or npz."""

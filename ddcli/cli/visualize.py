@@ -19,7 +19,7 @@ Opt = typer.Option
 def visualize_command(
     bundle: Annotated[Path, typer.Argument(help="The bundle (.safetensors) to draw.",
                                            show_default=False)],
-    out: Annotated[Optional[Path], Opt("--out", "-o", help="Folder for the PNGs (default: <bundle>.viz next to the bundle).", show_default=False)] = None,
+    out: Annotated[Optional[Path], Opt("--out", "-o", help="Folder for the PNGs.", show_default="<bundle>.viz next to the bundle", rich_help_panel="Output")] = None,
     scale: Annotated[int, Opt(help="Nearest-neighbour upscaling, 1 to 32 (4 makes 28 px digits 112 px).")] = 4,
     layout: Annotated[str, Opt(help="Step grids: auto, rows (a row per class) or columns (a column per class).")] = "auto",
     run: Annotated[Optional[Path], Opt("--run", help="Also draw the images' evolution over the checkpoint*.pt and snapshots/*.pt in RUN_DIR.", metavar="RUN_DIR", show_default=False)] = None,

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ddcli.config import DistillConfig
+from ddcli.config import DistillConfig, apply_real_epochs_rule, flag_name, resumable_settings
 from ddcli.core.rates import lrs_from_raw
 from ddcli.data import RealData
 from ddcli.engine._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending, stop_on_sigint
@@ -23,15 +23,9 @@ from ddcli.engine.state import CHECKPOINT_NAME, RunState, load_checkpoint
 from ddcli.errors import ConfigError, DivergedError, Interrupted
 from ddcli.infra import device as _device
 
-# Settings a resumed run may change; everything else must stay as the run began.
-RESUMABLE_OVERRIDES = {
-    ("optim", "meta_lr"), ("optim", "iterations"), ("optim", "real_epochs"),
-    ("run", "checkpoint_every"), ("run", "snapshot_every"), ("run", "eval_every"),
-    ("run", "eval_nets"),
-    ("run", "log_every"), ("run", "device"), ("data", "data_root"),
-    # These change speed and memory, not the result (beyond float rounding).
-    ("run", "nproc"), ("run", "unroll_memory"), ("run", "batch_nets"),
-}
+# Settings a resumed run may change (flag(resumable=True) in ddcli.config); everything
+# else must stay as the run began.
+RESUMABLE_OVERRIDES = resumable_settings()
 
 __all__ = ["default_out", "default_run_dir", "distill", "resume"]
 
@@ -89,20 +83,16 @@ def resume(
     state = load_checkpoint(run_dir)
     # Through from_dict and back: run folders from earlier versions use older key names.
     cfg_dict = DistillConfig.from_dict(state.config).to_dict()
-    for section, values in (overrides or {}).items():
+    for section, values in apply_real_epochs_rule(overrides or {}).items():
         for key, value in values.items():
             if (section, key) not in RESUMABLE_OVERRIDES:
                 if cfg_dict.get(section, {}).get(key) != value:
                     raise ConfigError(
-                        f"--{key.replace('_', '-')} can't change when resuming; the run was "
+                        f"{flag_name(section, key)} can't change when resuming; the run was "
                         f"made with {cfg_dict.get(section, {}).get(key)!r}"
                     )
                 continue
             cfg_dict.setdefault(section, {})[key] = value
-    if overrides and "optim" in overrides and "iterations" not in overrides["optim"] and (
-        "real_epochs" in overrides["optim"]
-    ):
-        cfg_dict["optim"]["iterations"] = None
     cfg = DistillConfig.from_dict(cfg_dict).validate()
     out = _resumed_out(Path(state.out), run_dir)
     return _Run(cfg, out, run_dir, data, callbacks, state=state).loop()

@@ -1,0 +1,220 @@
+"""How dd documents its flags: the ``--help`` screen and the README's flag table.
+
+Both are drawn from the commands' Click parameters, which `dd distill` generates from
+the config's field metadata (``ddcli.config``), so neither can drift from the code.
+The screen keeps Typer's look (usage, description, Rich panels) with its own layout:
+one name column for every panel, as wide as makes the screen shortest, the rest for
+the description; each default shown once; no type for a flag that takes no value.
+
+``python -m ddcli.cli._docs`` rewrites the README's flag table.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from rich.console import Console, Group
+from rich.highlighter import RegexHighlighter
+from rich.padding import Padding
+from rich.panel import Panel
+from rich.text import Text
+from rich.theme import Theme
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+TABLE_START, TABLE_END = "<!-- distill-flags -->", "<!-- /distill-flags -->"
+METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", Path: "PATH"}
+
+_THEME = Theme({"option": "bold cyan", "switch": "bold green", "metavar": "bold yellow",
+                "usage": "yellow"})
+
+
+class _Highlighter(RegexHighlighter):
+    """Colours flags mentioned in text, as Typer's help does."""
+
+    highlights = [r"(^|[^\w-])(?P<switch>-\w)(?![\w-])",
+                  r"(^|[^\w-])(?P<option>--[\w-]+)", r"(?P<usage>^Usage: )"]
+
+
+_highlight = _Highlighter()
+
+
+# --- one parameter as a row: names, value placeholder, help, default -------------------
+
+def names(param: Any) -> list[str]:
+    """A parameter's spellings as typed, short ones first: ``['-o', '--out']``."""
+    if param.param_type_name == "argument":
+        return [param.metavar or param.name.upper()]
+    opts = sorted(param.opts, key=lambda o: o.startswith("--"))
+    return opts + list(getattr(param, "secondary_opts", []))
+
+
+def metavar(param: Any) -> str | None:
+    """The value's placeholder (``INT``, ``DIR``); None for a flag that takes no value."""
+    if getattr(param, "is_flag", False):
+        return None
+    if param.metavar:
+        return param.metavar
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", str)
+    if get_origin(annotation) is list:  # a repeatable option: the placeholder of one value
+        annotation = (get_args(annotation) or (str,))[0]
+    if inspect.isclass(annotation) and issubclass(annotation, Enum):
+        return "|".join(str(m.value) for m in annotation)
+    return METAVARS.get(annotation, "TEXT") if inspect.isclass(annotation) else "TEXT"
+
+
+def default(param: Any) -> str | None:
+    """The default as shown, once: ``show_default`` when it is text, else the value."""
+    shown = getattr(param, "show_default", True)
+    if isinstance(shown, str):
+        return shown
+    value = param.default
+    if not shown or value is None or callable(value) or value == [] or value == ():
+        return None
+    if isinstance(value, bool):
+        # A plain flag is off unless given; a --x/--no-x pair says which side is on.
+        return "on" if value and getattr(param, "secondary_opts", None) else None
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def panels(params: list[Any]) -> dict[str, list[Any]]:
+    """Visible parameters by help panel: arguments, options without a panel, then the
+    panels in order of first appearance. The help option joins the last panel when
+    every other option has one."""
+    out: dict[str, list[Any]] = {"Arguments": [], "Options": []}  # Typer's order: these first
+    for kind, title in (("argument", "Arguments"), ("option", "Options")):
+        for p in params:
+            if p.param_type_name == kind and not getattr(p, "hidden", False):
+                out.setdefault(getattr(p, "rich_help_panel", None) or title, []).append(p)
+    out = {title: params for title, params in out.items() if params}
+    options = out.get("Options", [])
+    if len(options) == 1 and options[0].name == "help" and len(out) > 1:
+        del out["Options"]
+        list(out.values())[-1].append(options[0])
+    return out
+
+
+# --- the help screen -------------------------------------------------------------------
+
+def print_help(command: Any, ctx: Any) -> None:
+    """Print ``command``'s ``--help`` (what ``TyperCommand.format_help`` would, laid out
+    for a readable description column at any width)."""
+    console = Console(theme=_THEME, highlighter=_highlight)
+    console.print(Padding(_highlight(Text(command.get_usage(ctx))), 1), style="bold")
+    text = inspect.cleandoc(command.help or "").partition("\f")[0]
+    for i, paragraph in enumerate(p for p in text.split("\n\n") if p.strip()):
+        console.print(Padding(Text(" ".join(paragraph.split()), style="" if i == 0 else "dim"),
+                              (0, 1, 1, 1)))
+    groups = panels(command.get_params(ctx))
+    rows = {title: [(_name_cell(p), *_help_cell(p)) for p in params]
+            for title, params in groups.items()}
+    if hasattr(command, "list_commands"):  # `dd --help`: the subcommands, a line each
+        subs = [command.get_command(ctx, name) for name in command.list_commands(ctx)]
+        rows["Commands"] = [(Text(sub.name, style="option"), Text(_first_line(sub.help)), Text())
+                            for sub in subs if sub is not None and not sub.hidden]
+    inner = console.width - 4  # inside the panel's border and padding
+    # The name column takes the width that makes the screen shortest: a name longer
+    # than it gets a line of its own (as argparse does), the description keeps the rest.
+    widths = range(12, max(13, inner // 2))
+    width = min(widths, key=lambda w: sum(len(_layout(console, r, w, inner))
+                                          for r in rows.values()))
+    for title, panel_rows in rows.items():
+        lines = _layout(console, panel_rows, width, inner)
+        console.print(Panel(Group(*lines), title=title, title_align="left", border_style="dim"))
+    if command.epilog:
+        console.print(Padding(Text(" ".join(command.epilog.split())), 1))
+
+
+def _layout(console: Console, rows: list[tuple[Text, Text, Text]], width: int,
+            inner: int) -> list[Text]:
+    """The lines of a panel: names padded to ``width``, descriptions wrapped beside them,
+    and the default kept whole (on the last line if it fits, else on its own)."""
+    lines = []
+    room = max(inner - width - 2, 10)
+    for name, help, tags in rows:
+        wrapped = list(help.wrap(console, room)) if help.plain else []
+        if tags.plain:
+            if wrapped and wrapped[-1].cell_len + 2 + tags.cell_len <= room:
+                wrapped[-1].append_text(Text("  ").append_text(tags))
+            else:
+                wrapped += list(tags.wrap(console, room))
+        if name.cell_len > width:
+            lines.append(name)
+            name = Text()
+        for i, line in enumerate(wrapped or [Text()]):
+            left = name if i == 0 else Text()
+            lines.append(Text.assemble(left, " " * (width + 2 - left.cell_len), line))
+    return lines
+
+
+def _first_line(text: str | None) -> str:
+    return " ".join(inspect.cleandoc(text or "").partition("\n\n")[0].split())
+
+
+def _name_cell(param: Any) -> Text:
+    if param.param_type_name == "argument":
+        return Text(names(param)[0], style="metavar")
+    cell = _highlight(Text(", ".join(names(param))))
+    value = metavar(param)
+    if value:
+        cell.append(" " + value, style="metavar")
+    return cell
+
+
+def _help_cell(param: Any) -> tuple[Text, Text]:
+    """The description, and its ``[default: ...]`` / ``[required]`` tags."""
+    tags = Text(style="dim")
+    shown = default(param)
+    if shown is not None:
+        tags.append(f"[default: {shown}]")
+    if param.required:
+        tags.append(" [required]" if tags.plain else "[required]", style="red")
+    return _highlight(Text(" ".join((param.help or "").split()))), tags
+
+
+# --- the README's flag table -----------------------------------------------------------
+
+def flag_table(command: Any) -> str:
+    """The Markdown flag table of ``command``, a bold row heading each help panel."""
+    rows = ["| flag | default | what it does |", "|---|---|---|"]
+    for title, params in panels(list(command.params)).items():
+        rows.append(f"| **{title}** | | |")
+        for p in params:
+            spelled = ", ".join(f"`{n}`" for n in names(p))
+            rows.append(f"| {spelled} | {_md(default(p) or '')} | {_md(p.help or '')} |")
+    return "\n".join(rows)
+
+
+def _md(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;")
+
+
+def distill_flag_table() -> str:
+    """`dd distill`'s flag table, as the README holds it between its markers."""
+    import typer.main
+
+    from ddcli.cli import app
+
+    return flag_table(typer.main.get_command(app).commands["distill"])
+
+
+def readme_with_table(readme: str, table: str) -> str:
+    """``readme`` with the text between the flag-table markers replaced by ``table``."""
+    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.S)
+    if not pattern.search(readme):
+        raise ValueError(f"no {TABLE_START} ... {TABLE_END} section")
+    return pattern.sub(lambda _: f"{TABLE_START}\n{table}\n{TABLE_END}", readme, count=1)
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else README
+    path.write_text(readme_with_table(path.read_text(), distill_flag_table()))
+    print(f"updated the flag table in {path}")
