@@ -52,6 +52,7 @@ def eval_command(
     data_root: DataRoot = None,
     device: Device = None,
     batching: Annotated[str, Opt(help="How nets run together: vmap (stacked, torch.func.vmap), loop (one at a time), or auto (vmap on GPUs; on CPUs only where it is faster).")] = "auto",
+    augment: Annotated[str, Opt(help="Train protocol: none, or dsa (DSA's ops on every SGD batch, as DSA/MTT evaluate; use --train-epochs 1000).", metavar="AUG", rich_help_panel="Train protocol")] = "none",
     pool: Annotated[Optional[Path], Opt(help="Pretrained, adapt and attack bundles: the pool folder.", show_default="the one recorded in the bundle")] = None,
     record: Annotated[bool, Opt(help="Also write the results to the sidecar <set>.eval.json (never into the bundle).", rich_help_panel="Output")] = False,
     quiet: Quiet = False,
@@ -62,7 +63,7 @@ def eval_command(
         protocol=protocol, n_nets=n_nets, seed=0 if seed is None else seed, per_step=per_step,
         baselines=tuple(BASELINES if compare else baseline or ()), candidates=candidates,
         model=model, train_lr=train_lr, train_epochs=train_epochs, batch_size=batch_size,
-        init_scheme=init_scheme, device=device or "auto", batching=batching,
+        init_scheme=init_scheme, device=device or "auto", batching=batching, augment=augment,
     )
     report = evaluate(path, cfg, dataset=dataset, data_root=data_root, pool=pool,
                       callbacks=_Stages(quiet or json_out))

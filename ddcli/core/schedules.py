@@ -117,16 +117,19 @@ class EpochSchedule:
         seeds: one per net; a single net uses ``seeds[0]``.
         batched: the nets are stacked; inputs get a leading net dimension.
         per_net: each net has its own images, (N, M, C, H, W) and labels (N, M).
-        augment: optional, applied to each batch (seeded by the step index).
+        augment: optional, ``augment(x, seed)`` (e.g. ``DSA``) on each net's batch, net
+            j's seeded by (seeds[j], t): the same whether the nets run stacked or alone.
     """
 
     def __init__(self, size: int, batch: int, epochs: int, seeds: Sequence[int], *,
-                 batched: bool, per_net: bool = False, augment: Augment | None = None) -> None:
+                 batched: bool, per_net: bool = False,
+                 augment: Callable[[Tensor, int], Tensor] | None = None) -> None:
         self.size, self.batch, self.epochs = size, batch, epochs
         self.per_epoch = -(-size // batch)  # the last batch may be short
         self.length = epochs * self.per_epoch
         self.half = max(1, epochs // 2)
         self.batched, self.per_net, self.augment = batched, per_net, augment
+        self.seeds = list(seeds)
         self._gens = [torch.Generator().manual_seed(s) for s in seeds]
         self._epoch, self._order = -1, None
 
@@ -147,7 +150,9 @@ class EpochSchedule:
         else:
             x, y = images[idx], labels[idx]  # (N, B, ...)
         if self.augment is not None:
-            x = self.augment(x, t)
+            seeds = [derive_seed(s, "train-augment", t) for s in self.seeds]
+            x = (torch.stack([self.augment(xj, sj) for xj, sj in zip(x, seeds)])
+                 if self.batched else self.augment(x, seeds[0]))
         return x, y
 
     def rate_index(self, t: int) -> int:

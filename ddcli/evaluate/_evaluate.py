@@ -14,7 +14,9 @@ from ddcli.infra.device import resolve_device
 from ddcli.bundle import Bundle
 from ddcli.config import DEFAULT_MODELS
 from ddcli.data import RealData, load_dataset
-from ddcli.errors import ConfigError, ModelError
+from ddcli.core.inner import InnerLoop
+from ddcli.core.steps import GD
+from ddcli.errors import ConfigError, DDError, ModelError
 from ddcli.models import check_functional, create_model
 from ddcli.evaluate._nets import supports_vmap
 from ddcli.evaluate._job import Job, count_stages
@@ -135,6 +137,12 @@ def _evaluate(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
               test_x=data.test_x.to(device), test_y=data.test_y.to(device), device=device,
               scheme=scheme, batched=batched, emit=lambda n, p: _emit(callbacks, n, p),
               notes=notes)
+    soft = _soft_labels(s, data)
+    if soft is not None:
+        job.soft_labels = soft.to(device)
+        notes.append("the set's learned soft labels are the nets' targets")
+    if s.bundle is not None:
+        job.inner = inner_loop_of(s.bundle, notes)
     resolved: dict[str, Any] = {"protocol": protocol, "model": spec["name"],
                                 "init_scheme": scheme, "steps": int(images.shape[0]),
                                 "images_per_step": int(images.shape[1])}
@@ -212,6 +220,36 @@ def _match_dataset(
             notes.append(f"re-normalised the images from the set's mean {_fmt(s.mean)} / std "
                          f"{_fmt(s.std)} to {data.name}'s {_fmt(data.mean)} / {_fmt(data.std)}")
     return images, labels
+
+
+def _soft_labels(s: ImageSet, data: RealData) -> torch.Tensor | None:
+    """The set's learned labels, with their class columns in the dataset's order."""
+    soft = s.bundle.soft_labels if s.bundle is not None else getattr(s, "soft_labels", None)
+    if soft is None or s.classes is None or list(s.classes) == list(data.classes):
+        return soft
+    out = torch.zeros(*soft.shape[:-1], data.num_classes)
+    for c, name in enumerate(s.classes):
+        out[..., data.classes.index(name)] = soft[..., c]
+    return out
+
+
+def inner_loop_of(bundle: Bundle, notes: list[str] | None = None) -> InnerLoop:
+    """The inner loop a bundle was learned with (rule, schedule), from its stored config;
+    the paper's (plain GD, ordered steps) for bundles from other tools."""
+    paper = InnerLoop(steps=bundle.steps, images_per_step=bundle.images.shape[1],
+                      length=int(bundle.raw_lrs.shape[0]), rule=GD())
+    if not bundle.config:
+        return paper
+    try:
+        inner = InnerLoop.from_config(bundle.config, bundle.images.shape[1])
+    except DDError:
+        inner = None
+    if inner is None or inner.length != paper.length or inner.steps != paper.steps:
+        if notes is not None:
+            notes.append("the bundle's config doesn't describe its inner loop: replayed "
+                         "with plain GD on the ordered steps")
+        return paper
+    return inner
 
 
 def _close(a, b) -> bool:

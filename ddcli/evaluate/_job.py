@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from ddcli.core.inner import InnerLoop
 from ddcli.core.params import Params, init_params
 from ddcli.core.seeds import derive_seed
 from ddcli.data import RealData
@@ -36,7 +37,7 @@ class Job:
     cfg: EvalConfig
     model: nn.Module
     images: Tensor  # (S, n, C, H, W)
-    labels: Tensor  # (S, n)
+    labels: Tensor  # (S, n) the slots' classes
     lrs: Tensor | None  # (T,)
     real: RealData
     test_x: Tensor
@@ -48,6 +49,13 @@ class Job:
     stages: int = 0
     done: int = 0
     notes: list[str] = field(default_factory=list)
+    soft_labels: Tensor | None = None  # (S, n, classes) learned labels, when the set has them
+    inner: InnerLoop | None = None  # the inner loop the set was learned for (replay)
+
+    @property
+    def targets(self) -> Tensor:
+        """What the nets train towards: the learned soft labels, else the classes."""
+        return self.labels if self.soft_labels is None else self.soft_labels
 
     def fresh(self, tag: str, count: int, *extra: int | str) -> list[Params]:
         """``count`` fresh inits seeded ``derive_seed(seed, tag, *extra, j)``."""

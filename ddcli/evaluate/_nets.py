@@ -25,6 +25,7 @@ from torch.func import functional_call, grad, vmap
 
 from ddcli.core.metrics import ACTIVATION_BUDGET, activation_floats, correct_counts
 from ddcli.core.params import Params, detached, stack_params
+from ddcli.core.augment import DSA
 from ddcli.core.inner import InnerLoop
 from ddcli.core.schedules import EpochSchedule
 from ddcli.core.seeds import derive_seed
@@ -167,6 +168,7 @@ def train_accuracies(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     batched: bool | None = None,
+    augment: DSA | None = None,
 ) -> Tensor:
     """Train each init on a small image set with SGD (``train_nets``), then test it.
 
@@ -184,7 +186,7 @@ def train_accuracies(
     for group, params in train_nets(
         model, inits, x, y, lr=lr, epochs=epochs, seeds=seeds, batch_size=batch_size,
         momentum=momentum, weight_decay=weight_decay,
-        batched=use_vmap(batched, model, shape, "sgd"),
+        batched=use_vmap(batched, model, shape, "sgd"), augment=augment,
     ):
         counts = correct_counts(model, params, test_x, test_y, vmapped=vmap_infer)
         out[group.start : group.stop] = counts.cpu().double() / n_test
@@ -204,6 +206,7 @@ def train_nets(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     batched: bool = True,
+    augment: DSA | None = None,
 ) -> Iterator[tuple[range, Params]]:
     """Train each init on a small image set with SGD; yield the trained weights by group.
 
@@ -217,6 +220,8 @@ def train_nets(
         x: (M, C, H, W) shared by every net, or (N, M, C, H, W), one set per net.
         y: (M,) or (N, M) labels matching ``x`` (or soft labels with a class dim).
         batched: vmap over groups of nets; False trains one net at a time.
+        augment: DSA on every batch, net j's draws seeded by (seeds[j], step), so a
+            net trains the same batched or alone.
 
     Yields:
         (net indices, their weights stacked as (G, ...)), in order.
@@ -228,7 +233,8 @@ def train_nets(
     one = StepFn(model, SGD(momentum=momentum, weight_decay=weight_decay))
     if not batched:
         for j, p0 in enumerate(inits):
-            schedule = EpochSchedule(m, batch_size, epochs, [seeds[j]], batched=False)
+            schedule = EpochSchedule(m, batch_size, epochs, [seeds[j]], batched=False,
+                                     augment=augment)
             final = unroll(one, p0, x[j] if per_net else x, y[j] if per_net else y, rates,
                            create_graph=False, schedule=schedule).params
             yield range(j, j + 1), {k: v[None] for k, v in final.items()}
@@ -237,7 +243,7 @@ def train_nets(
     many = one.batched_like(per_net_data=True)  # every net draws its own batches
     for group in _groups(len(inits), _group_size(act, min(batch_size, m), len(inits))):
         schedule = EpochSchedule(m, batch_size, epochs, [seeds[j] for j in group],
-                                 batched=True, per_net=per_net)
+                                 batched=True, per_net=per_net, augment=augment)
         xg, yg = (x[group.start:group.stop], y[group.start:group.stop]) if per_net else (x, y)
         final = unroll(many, stack_params([inits[j] for j in group], x.device), xg, yg, rates,
                        create_graph=False, schedule=schedule).params

@@ -79,8 +79,9 @@ def run_replay(job: Job, bundle: Bundle) -> list[EvalRow]:
     for group in groups:
         inits = [p for label, p in nets if label == group]
         with job.stage(f"distilled · {group}") as timer:
-            acc = replay_accuracies(job.model, inits, job.images, job.labels, lrs,
-                                    job.test_x, job.test_y, at=at, batched=job.batched)
+            acc = replay_accuracies(job.model, inits, job.images, job.targets, lrs,
+                                    job.test_x, job.test_y, at=at, batched=job.batched,
+                                    inner=job.inner, seed=cfg.seed)
         rows.append(EvalRow("distilled", group, acc[-1].tolist(), at=at, curve=acc.tolist(),
                             seconds=timer["seconds"]))
     primary = groups[0]
@@ -97,15 +98,16 @@ def run_replay(job: Job, bundle: Bundle) -> list[EvalRow]:
     def evaluate(sets: Tensor, shared: bool) -> list[float]:
         images = sets[0] if shared else sets
         inits = eval_inits[:1] if shared and primary == STORED else eval_inits
-        return replay_accuracies(job.model, inits, images, job.labels, lrs, job.test_x,
-                                 job.test_y, batched=job.batched)[-1].tolist()
+        return replay_accuracies(job.model, inits, images, job.targets, lrs, job.test_x,
+                                 job.test_y, batched=job.batched, inner=job.inner,
+                                 seed=cfg.seed)[-1].tolist()
 
     def scorer(i: int):
         def score(candidates: Tensor) -> Tensor:  # (K, S, n, C, H, W) -> (K,)
             k = candidates.shape[0]
             return replay_accuracies(job.model, [score_inits[i]] * k, candidates.to(job.device),
-                                     job.labels, lrs, sample_x, sample_y,
-                                     batched=job.batched)[-1]
+                                     job.targets, lrs, sample_x, sample_y,
+                                     batched=job.batched, inner=job.inner, seed=cfg.seed)[-1]
         return score
 
     return rows + baseline_rows(job, primary, evaluate, scorer)

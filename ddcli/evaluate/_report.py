@@ -14,6 +14,7 @@ import numpy as np
 
 from ddcli.infra import io as _io
 from ddcli.errors import ConfigError
+from ddcli.core.augment import parse_augment
 from ddcli.evaluate._baselines import check_baselines
 
 PROTOCOLS = ("replay", "train")
@@ -62,6 +63,7 @@ class EvalConfig:
     init_scheme: str | None = None
     device: str = "auto"
     batching: str = "auto"
+    augment: str = "none"  # train protocol: "dsa" augments every SGD batch (DSA's protocol)
 
     def validate(self) -> "EvalConfig":
         if self.batching not in BATCHING:
@@ -78,6 +80,10 @@ class EvalConfig:
         if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
             raise ConfigError("momentum must be in [0, 1) and weight decay >= 0")
         self.baselines = check_baselines(self.baselines)
+        try:
+            parse_augment(self.augment)
+        except ValueError as exc:
+            raise ConfigError(f"--augment: {exc} (none, dsa or dsa:FAMILY_...)") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:

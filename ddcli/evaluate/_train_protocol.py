@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ddcli.core.augment import parse_augment
 from ddcli.core.seeds import derive_seed
 from ddcli.evaluate._nets import train_accuracies
 from ddcli.evaluate._job import Job, baseline_rows
@@ -31,13 +32,15 @@ def run_train(job: Job, lr: float) -> list[EvalRow]:
     cfg = job.cfg
     nets = job.fresh("eval", cfg.n_nets)
     seeds = [derive_seed(cfg.seed, "shuffle", j) for j in range(cfg.n_nets)]
-    x, y = job.images.reshape(-1, *job.images.shape[2:]), job.labels.reshape(-1)  # (M, C, H, W)
+    x = job.images.reshape(-1, *job.images.shape[2:])  # (M, C, H, W)
+    y = job.targets.reshape(x.shape[0], *job.targets.shape[2:])  # (M,) or (M, classes)
+    augment = parse_augment(cfg.augment)
 
     def train(inits, xs: Tensor, ys: Tensor, net_seeds, test_x, test_y, epochs) -> Tensor:
         return train_accuracies(
             job.model, inits, xs, ys, test_x, test_y, lr=lr, epochs=epochs, seeds=net_seeds,
             batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            batched=job.batched,
+            batched=job.batched, augment=augment,
         )
 
     with job.stage(f"distilled · {FRESH}") as timer:
@@ -52,7 +55,7 @@ def run_train(job: Job, lr: float) -> list[EvalRow]:
         if shared:
             return train(nets, flat[0], y, seeds, job.test_x, job.test_y,
                          cfg.train_epochs).tolist()
-        ys = y.expand(flat.shape[0], -1)
+        ys = y.expand(flat.shape[0], *y.shape)
         return train(nets, flat, ys, seeds, job.test_x, job.test_y, cfg.train_epochs).tolist()
 
     def scorer(i: int):
@@ -60,7 +63,7 @@ def run_train(job: Job, lr: float) -> list[EvalRow]:
             k = candidates.shape[0]
             flat = candidates.reshape(k, -1, *candidates.shape[-3:]).to(job.device)
             cand_seeds = [derive_seed(cfg.seed, "score-shuffle", i, c) for c in range(k)]
-            return train([score_nets[i]] * k, flat, y.expand(k, -1), cand_seeds, sample_x,
+            return train([score_nets[i]] * k, flat, y.expand(k, *y.shape), cand_seeds, sample_x,
                          sample_y, score_epochs(cfg.train_epochs))
         return score
 

@@ -1,0 +1,183 @@
+"""The new methods through `distill`, `resume` and `dd eval`: soft labels, the
+set-structured truncated loop, SGD inside the unroll, DSA, validation-split selection."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from ddcli import Bundle, DistillConfig, distill, resume
+from ddcli.config import build_config
+from ddcli.errors import ConfigError, Interrupted
+from ddcli.evaluate import evaluate_bundle
+
+from tests._toy import toy_data
+
+METHODS = {
+    "labels": {"synth": {"learn_labels": True}, "optim": {"label_lr": 0.02}},
+    "rat-bptt": {"synth": {"steps": 1, "images_per_class": 3, "unroll_steps": 6,
+                           "inner_batch": 4, "window": 3, "window_sampling": "random"}},
+    "momentum": {"synth": {"inner_optimizer": "sgd", "inner_momentum": 0.5}},
+    "dsa": {"data": {"augment": "dsa"}},
+    "all": {"synth": {"steps": 1, "images_per_class": 2, "unroll_steps": 4, "inner_batch": 3,
+                      "window": 2, "window_sampling": "random", "learn_labels": True,
+                      "inner_optimizer": "sgd"},
+            "data": {"augment": "dsa"}},
+}
+
+
+def cfg(*extra: dict, **sections) -> DistillConfig:
+    base = {
+        "data": {"dataset": "toy", "batch_size": 32},
+        "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+        "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
+        "optim": {"iterations": 6, "meta_lr": 0.05, "decay_every": 1.0},
+        "run": {"checkpoint_every": 3, "log_every": 1, "device": "cpu"},
+    }
+    for layer in (*extra, sections):
+        for name, values in layer.items():
+            base.setdefault(name, {}).update(values)
+    return DistillConfig.from_dict(base)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_resumes_bit_exactly(tmp_path, method):
+    data = toy_data()
+    for mode in ("fixed", "random"):
+        c = cfg(METHODS[method], init={"mode": mode, "n_nets": 2, "sample_n_nets": 2})
+        full = distill(c, out=tmp_path / f"{mode}-full.safetensors", data=data)
+
+        class CtrlC:
+            def on_iteration(self, info):
+                if info.iteration == 4:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        with pytest.raises(Interrupted):
+            distill(c, out=tmp_path / f"{mode}-part.safetensors", data=data, callbacks=CtrlC())
+        resumed = resume(tmp_path / f"{mode}-part.run", data=data).bundle
+        assert torch.equal(full.bundle.images, resumed.images), (method, mode)
+        assert torch.equal(full.bundle.raw_lrs, resumed.raw_lrs)
+        if c.synth.learn_labels:
+            assert torch.equal(full.bundle.soft_labels, resumed.soft_labels)
+
+
+def test_learned_labels_move_stay_non_negative_and_reach_the_bundle(tmp_path):
+    b = distill(cfg(METHODS["labels"], optim={"iterations": 20, "label_lr": 0.1}),
+                out=tmp_path / "l.safetensors", data=toy_data()).bundle
+    again = Bundle.load(tmp_path / "l.safetensors")
+    assert again.soft_labels.shape == (2, 3, 3) and torch.equal(again.soft_labels, b.soft_labels)
+    assert (b.soft_labels >= 0).all()
+    one_hot = torch.nn.functional.one_hot(b.labels, 3).float()
+    assert (b.soft_labels - one_hot).abs().max() > 1e-3  # they were learned
+
+
+def test_unroll_steps_give_one_rate_per_inner_step_and_replay(tmp_path):
+    c = cfg(METHODS["rat-bptt"])
+    assert c.total_steps == 6 and c.passes == 6
+    b = distill(c, out=tmp_path / "p.safetensors", data=toy_data()).bundle
+    assert b.raw_lrs.shape == (6,) and b.images.shape == (1, 9, 1, 8, 8) and b.epochs == 6
+    report = evaluate_bundle(b, data=toy_data(), n_nets=2)
+    assert report.rows[0].n == 1 and report.settings["gd_steps"] == 6
+
+
+def test_keep_best_selects_on_the_validation_split_never_the_test_set(tmp_path):
+    data = toy_data(n_train=192)
+    c = cfg(data={"validation": 48}, optim={"iterations": 9},
+            run={"eval_every": 3, "keep_best": True, "eval_nets": 2})
+    result = distill(c, out=tmp_path / "v.safetensors", data=data)
+    sel = result.bundle.summary["selected"]
+    assert sel["iteration"] in (3, 6, 9) and "held-out training images" in sel["by"]
+    assert result.bundle.summary["validation"]["images"] == 48
+    # The test set never decided anything: a different test set gives the same bundle.
+    other = toy_data(n_train=192)
+    other.test_x = other.test_x.flip(0)
+    again = distill(c, out=tmp_path / "w.safetensors", data=other).bundle
+    assert torch.equal(again.images, result.bundle.images)
+    with pytest.raises(ConfigError, match="validation"):
+        cfg(run={"keep_best": True, "eval_every": 3}).validate()
+
+
+def test_validation_images_are_never_real_batches(tmp_path, monkeypatch):
+    from ddcli.engine import runtime
+
+    seen = []
+    real = runtime.Runtime.real_batch
+
+    def spy(self, it, gen):
+        x, y = real(self, it, gen)
+        seen.append(x)
+        return x, y
+
+    monkeypatch.setattr(runtime.Runtime, "real_batch", spy)
+    data = toy_data(n_train=96)
+    train, val = runtime.validation_split(96, 24)
+    assert set(train.tolist()).isdisjoint(val.tolist()) and len(train) + len(val) == 96
+    distill(cfg(data={"validation": 24, "batch_size": 16}, optim={"iterations": 5}),
+            out=tmp_path / "s.safetensors", data=data)
+    held = data.train_x[val].flatten(1)
+    for x in seen:
+        dists = torch.cdist(x.flatten(1), held)
+        assert dists.min() > 0  # not one held-out image was used
+
+
+def test_bad_method_settings_are_usage_errors():
+    for bad in ({"synth": {"unroll_steps": 5}},  # not a multiple of steps
+                {"synth": {"window": 9}},  # more than T
+                {"synth": {"window_sampling": "middle"}},
+                {"synth": {"inner_optimizer": "adam"}},
+                {"data": {"augment": "dsa:zoom"}},
+                {"data": {"augment": "sparkles"}},
+                {"optim": {"label_lr": -1.0}}):
+        with pytest.raises(ConfigError):
+            cfg(bad).validate()
+
+
+def test_augment_flag_and_old_boolean_configs():
+    assert build_config(overrides={"data": {"augment": True}}).data.augment == "crop-flip"
+    assert build_config(overrides={"data": {"augment": False}}).data.augment == "none"
+    assert build_config(overrides={"data": {"augment": "dsa:flip_rotate"}}).data.augment == "dsa:flip_rotate"
+
+
+def _replay_by_hand(b: Bundle, data, step, schedule=None):
+    from ddcli.core.metrics import accuracy
+    from ddcli.core.unroll import unroll
+    from ddcli.models import create_model
+
+    model = create_model(**b.model)
+    targets = b.soft_labels if b.soft_labels is not None else b.labels
+    final = unroll(step(model), b.init_params, b.images, targets, b.lrs, create_graph=False,
+                   schedule=schedule).params
+    return accuracy(model, final, data.test_x, data.test_y)
+
+
+def test_replay_uses_the_sets_soft_labels_and_inner_rule(tmp_path):
+    from ddcli.core.steps import SGD, StepFn
+
+    data = toy_data()
+    c = cfg(METHODS["labels"], METHODS["momentum"], optim={"iterations": 10, "label_lr": 0.2})
+    b = distill(c, out=tmp_path / "b.safetensors", data=data).bundle
+    report = evaluate_bundle(tmp_path / "b.safetensors", data=data, n_nets=1)
+    stored = report.rows[0]
+    want = _replay_by_hand(b, data, lambda m: StepFn(m, SGD(momentum=0.5, weight_decay=5e-4)))
+    assert stored.accuracies[0] == pytest.approx(want)
+    assert any("soft labels" in note for note in report.notes)
+    # Hard labels and plain GD would give the other answer: the check can fail.
+    b.soft_labels, b.config = None, {}
+    assert evaluate_bundle(b, data=data, n_nets=1).rows[0].accuracies[0] == pytest.approx(
+        _replay_by_hand(b, data, StepFn))
+
+
+def test_train_protocol_with_soft_labels_and_dsa_is_the_same_batched_or_looped(tmp_path):
+    data = toy_data()
+    b = distill(cfg(METHODS["labels"]), out=tmp_path / "b.safetensors", data=data).bundle
+    runs = {batching: evaluate_bundle(b, data=data, protocol="train", train_epochs=3, n_nets=3,
+                                      batching=batching, augment="dsa", batch_size=4)
+            for batching in ("vmap", "loop")}
+    a, l = runs["vmap"].rows[0].accuracies, runs["loop"].rows[0].accuracies
+    assert a == pytest.approx(l, abs=1e-9)
+    plain = evaluate_bundle(b, data=data, protocol="train", train_epochs=3, n_nets=3,
+                            batching="loop", batch_size=4)
+    assert runs["loop"].settings["augment"] == "dsa" and plain.settings["augment"] == "none"
+    with pytest.raises(ConfigError, match="augment"):
+        evaluate_bundle(b, data=data, protocol="train", augment="blur")
