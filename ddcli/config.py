@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .infra.sections import Flag, Section, collect_flags, flag
+from .infra.sections import Flag, Section, collect_flags, flag, load_config_file, merge_dicts
 from .presets import get_preset
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 INIT_MODES = ("fixed", "random", "pretrained-fixed", "pretrained-random")
 UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
@@ -393,32 +386,6 @@ def _renamed_tree(layer: dict[str, Any]) -> dict[str, Any]:
     return {name: sections[name].renamed(values)  # type: ignore[attr-defined]
             if name in sections and isinstance(values, dict) else values
             for name, values in layer.items()}
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or JSON config file into a nested dict (not yet validated)."""
-    path = Path(path)
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"can't read config file {path}: {exc.strerror or exc}") from None
-    try:
-        if path.suffix.lower() == ".toml":
-            return tomllib.loads(text.decode())
-        return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid {path.suffix[1:] or 'JSON'}: {exc}") from None
-
-
-def merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive merge: values in ``override`` win; nested tables merge."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
-            out[key] = merge_dicts(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def replace(cfg: DistillConfig, **sections: dict[str, Any]) -> DistillConfig:

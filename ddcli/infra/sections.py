@@ -8,9 +8,17 @@ README's flag table.
 
 from __future__ import annotations
 
+import json
+import sys
 import typing
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from ddcli.errors import ConfigError
 
@@ -151,3 +159,29 @@ def _value_type(hint: Any, name: str) -> type:
         raise TypeError(f"flag() field {name!r} must be bool, int, float or str, or None-able; "
                         f"it is {hint}")
     return args[0]
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a nested dict (not yet validated)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"can't read config file {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            return tomllib.loads(text.decode())
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:] or 'JSON'}: {exc}") from None
+
+
+def merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive merge: values in ``override`` win; nested tables merge."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "kwargs":
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
