@@ -206,6 +206,9 @@ class DistillConfig(Section):
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    # A run folder's config.json also records how the run was made; it reads as a config.
+    IGNORED = frozenset({"provenance"})
+
     @property
     def total_steps(self) -> int:
         """T, the inner steps of one unroll (and the number of learned rates)."""

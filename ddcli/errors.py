@@ -65,3 +65,7 @@ class Interrupted(DDError):
 
 class ImageSetError(DDError):
     """An image set (.pt, .npz or ImageFolder) to evaluate is missing or malformed."""
+
+
+class OutputError(DDError):
+    """A result can't be written where it was asked to go (permissions, a full disk)."""

@@ -1,6 +1,7 @@
 """`dd distill` through the CLI: exit codes, one-line errors, outputs."""
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import pytest
@@ -106,10 +107,45 @@ def test_summary_line_and_resume_via_cli(tmp_path, fixture_root):
     # Running again into the same run folder is refused, not silently overwritten.
     err = one_line_error(run(*args), 2)
     assert "--resume" in err
-    # Extend the budget on resume.
-    r = run("distill", "--resume", tmp_path / "m.run", "--iterations", "5", "--quiet", "--json")
+    # Extending a finished run would overwrite its bundle: refused without --force ...
+    before = out.read_bytes()
+    err = one_line_error(run("distill", "--resume", tmp_path / "m.run", "--iterations", "5"), 2)
+    assert "--force" in err and "-o" in err and out.read_bytes() == before
+    # ... or written elsewhere with -o, which a resume honours and reports.
+    other = tmp_path / "more.safetensors"
+    r = run("distill", "--resume", tmp_path / "m.run", "--iterations", "4", "-o", other, "--json",
+            "--quiet")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["iterations"] == 5
+    rec = json.loads(r.stdout)
+    assert rec["iterations"] == 4 and rec["bundle"] == str(other) and other.exists()
+    assert out.read_bytes() == before
+    r = run("distill", "--resume", tmp_path / "m.run", "--iterations", "5", "--force", "--quiet",
+            "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["iterations"] == 5 and json.loads(r.stdout)["bundle"] == str(other)
+    prov = json.loads(r.stdout)["provenance"]
+    assert prov["versions"]["ddcli"] and prov["threads"] >= 1 and prov["data"]["sha256"]
+
+
+def test_unwritable_outputs_are_refused_before_any_training(tmp_path, fixture_root):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that can write anywhere (root ignores modes)")
+        for where in (["-o", locked / "m.safetensors"],
+                      ["-o", tmp_path / "m.safetensors", "--run-dir", locked / "r.run"]):
+            err = one_line_error(run("distill", "mnist", "--data-root", fixture_root,
+                                     "--iterations", "1", *where), 1)
+            assert "can't write" in err
+    finally:
+        locked.chmod(0o700)
+    # A file where the run folder should be is refused the same way, even for root.
+    (tmp_path / "taken.run").write_text("not a folder")
+    err = one_line_error(run("distill", "mnist", "--data-root", fixture_root, "--iterations",
+                             "1", "-o", tmp_path / "taken.safetensors"), 1)
+    assert "can't write the run folder" in err and "is a file" in err
 
 
 # --- the flags are generated from the config ------------------------------------------
@@ -164,7 +200,7 @@ def test_resume_with_real_epochs_replaces_the_iterations_budget(tmp_path, fixtur
             "--batch-size", "64", "--iterations", "3", "-o", out, "--quiet")
     assert r.exit_code == 0, r.output
     # 600 fixture images / 64 = 9 iterations per epoch: 0.5 real epochs is 4 iterations.
-    r = run("distill", "--resume", tmp_path / "m.run", "--real-epochs", "0.5", "--quiet",
+    r = run("distill", "--resume", tmp_path / "m.run", "--real-epochs", "0.5", "--force", "--quiet",
             "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["iterations"] == 4

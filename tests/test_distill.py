@@ -40,7 +40,11 @@ def test_distill_improves_and_writes_bundle(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "b.run" / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in lines if "loss" in x]
     assert len(losses) == 30 and losses[-1] < losses[0]
-    assert json.loads((tmp_path / "b.run" / "config.json").read_text()) == b.config
+    written = json.loads((tmp_path / "b.run" / "config.json").read_text())
+    prov = written.pop("provenance")
+    assert written == b.config  # the settings, and beside them how the run was made:
+    assert prov == b.extra["provenance"][-1] and prov["data"]["name"] == "toy"
+    assert DistillConfig.from_dict({**written, "provenance": prov}).to_dict() == b.config
 
 
 def test_random_init_runs_and_stores_no_init(tmp_path):
@@ -121,7 +125,7 @@ def test_nan_divergence_raises_and_keeps_checkpoint(tmp_path):
     poisoned = toy_data()
     poisoned.train_x[:] = float("nan")
     with pytest.raises(DivergedError, match=r"nan at iteration 4.*--resume .*--meta-lr"):
-        resume(tmp_path / "a.run", overrides={"optim": {"iterations": 6}}, data=poisoned)
+        resume(tmp_path / "a.run", overrides={"optim": {"iterations": 6}}, data=poisoned, force=True)
     assert (tmp_path / "a.run" / "checkpoint.pt").read_bytes() == before
 
 
@@ -152,7 +156,8 @@ def test_resume_writes_the_bundle_where_the_run_put_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "a")
     distill(cfg(optim={"iterations": 3}), out="b.safetensors", data=data)
     monkeypatch.chdir(tmp_path / "elsewhere")
-    result = resume(tmp_path / "a" / "b.run", overrides={"optim": {"iterations": 6}}, data=data)
+    result = resume(tmp_path / "a" / "b.run", overrides={"optim": {"iterations": 6}}, data=data,
+                    force=True)
     assert result.bundle_path == tmp_path / "a" / "b.safetensors"
     assert Bundle.load(tmp_path / "a" / "b.safetensors").summary["iterations"] == 6
     assert list((tmp_path / "elsewhere").iterdir()) == []
@@ -160,6 +165,6 @@ def test_resume_writes_the_bundle_where_the_run_put_it(tmp_path, monkeypatch):
     # a moved run folder (its recorded place is gone) writes beside itself
     (tmp_path / "a").rename(tmp_path / "moved")
     result = resume(tmp_path / "moved" / "b.run", overrides={"optim": {"iterations": 8}},
-                    data=data)
+                    data=data, force=True)
     assert result.bundle_path == tmp_path / "moved" / "b.safetensors"
     assert Bundle.load(result.bundle_path).summary["iterations"] == 8

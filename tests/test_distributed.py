@@ -68,9 +68,10 @@ def test_two_gloo_processes_equal_one_and_resume(tmp_path, fixture_root):
 
     # Resume it to 6 iterations (config.json says nproc 2, so `dd distill --resume`
     # relaunches 2 processes), against 1 process resumed to 6.
-    six = resume(tmp_path / "one.run", overrides={"optim": {"iterations": 6}}, data=data)
+    six = resume(tmp_path / "one.run", overrides={"optim": {"iterations": 6}}, data=data,
+                 force=True)
     _run(tmp_path, [sys.executable, "-m", "ddcli", "distill", "--resume", "two.run",
-                    "--iterations", "6", "--data-root", str(fixture_root), "--quiet"])
+                    "--iterations", "6", "--force", "--data-root", str(fixture_root), "--quiet"])
     _close(six.bundle, Bundle.load(tmp_path / "two.safetensors"))
     assert not torch.allclose(two.images, Bundle.load(tmp_path / "two.safetensors").images)
 
@@ -252,7 +253,8 @@ def test_deferred_host_reads_change_nothing_and_still_stop_nans(tmp_path, monkey
     poisoned = toy_data()
     poisoned.train_x[:] = float("nan")
     with pytest.raises(DivergedError, match="nan at iteration 7"):
-        resume(tmp_path / "c.run", overrides={"optim": {"iterations": 12}}, data=poisoned)
+        resume(tmp_path / "c.run", overrides={"optim": {"iterations": 12}}, data=poisoned,
+               force=True)
     assert ckpt.read_bytes() == before
 
 

@@ -181,3 +181,21 @@ def test_train_protocol_with_soft_labels_and_dsa_is_the_same_batched_or_looped(t
     assert runs["loop"].settings["augment"] == "dsa" and plain.settings["augment"] == "none"
     with pytest.raises(ConfigError, match="augment"):
         evaluate_bundle(b, data=data, protocol="train", augment="blur")
+
+
+def test_bundles_record_how_they_were_made_and_eval_warns_on_other_data(tmp_path):
+    data = toy_data()
+    b = distill(cfg(), out=tmp_path / "p.safetensors", data=data, preset="my-preset").bundle
+    made = b.extra["provenance"][-1]
+    assert made["preset"] == "my-preset" and made["versions"]["torch"]
+    assert made["data"]["sha256"] and made["threads"] >= 1 and made["date"]
+    report = evaluate_bundle(tmp_path / "p.safetensors", data=data, n_nets=1)
+    assert report.provenance["set"] == made and report.provenance["eval"]["versions"]
+    assert not [n for n in report.notes if n.startswith("warning")]
+    other = toy_data(seed=1)
+    report = evaluate_bundle(tmp_path / "p.safetensors", data=other, n_nets=1)
+    assert any("differs from the data the bundle was made with" in n for n in report.notes)
+    # each resume adds its own record
+    resumed = resume(tmp_path / "p.run", overrides={"optim": {"iterations": 7}}, data=data,
+                     force=True).bundle
+    assert len(resumed.extra["provenance"]) == 2

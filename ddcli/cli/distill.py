@@ -71,10 +71,11 @@ def distill_command(
     with progress:
         try:
             if resume is not None:
-                result = _engine.resume(resume, overrides=overrides, callbacks=progress)
+                result = _engine.resume(resume, overrides=overrides, callbacks=progress,
+                                        out=out, force=force)
             else:
                 result = _engine.distill(cfg, out=out, run_dir=run_dir, callbacks=progress,
-                                         force=force)
+                                         force=force, preset=preset)
         except (Interrupted, DivergedError) as exc:
             if main_rank:
                 raise
@@ -99,6 +100,7 @@ def print_result(result: _engine.DistillResult, json_out: bool) -> None:
         "elapsed_s": round(result.elapsed, 2),
         "lrs": {"min": b.lrs.min().item(), "mean": b.lrs.mean().item(), "max": b.lrs.max().item()},
         "evals": [{"iteration": e.iteration, "test_acc": e.mean} for e in result.evals],
+        "provenance": (b.extra.get("provenance") or [None])[-1],
     }
     if json_out:
         typer.echo(json.dumps(record))

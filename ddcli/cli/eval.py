@@ -97,6 +97,15 @@ def print_report(report: EvalReport, console: Console) -> None:
     console.print(f"{report.source}: {report.protocol} protocol · {report.model['name']} · "
                   f"{report.dataset} test set ({report.test_size:,} images) · {what} · "
                   f"seed {s['seed']}", soft_wrap=True)
+    made = report.provenance.get("set")
+    if made:
+        v = made.get("versions", {})
+        commit = f" ({made['git_commit'][:12]})" if made.get("git_commit") else ""
+        console.print(f"made {made.get('date', '?')} with ddcli {v.get('ddcli', '?')}{commit}, "
+                      f"torch {v.get('torch', '?')} on {made.get('device', '?')} "
+                      f"({made.get('threads', '?')} threads)"
+                      + (f", preset {made['preset']}" if made.get("preset") else ""),
+                      soft_wrap=True)
     table = Table(box=box.SIMPLE_HEAD, title_justify="left")
     for col, justify in (("set", "left"), ("nets", "left"), ("n", "right"),
                          ("acc % (mean ± std)", "right"), ("min", "right"), ("max", "right")):

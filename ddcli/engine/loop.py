@@ -20,8 +20,9 @@ from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, StartInf
 from ddcli.engine.outputs import RunFolder, default_out, default_run_dir, make_bundle
 from ddcli.engine.runtime import Runtime
 from ddcli.engine.state import CHECKPOINT_NAME, RunState, load_checkpoint
-from ddcli.errors import ConfigError, DivergedError, Interrupted
+from ddcli.errors import ConfigError, DivergedError, Interrupted, OutputError
 from ddcli.infra import device as _device
+from ddcli.infra import io as _io
 
 # Settings a resumed run may change (flag(resumable=True) in ddcli.config); everything
 # else must stay as the run began.
@@ -38,6 +39,7 @@ def distill(
     callbacks: Any = None,
     data: RealData | None = None,
     force: bool = False,
+    preset: str | None = None,
 ) -> DistillResult:
     """Learn a synthetic dataset and its learning rates; save and return the bundle.
 
@@ -50,6 +52,7 @@ def distill(
             ``on_checkpoint``.
         data: preloaded real data (skips ``load_dataset``), mainly for tests.
         force: start afresh even if ``run_dir`` holds a checkpoint.
+        preset: the preset the config came from, for the provenance record.
 
     Example:
         >>> from ddcli import DistillConfig, distill
@@ -64,7 +67,8 @@ def distill(
             f"{run_dir} already holds a checkpoint; continue it with "
             f"`dd distill --resume {run_dir}`, or pass --force to start over"
         )
-    return _Run(cfg, out, run_dir, data, callbacks, state=None).loop()
+    _check_outputs(out, run_dir)
+    return _Run(cfg, out, run_dir, data, callbacks, state=None, preset=preset).loop()
 
 
 def resume(
@@ -73,11 +77,16 @@ def resume(
     overrides: dict[str, dict[str, Any]] | None = None,
     callbacks: Any = None,
     data: RealData | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
 ) -> DistillResult:
     """Continue an interrupted run from its last checkpoint.
 
     ``overrides`` may change only the budget, the meta step size, logging, the data
     root and the device, e.g. ``{"optim": {"meta_lr": 0.005}}`` after a divergence.
+    The bundle goes to ``out`` if given, else where the run put it; an existing file
+    there (a finished run being extended) is only overwritten with ``force``. A finished
+    run resumed with a new ``out`` just writes its bundle there.
     """
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
@@ -94,8 +103,19 @@ def resume(
                 continue
             cfg_dict.setdefault(section, {})[key] = value
     cfg = DistillConfig.from_dict(cfg_dict).validate()
-    out = _resumed_out(Path(state.out), run_dir)
+    out = Path(out) if out is not None else _resumed_out(Path(state.out), run_dir)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists (the bundle of this run's last finish, or another "
+                          "file); pass --force to overwrite it, or -o to write elsewhere")
+    _check_outputs(out, run_dir)
+    state.out = str(out.absolute())
     return _Run(cfg, out, run_dir, data, callbacks, state=state).loop()
+
+
+def _check_outputs(out: Path, run_dir: Path) -> None:
+    """Refuse unwritable places before any training (not after hours of it)."""
+    _io.check_writable(out, "the bundle")
+    _io.check_writable(run_dir, "the run folder", folder=True)
 
 
 def _resumed_out(out: Path, run_dir: Path) -> Path:
@@ -112,17 +132,19 @@ class _Run:
     """One run in this process: its ``Runtime`` (fixed at start) and its learned state."""
 
     def __init__(self, cfg: DistillConfig, out: Path, run_dir: Path, data, callbacks,
-                 state: RunState | None) -> None:
+                 state: RunState | None, preset: str | None = None) -> None:
         self.rt = rt = Runtime(cfg, data)
         self.cfg, self.out = cfg, out
         self.callbacks = callbacks if rt.dist.is_main else None  # only rank 0 reports
         self.folder = RunFolder(run_dir, enabled=rt.dist.is_main)
         self.state = state if state is not None else rt.fresh_state(out)
+        self.state.provenance.append(rt.provenance(preset=preset))
         self.learned, self.optimizer, self.scheduler = rt.restore(self.state)
         self.source = rt.init_source(self.state)
         self.aug_gen = torch.Generator()
         self.aug_gen.set_state(self.state.aug_rng)
-        self.folder.start(cfg, iteration=self.state.iteration)
+        self.folder.start(cfg, iteration=self.state.iteration,
+                          provenance=self.state.provenance[-1])
 
     # --- one outer iteration ----------------------------------------------------------------
     def outer_step(self, it: int, stop: bool) -> torch.Tensor:
@@ -201,7 +223,7 @@ class _Run:
             self.save_checkpoint()
             bundle = make_bundle(self.rt, self.state, self.source, self.learned)
             if rt.dist.is_main:
-                bundle.save(self.out)
+                self._write_bundle(bundle)
             # Leaving one by one can abort a gloo process mid-teardown: leave together
             # (these ends are reached by every rank at the same iteration).
             rt.dist.barrier()
@@ -283,6 +305,15 @@ class _Run:
         path = self.folder.checkpoint(st)
         self._emit("on_checkpoint", path)
         return path
+
+    def _write_bundle(self, bundle) -> None:
+        try:
+            bundle.save(self.out)
+        except OSError as exc:  # a full disk, a folder gone: the checkpoint has it all
+            raise OutputError(
+                f"couldn't write the bundle to {self.out} ({exc.strerror or exc}); the run's "
+                f"checkpoint in {self.folder.path} is intact: write the bundle elsewhere with "
+                f"`dd distill --resume {self.folder.path} -o OTHER.safetensors`") from None
 
     def _emit(self, name: str, payload: Any) -> None:
         fn = getattr(self.callbacks, name, None)

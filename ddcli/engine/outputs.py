@@ -38,9 +38,11 @@ class RunFolder:
     def __init__(self, path: Path, *, enabled: bool) -> None:
         self.path, self.enabled = Path(path), enabled
 
-    def start(self, cfg: DistillConfig, *, iteration: int) -> None:
+    def start(self, cfg: DistillConfig, *, iteration: int,
+              provenance: dict[str, Any] | None = None) -> None:
         """A fresh run empties the metrics log; a resumed one drops lines past its
-        checkpoint, so nothing is logged twice."""
+        checkpoint, so nothing is logged twice. config.json gets this process's
+        provenance beside the settings (it still reads as a config)."""
         if not self.enabled:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -48,7 +50,7 @@ class RunFolder:
             (self.path / "metrics.jsonl").unlink(missing_ok=True)
         else:
             trim_metrics(self.path / "metrics.jsonl", iteration)
-        _io.write_json(self.path / "config.json", cfg.to_dict())
+        _io.write_json(self.path / "config.json", {**cfg.to_dict(), "provenance": provenance})
 
     def log(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -99,6 +101,7 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
         init_scheme=cfg.model.init_scheme, init_mode=cfg.init.mode, seed=cfg.init.seed,
         epochs=cfg.passes, config=cfg.to_dict(), summary=summary,
         extra={"init": described, "objective": rt.objective.describe(),
+               "provenance": state.provenance,
                # adapt: nets pretrained on the source, distilled and tested on the target
                "datasets": {"source": described.get("pool_dataset", d.name), "target": d.name}},
         init_params=({k: v.cpu() for k, v in source.fixed_params.items()}

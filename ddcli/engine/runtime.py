@@ -19,7 +19,7 @@ from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
 from ddcli.core.seeds import derive_seed
 from ddcli.core.schedules import Schedule
 from ddcli.core.objectives import make_objective
-from ddcli.data import RealData, load_dataset
+from ddcli.data import RealData, load_dataset, resolve_data_root
 from ddcli.engine.batches import BatchSampler, augment_batch
 from ddcli.engine.inits import FixedInit, InitSource, initial_images, make_init_source
 from ddcli.engine.state import RunState
@@ -28,6 +28,7 @@ from ddcli.evaluate._nets import replay_accuracies
 from ddcli.evaluate.nets import evaluation_nets
 from ddcli.infra import device as _device
 from ddcli.infra import distributed as _distributed
+from ddcli.infra import provenance
 from ddcli.models import check_functional, create_model
 
 
@@ -130,6 +131,14 @@ class Runtime:
             return FixedInit({k: v.to(self.device) for k, v in state.fixed_params.items()})
         # A pretrained-fixed run reloads its pool net, so its bundle keeps the pool's record.
         return make_init_source(self.cfg, self.model, self.init_device)
+
+    def provenance(self, *, preset: str | None = None) -> dict[str, Any]:
+        """This process's record: versions, command, code, device, threads, data."""
+        root = None
+        if not self.cfg.data.dataset.startswith("folder:"):
+            root = str(resolve_data_root(self.cfg.data.data_root))
+        return provenance.collect(device=str(self.device), data=self.data, data_root=root,
+                                  preset=preset)
 
     # --- per iteration --------------------------------------------------------------------------
     def real_batch(self, it: int, aug_gen: torch.Generator) -> tuple[Tensor, Tensor]:

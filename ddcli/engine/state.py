@@ -47,6 +47,8 @@ class RunState:
     # --keep-best: the set with the best validation accuracy so far: {"iteration",
     # "score", "images", "raw_lrs", "soft_labels"}.
     best: dict[str, Any] | None = None
+    # One record per process that ran it (the start, then each resume): infra.provenance.
+    provenance: list[dict[str, Any]] = field(default_factory=list)
 
     def to_checkpoint(self) -> dict[str, Any]:
         """Plain dict for ``torch.save`` (tensors on the CPU)."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ddcli.infra import provenance
 from ddcli.infra.device import resolve_device
 from ddcli.bundle import Bundle
 from ddcli.config import DEFAULT_MODELS
@@ -126,6 +127,8 @@ def _evaluate(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
     notes: list[str] = []
     images, labels = _match_dataset(s, data, notes)
     device = resolve_device(cfg.device)
+    made = _set_provenance(s)
+    notes += [f"warning: {d}" for d in provenance.differences(made, data)]
     model = _build_model(s, cfg, protocol, data).to(device)
     spec = dict(model.ddcli_spec)
     scheme = cfg.init_scheme or s.init_scheme or "xavier"
@@ -170,6 +173,7 @@ def _evaluate(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
         source=s.source, kind=s.kind, dataset=data.name, test_size=int(data.test_y.shape[0]),
         protocol=protocol, model=spec, settings={**cfg.to_dict(), **resolved}, rows=rows,
         notes=notes, elapsed_s=time.perf_counter() - t0,
+        provenance={"set": made, "eval": provenance.collect(device=str(device))},
     )
 
 
@@ -220,6 +224,14 @@ def _match_dataset(
             notes.append(f"re-normalised the images from the set's mean {_fmt(s.mean)} / std "
                          f"{_fmt(s.std)} to {data.name}'s {_fmt(data.mean)} / {_fmt(data.std)}")
     return images, labels
+
+
+def _set_provenance(s: ImageSet) -> dict[str, Any] | None:
+    """How the set was made: the last process that worked on a ddcli bundle."""
+    if s.bundle is None:
+        return None
+    records = s.bundle.extra.get("provenance") or []
+    return records[-1] if records else None
 
 
 def _soft_labels(s: ImageSet, data: RealData) -> torch.Tensor | None:

@@ -167,6 +167,8 @@ class EvalReport:
         rows: distilled rows first, then baselines, then knn rows.
         notes: things the user should know (re-normalisation, default lr, fallbacks).
         elapsed_s: total wall time.
+        provenance: {"set": how the set was made (the bundle's last record, if any),
+            "eval": this evaluation's own record} (``ddcli.infra.provenance``).
     """
 
     source: str
@@ -179,6 +181,7 @@ class EvalReport:
     rows: list[EvalRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def primary(self) -> EvalRow:
@@ -202,6 +205,7 @@ class EvalReport:
             "settings": self.settings, "rows": [r.to_dict() for r in self.rows],
             "margin_over_random_real": self.margin_over_random_real,
             "notes": self.notes, "elapsed_s": round(self.elapsed_s, 3),
+            "provenance": self.provenance,
         }
 
 

@@ -35,6 +35,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> None:
+    """Raise OutputError unless ``path`` (a file, or a ``folder``) can be written: its
+    nearest existing ancestor must be a writable folder, and the path itself, if it
+    exists, must be of the right kind and writable. Checked before long work starts."""
+    from ddcli.errors import OutputError
+
+    path = Path(path).absolute()
+    if path.exists():
+        if folder != path.is_dir():
+            kind = "a folder" if path.is_dir() else "a file"
+            raise OutputError(f"can't write {what} to {path}: it is {kind}")
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            raise OutputError(f"can't write {what} to {path}: permission denied")
+        if folder:
+            return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"can't write {what} to {path}: {parent} is not a writable folder")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -34,6 +34,7 @@ class Section:
     """
 
     RENAMED: dict[str, str] = {}
+    IGNORED: frozenset[str] = frozenset()  # keys written beside the settings (provenance)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -47,7 +48,7 @@ class Section:
         if not isinstance(data, dict):
             raise ConfigError(f"{where} must be a table/object, got {type(data).__name__}")
         known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        data = cls.renamed(data)
+        data = {k: v for k, v in cls.renamed(data).items() if k not in cls.IGNORED}
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(

@@ -1,0 +1,93 @@
+"""How a result was made, beyond its config: versions, command, code, machine, data.
+
+A rerun that differs can then be explained: ``collect`` records the torch, torchvision
+and ddcli versions, the command line and preset, ddcli's git commit when it runs from
+a checkout, the date, the device and thread count, the resolved data root and a hash of
+the data the run saw. ``differences`` compares a stored record with this process.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddcli._version import __version__
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def data_sha256(data) -> str:
+    """A short hash of the loaded data (images and labels of both splits, as tensors):
+    the same files read the same way give the same hash, whatever their format."""
+    h = hashlib.sha256()
+    for t in (data.train_x, data.train_y, data.test_x, data.test_y):
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    """ddcli's commit (with "+dirty" for uncommitted changes) when it runs from a git
+    checkout; None when installed from a wheel."""
+    root = _PACKAGE.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ddcli"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"ddcli": str(__version__), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "python": platform.python_version()}
+
+
+def collect(*, device: str, data=None, data_root: str | None = None,
+            preset: str | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+    """This process's provenance record (JSON-ready)."""
+    record: dict[str, Any] = {
+        "versions": versions(),
+        "command": list(sys.argv if argv is None else argv),
+        "preset": preset,
+        "git_commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+    if data is not None:
+        record["data"] = {"name": data.name, "sha256": data_sha256(data),
+                          "root": data_root, "train": int(data.train_y.shape[0]),
+                          "test": int(data.test_y.shape[0])}
+    return record
+
+
+def differences(stored: dict[str, Any] | None, data=None) -> list[str]:
+    """What differs between a stored record and this process: versions and data."""
+    if not stored:
+        return []
+    out = []
+    now = versions()
+    for name, then in (stored.get("versions") or {}).items():
+        if name in ("ddcli", "torch", "torchvision") and now.get(name) != then:
+            out.append(f"{name} {now.get(name)} here, {then} when the bundle was made")
+    was = (stored.get("data") or {}).get("sha256")
+    if data is not None and was and data_sha256(data) != was:
+        out.append(f"the {data.name} data here differs from the data the bundle was made "
+                   "with (another copy or version of the files)")
+    return out
