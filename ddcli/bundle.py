@@ -1,18 +1,22 @@
 """The bundle: a distilled dataset as one safetensors file with text metadata.
 
-Layout (format version 1; see docs/bundle-format.md):
+Layout (format version 2; see docs/bundle-format.md):
 
 tensors
-    images        float32 (S, n, C, H, W)  normalised; n = classes * images_per_class
-    labels        int64   (S, n)           class-major within each step
-    raw_lrs       float32 (T,)             T = S * epochs; rates are softplus(raw_lrs)
+    images        float32 (S, n, C, H, W)  in the bundle's pixel space; n = classes * k
+    labels        int64   (S, n)           the slots' classes, class-major within each step
+    soft_labels   float32 (S, n, C)        learned label vectors (soft-label bundles only)
+    raw_lrs       float32 (T,)             T = S * epochs; the rates are lrs_from_raw(raw_lrs)
     init.<name>   float32                  the fixed init's weights (fixed modes only)
 metadata (all strings)
     format="ddcli-bundle", format_version, ddcli_version, dataset, classes (JSON),
-    mean / std (JSON), input_shape (JSON), model (JSON spec), init_scheme, init_mode,
-    seed, steps, epochs, images_per_class, config (JSON), summary (JSON), extra (JSON)
+    mean / std (JSON), pixel_space (JSON), input_shape (JSON), model (JSON spec),
+    init_scheme, init_mode, seed, steps, epochs, images_per_class, config (JSON),
+    summary (JSON), extra (JSON), provenance (JSON)
 
-Nothing is pickled: safetensors holds raw tensor bytes and a JSON header.
+Version 1 (no soft labels, no pixel_space, no provenance) loads unchanged: its images are
+normalised with mean/std. Nothing is pickled: safetensors holds raw tensor bytes and a
+JSON header.
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ from safetensors.torch import save as st_save
 
 from ddcli.infra import io as _io
 from ddcli._version import __version__
+from ddcli.data._realdata import check_pixel_space, normalized_space
+from ddcli.core.rates import lrs_from_raw
 from ddcli.errors import BundleFormatError
 
 FORMAT_NAME = "ddcli-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _INIT_PREFIX = "init."
+# log(0) is -inf, which no evaluator's softmax wants; a probability this small is zero to
+# any float32 softmax next to the others (e^-18.4 vs 1) and keeps the logits finite.
+MIN_LABEL_PROB = 1e-8
 
 
 @dataclass
@@ -48,8 +57,8 @@ class Bundle:
         (torch.Size([10, 10, 1, 28, 28]), torch.Size([30]))
     """
 
-    images: torch.Tensor  # (S, n, C, H, W)
-    labels: torch.Tensor  # (S, n)
+    images: torch.Tensor  # (S, n, C, H, W), in pixel_space
+    labels: torch.Tensor  # (S, n): the slots' classes, class-major in each step
     raw_lrs: torch.Tensor  # (T,)
     dataset: str
     classes: list[str]
@@ -64,7 +73,12 @@ class Bundle:
     summary: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     init_params: dict[str, torch.Tensor] | None = None
-    soft_labels: torch.Tensor | None = None  # (S, n, classes) learned labels, >= 0
+    # (S, n, C) non-negative learned label vectors, or None for hard labels (format 2)
+    soft_labels: torch.Tensor | None = None
+    # None: normalised with mean/std, as every version-1 bundle; else a pixel-space record
+    # such as {"kind": "zca", "eps": 0.1, ...} (ddcli.data.zca); see pixel_space_record
+    pixel_space: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # versions, command, commit, ...
 
     @property
     def steps(self) -> int:
@@ -84,12 +98,61 @@ class Bundle:
 
     @property
     def lrs(self) -> torch.Tensor:
-        """The learned learning rates, softplus(raw_lrs), shape (T,)."""
-        return F.softplus(self.raw_lrs)
+        """The learned GD rates, ``ddcli.core.rates.lrs_from_raw(raw_lrs)``, shape (T,)."""
+        return lrs_from_raw(self.raw_lrs)
+
+    @property
+    def pixel_space_record(self) -> dict[str, Any]:
+        """What space ``images`` are in, always as a record.
+
+        ``{"kind": "normalized", "mean": [...], "std": [...]}`` (``(x01 - mean) / std``)
+        unless the bundle says otherwise, e.g. ``{"kind": "zca", "eps": 0.1, ...}``.
+        """
+        if self.pixel_space is None:
+            return normalized_space(self.mean, self.std)
+        return dict(self.pixel_space)
+
+    @property
+    def has_soft_labels(self) -> bool:
+        return self.soft_labels is not None
+
+    def label_probs(self) -> torch.Tensor:
+        """Label distributions (S, n, C): the soft labels normalised to sum to 1, or one-hot."""
+        if self.soft_labels is None:
+            return F.one_hot(self.labels, self.num_classes).float()
+        soft = self.soft_labels.detach().float()
+        return soft / soft.sum(-1, keepdim=True)
+
+    def label_logits(self, min_prob: float = MIN_LABEL_PROB) -> torch.Tensor:
+        """``log(label_probs())`` with probabilities clamped to ``min_prob``: (S, n, C).
+
+        ``softmax`` of these gives back ``label_probs()`` (to within ``min_prob``), which
+        is how DD-Ranking and MTT-style code read soft labels.
+        """
+        return self.label_probs().clamp_min(min_prob).log()
 
     def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images and labels as (S * n, C, H, W) and (S * n,)."""
         return self.images.reshape(-1, *self.input_shape), self.labels.reshape(-1)
+
+    def flat_label_probs(self) -> torch.Tensor:
+        """``label_probs()`` in the order of ``flat()``: (S * n, C)."""
+        return self.label_probs().reshape(-1, self.num_classes)
+
+    def flat_label_logits(self, min_prob: float = MIN_LABEL_PROB) -> torch.Tensor:
+        """``label_logits()`` in the order of ``flat()``: (S * n, C)."""
+        return self.label_logits(min_prob).reshape(-1, self.num_classes)
+
+    def class_major_order(self) -> torch.Tensor:
+        """Indices into ``flat()`` that sort it class-major: (S * n,) int64.
+
+        Class 0's images first, then class 1's, ...; within a class, step 0's images
+        first, in slot order. DC, MTT and DD-Ranking expect this layout (DD-Ranking
+        rebuilds labels as ``[0] * ipc + [1] * ipc + ...``).
+        """
+        flat_labels = self.labels.reshape(-1)
+        # a stable sort keeps step-major order inside each class
+        return torch.sort(flat_labels, stable=True).indices
 
     def validate(self) -> "Bundle":
         s = self.images.shape
@@ -111,7 +174,38 @@ class Bundle:
             raise BundleFormatError("bundle labels fall outside its class list")
         if len(self.mean) != s[2] or len(self.std) != s[2]:
             raise BundleFormatError("bundle normalisation does not match its channel count")
+        if self.soft_labels is not None:
+            self._validate_soft_labels()
+        if self.pixel_space is not None:
+            self._validate_pixel_space()
+        if not isinstance(self.provenance, dict):
+            raise BundleFormatError("bundle provenance must be a JSON object")
         return self
+
+    def _validate_soft_labels(self) -> None:
+        soft, want = self.soft_labels, (*self.images.shape[:2], self.num_classes)
+        if tuple(soft.shape) != want or not soft.is_floating_point():
+            raise BundleFormatError(
+                f"bundle soft labels must be float {want} (steps, images, classes), "
+                f"got {tuple(soft.shape)} {soft.dtype}")
+        if not torch.isfinite(soft).all() or (soft < 0).any():
+            raise BundleFormatError("bundle soft labels must be finite and non-negative")
+        if (soft.sum(-1) <= 0).any():
+            raise BundleFormatError("a bundle soft label sums to 0; it has no distribution")
+
+    def _validate_pixel_space(self) -> None:
+        try:
+            space = check_pixel_space(self.pixel_space, self.input_shape[0])
+        except ValueError as exc:
+            raise BundleFormatError(f"bundle pixel_space: {exc}") from None
+        if space["kind"] == "normalized" and not (
+                _same(space["mean"], self.mean) and _same(space["std"], self.std)):
+            raise BundleFormatError("bundle pixel_space mean/std differ from its mean/std")
+        if space["kind"] == "zca" and not (
+                _same(self.mean, [0.0] * len(self.mean)) and _same(self.std, [1.0] * len(self.std))):
+            # the ZCA values are the images; a second normalisation on top would be ambiguous
+            raise BundleFormatError("a ZCA bundle's mean/std must be 0/1 (the images are the "
+                                    "whitened values themselves)")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically to ``path`` (a temporary file, then a rename)."""
@@ -133,6 +227,7 @@ class Bundle:
             "classes": json.dumps(list(self.classes)),
             "mean": json.dumps(list(self.mean)),
             "std": json.dumps(list(self.std)),
+            "pixel_space": json.dumps(self.pixel_space_record),
             "input_shape": json.dumps(list(self.input_shape)),
             "model": json.dumps(self.model),
             "init_scheme": self.init_scheme,
@@ -144,6 +239,7 @@ class Bundle:
             "config": json.dumps(self.config),
             "summary": json.dumps(self.summary),
             "extra": json.dumps(self.extra),
+            "provenance": json.dumps(self.provenance),
         }
         path = Path(path)
         _io.write_bytes(path, st_save(tensors, metadata=meta))
@@ -201,10 +297,25 @@ class Bundle:
                 extra=json.loads(meta.get("extra", "{}")),
                 init_params=init or None,
                 soft_labels=tensors.get("soft_labels"),
+                pixel_space=_stored_space(meta),
+                provenance=json.loads(meta.get("provenance", "{}")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise BundleFormatError(f"{path} has missing or malformed metadata: {exc}") from None
-        return bundle.validate()
+        bundle.validate()
+        if bundle.pixel_space is not None and bundle.pixel_space["kind"] == "normalized":
+            # checked against mean/std above; None is the one in-memory form of "normalized"
+            bundle.pixel_space = None
+        return bundle
+
+
+def _stored_space(meta: dict[str, str]) -> Any:
+    # Version 1 has no record: its images are normalised with mean/std (None).
+    return json.loads(meta["pixel_space"]) if "pixel_space" in meta else None
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(abs(float(x) - float(y)) <= 1e-7 for x, y in zip(a, b))
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .infra.sections import Flag, Section, collect_flags, flag, load_config_file, merge_dicts
-from .presets import get_preset
+from .infra.sections import Flag, Section, collect_flags, flag, load_config_file, merge_dicts  # noqa: F401
 
 INIT_MODES = ("fixed", "random", "pretrained-fixed", "pretrained-random")
 UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
@@ -68,6 +67,9 @@ class DataConfig(Section):
                          "synthetic, every inner step).", DATA, metavar="AUG")
     validation: int = _flag(0, "Training images held out to select on (never test).",
                             DATA, metavar="N", default_text="0 (none)")
+    # kornia's ZCAWhitening(eps=0.1) fitted on the [0, 1] training images: the space
+    # DD-Ranking and the MTT family evaluate in (ddcli.data.zca).
+    zca: bool = _flag(False, "Distil in ZCA-whitened pixels (eps 0.1).", DATA)
 
     def __post_init__(self) -> None:
         # Configs before augmentations had names stored a bool: True was crop-flip.
@@ -339,61 +341,13 @@ def flag_overrides(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def apply_real_epochs_rule(layer: dict[str, Any]) -> dict[str, Any]:
-    """``layer`` with ``optim.iterations`` cleared when it sets ``real_epochs`` alone.
-
-    A budget is iterations or real-data epochs, and iterations wins when both are set.
-    So a layer that gives ``real_epochs`` without ``iterations`` (``--preset quick-mnist
-    --real-epochs 2``, ``--resume RUN --real-epochs 50``) means "this budget instead":
-    it must clear an iterations budget from the layers below it.
-    """
-    optim = layer.get("optim")
-    if isinstance(optim, dict) and "real_epochs" in optim and "iterations" not in optim:
-        return {**layer, "optim": {**optim, "iterations": None}}
-    return layer
-
-
-# --- building a config from layers ----------------------------------------------------
-
-def build_config(*, preset: str | None = None, config_file: str | Path | None = None,
-                 overrides: dict[str, Any] | None = None) -> DistillConfig:
-    """The config of a new run: the defaults, then a preset, then a file, then overrides.
-
-    Each layer is a partial tree shaped like ``config.json``; a later layer wins key by
-    key, and a layer's real-epochs budget replaces the iterations budget below it
-    (``apply_real_epochs_rule``). `dd distill` passes its flags as ``overrides``.
-
-    Raises:
-        ConfigError: an unknown preset, an unreadable file, an unknown key or a bad value.
-
-    Example:
-        >>> cfg = build_config(preset="quick-mnist", overrides={"optim": {"real_epochs": 2}})
-        >>> cfg.optim.iterations, cfg.optim.real_epochs
-        (None, 2)
-    """
-    layers = (get_preset(preset) if preset else {},
-              load_config_file(config_file) if config_file is not None else {},
-              overrides or {})
-    merged = DistillConfig().to_dict()
-    for layer in layers:
-        merged = merge_dicts(merged, apply_real_epochs_rule(_renamed_tree(layer)))
-    return DistillConfig.from_dict(merged).validate()
-
-
-def _renamed_tree(layer: dict[str, Any]) -> dict[str, Any]:
-    # Renamed keys are given their current names before merging, or a file's old `lr`
-    # and a flag's `meta_lr` would both reach from_dict and the wrong one could win.
-    if not isinstance(layer, dict):
-        return layer
-    sections = {f.name: f.default_factory for f in fields(DistillConfig)}
-    return {name: sections[name].renamed(values)  # type: ignore[attr-defined]
-            if name in sections and isinstance(values, dict) else values
-            for name, values in layer.items()}
-
-
 def replace(cfg: DistillConfig, **sections: dict[str, Any]) -> DistillConfig:
     """Copy of cfg with some fields of some sections changed: replace(cfg, run={"device": "cpu"})."""
     changes = {
         name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()
     }
     return dataclasses.replace(cfg, **changes)
+
+
+# The layering of a new run's settings (defaults, preset, file, flags) lives beside.
+from ddcli.layering import apply_real_epochs_rule, build_config  # noqa: E402,F401

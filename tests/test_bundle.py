@@ -1,6 +1,8 @@
 """Bundle round-trips, and one clear error for anything that is not a valid bundle."""
 
+import dataclasses
 import json
+import math
 import struct
 
 import pytest
@@ -114,3 +116,95 @@ def test_inconsistent_bundle_is_refused(tmp_path):
     _rewrite_metadata(path, classes="not json")
     with pytest.raises(BundleFormatError, match="malformed metadata"):
         Bundle.load(path)
+
+
+# --- format version 2: soft labels, pixel space, provenance -------------------------------
+
+ZCA_SPACE = {"kind": "zca", "eps": 0.1, "dataset": "cifar10", "data_sha256": "ab" * 32,
+             "fitted_on": "cifar10 train, [0, 1] pixels (uint8 / 255)"}
+
+
+def soft_bundle(**changes) -> Bundle:
+    b = make_bundle()
+    g = torch.Generator().manual_seed(1)
+    soft = torch.nn.functional.one_hot(b.labels, 3).float() + 0.5 * torch.rand(2, 6, 3, generator=g)
+    return dataclasses.replace(b, soft_labels=soft, provenance={"git": "abc123", "threads": 2},
+                               **changes)
+
+
+def test_v2_roundtrip_keeps_soft_labels_space_and_provenance(tmp_path):
+    b = soft_bundle(images=torch.randn(2, 6, 1, 8, 8), mean=(0.0,), std=(1.0,),
+                    pixel_space=dict(ZCA_SPACE))
+    c = Bundle.load(b.save(tmp_path / "b.safetensors"))
+    assert torch.equal(c.soft_labels, b.soft_labels) and c.has_soft_labels
+    assert c.pixel_space == ZCA_SPACE and c.pixel_space_record == ZCA_SPACE
+    assert c.provenance == {"git": "abc123", "threads": 2}
+    assert torch.equal(c.labels, b.labels)  # hard labels stay: the slots' classes
+
+
+def test_version_1_bundle_loads_unchanged(tmp_path):
+    """A file exactly as the version-1 writer made it (no v2 keys) still loads."""
+    b = make_bundle()
+    meta = {
+        "format": "ddcli-bundle", "format_version": "1", "ddcli_version": "0.1.0",
+        "dataset": "mnist", "classes": json.dumps(b.classes), "mean": "[0.1307]",
+        "std": "[0.3081]", "input_shape": "[1, 8, 8]", "model": json.dumps(b.model),
+        "init_scheme": "xavier", "init_mode": "fixed", "seed": "7", "steps": "2",
+        "epochs": "2", "images_per_class": "2", "config": "{}", "summary": "{}", "extra": "{}",
+    }
+    tensors = {"images": b.images, "labels": b.labels, "raw_lrs": b.raw_lrs,
+               "init.fc.weight": b.init_params["fc.weight"]}
+    path = tmp_path / "v1.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    c = Bundle.load(path)
+    assert torch.equal(c.images, b.images) and torch.equal(c.raw_lrs, b.raw_lrs)
+    assert c.soft_labels is None and c.pixel_space is None and c.provenance == {}
+    assert c.pixel_space_record == {"kind": "normalized", "mean": [0.1307], "std": [0.3081]}
+    assert FORMAT_VERSION == 2
+
+
+def test_a_stored_normalized_record_loads_as_the_default(tmp_path):
+    c = Bundle.load(make_bundle().save(tmp_path / "b.safetensors"))
+    assert c.pixel_space is None  # None is the one in-memory form of "normalized"
+    assert c.pixel_space_record["kind"] == "normalized"
+
+
+def test_label_probs_and_logits():
+    b = soft_bundle()
+    probs = b.label_probs()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 6))
+    torch.testing.assert_close(probs, b.soft_labels / b.soft_labels.sum(-1, keepdim=True))
+    torch.testing.assert_close(b.label_logits().softmax(-1), probs)
+    assert b.flat_label_probs().shape == (12, 3) and b.flat_label_logits().shape == (12, 3)
+    torch.testing.assert_close(b.flat_label_probs()[7], probs[1, 1])
+    hard = make_bundle()
+    assert not hard.has_soft_labels
+    assert torch.equal(hard.label_probs(), torch.nn.functional.one_hot(hard.labels, 3).float())
+    logits = hard.label_logits()
+    assert torch.isfinite(logits).all() and logits.max() == 0  # log 1, and clamped log 0
+    assert logits.min() == pytest.approx(math.log(1e-8))
+
+
+def test_class_major_order_covers_every_step():
+    b = make_bundle(steps=3, classes=3, k=2)
+    order = b.class_major_order()
+    _, labels = b.flat()
+    assert sorted(order.tolist()) == list(range(18))
+    assert labels[order].tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    # inside a class, step 0's images first: flat positions 0, 1 (step 0), 6, 7, 12, 13
+    assert order[:6].tolist() == [0, 1, 6, 7, 12, 13]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(soft_labels=torch.ones(2, 6, 4)), "soft labels must be float"),
+    (dict(soft_labels=-torch.ones(2, 6, 3)), "non-negative"),
+    (dict(soft_labels=torch.zeros(2, 6, 3)), "sums to 0"),
+    (dict(pixel_space={"kind": "pca"}), "pixel_space"),
+    (dict(pixel_space={"kind": "zca", "eps": 0.1}), "dataset"),
+    (dict(pixel_space={"kind": "normalized", "mean": [0.5], "std": [0.5]}), "differ"),
+    (dict(pixel_space=dict(ZCA_SPACE)), "mean/std must be 0/1"),
+    (dict(provenance=["not", "a", "dict"]), "provenance"),
+])
+def test_bad_v2_content_is_refused(tmp_path, change, message):
+    with pytest.raises(BundleFormatError, match=message):
+        dataclasses.replace(make_bundle(), **change).save(tmp_path / "b.safetensors")

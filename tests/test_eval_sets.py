@@ -1,5 +1,6 @@
 """Image sets from other tools (.pt, .npz, ImageFolder) score like the bundle they hold."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -67,6 +68,11 @@ def write_folder(b: Bundle, path, manifest: bool):
             {"classes": b.classes, "steps": b.steps, "lrs": b.lrs.tolist(), "images": records}))
 
 
+BARE_PT = pytest.mark.filterwarnings(  # bare .pt files on purpose; the warning has its own test
+    "ignore::ddcli.evaluate._sets.PixelSpaceWarning")
+
+
+@BARE_PT
 @pytest.mark.parametrize("kind", ["pt", "npz", "folder+manifest", "folder"])
 def test_every_format_scores_like_the_bundle(bundle, tmp_path, kind):
     data = toy_data()
@@ -105,6 +111,7 @@ def test_other_normalisation_is_converted_and_reported(bundle, tmp_path):
     assert got.primary.accuracies == pytest.approx(want.primary.accuracies, abs=0.05)
 
 
+@BARE_PT
 def test_set_errors(bundle, tmp_path):
     write_npz(bundle, tmp_path / "s.npz")
     with pytest.raises(ConfigError, match="--dataset"):
@@ -126,3 +133,79 @@ def test_set_errors(bundle, tmp_path):
                tmp_path / "small.pt")
     with pytest.raises(ConfigError, match="1x5x5 images but toy's are 1x8x8"):
         evaluate_set(tmp_path / "small.pt", data=toy_data(), **SETTINGS)
+
+
+# --- pixel-space records and evaluator exports -------------------------------------------
+
+def test_a_pt_without_a_pixel_space_record_warns_loudly(bundle, tmp_path):
+    from ddcli.evaluate._sets import PixelSpaceWarning
+
+    write_pt(bundle, tmp_path / "bare.pt")  # the classic released set: tensors only
+    with pytest.warns(PixelSpaceWarning, match="ASSUMED to be normalised"):
+        s = load_image_set(tmp_path / "bare.pt")
+    assert s.pixel_space is None and s.mean is None
+    assert len(s.warnings) == 1 and "0.2023/0.1994/0.2010" in s.warnings[0]
+    x, y = bundle.flat()
+    np.savez(tmp_path / "bare.npz", images=x.numpy(), labels=y.numpy())
+    with pytest.warns(PixelSpaceWarning):
+        load_image_set(tmp_path / "bare.npz")
+
+
+@pytest.mark.parametrize("fmt, name", [("pt", "s.pt"), ("npz", "s.npz")])
+def test_dd_exports_record_their_space_and_soft_labels(bundle, tmp_path, fmt, name, recwarn):
+    from ddcli.export import export
+
+    soft = torch.nn.functional.one_hot(bundle.labels, 3).float() + 0.25
+    b = dataclasses.replace(bundle, soft_labels=soft)
+    export(b, fmt, tmp_path / name)
+    s = load_image_set(tmp_path / name)
+    assert not [w for w in recwarn if "pixel space" in str(w.message)] and s.warnings == []
+    assert s.mean == tuple(b.mean) and s.std == tuple(b.std)
+    assert s.pixel_space == b.pixel_space_record and s.classes == b.classes
+    torch.testing.assert_close(s.soft_labels, b.soft_labels)  # as learned, mass included
+    assert s.images.shape == b.images.shape  # steps kept
+    got = evaluate_set(tmp_path / name, data=toy_data(), **SETTINGS)
+    want = evaluate_bundle(b, data=toy_data(), **SETTINGS)
+    assert got.primary.accuracies == want.primary.accuracies
+
+
+def test_evaluator_exports_load_with_their_manifest(tmp_path, recwarn):
+    from ddcli.export import export
+
+    g = torch.Generator().manual_seed(0)
+    cifar = Bundle(images=torch.randn(2, 10, 3, 8, 8, generator=g),
+                   labels=torch.arange(10).repeat(2, 1), raw_lrs=torch.full((2,), -4.0),
+                   dataset="cifar10", classes=[f"k{c}" for c in range(10)],
+                   mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                   model={"name": "mlp"}, epochs=1)
+    order = cifar.class_major_order()
+    for fmt, path in (("ddranking", tmp_path / "d"), ("mtt", tmp_path / "m"),
+                      ("dc", tmp_path / "res.pt")):
+        export(cifar, fmt, path)
+        s = load_image_set(path)
+        assert s.kind == fmt and s.dataset == "cifar10" and s.warnings == []
+        assert s.images.shape == (1, 20, 3, 8, 8) and s.std == (0.2023, 0.1994, 0.2010)
+        assert s.labels.reshape(-1).tolist() == cifar.flat()[1][order].tolist()
+        # back in ddcli's normalisation, the images are the bundle's, class-major
+        x01 = s.images[0] * torch.tensor(s.std).view(3, 1, 1) + torch.tensor(s.mean).view(3, 1, 1)
+        back = (x01 - torch.tensor(cifar.mean).view(3, 1, 1)) / torch.tensor(cifar.std).view(3, 1, 1)
+        torch.testing.assert_close(back, cifar.flat()[0][order], atol=1e-5, rtol=0)
+    assert not [w for w in recwarn if "pixel space" in str(w.message)]
+    (tmp_path / "d" / "manifest.json").unlink()  # a bare DD-Ranking folder: assumed space
+    from ddcli.evaluate._sets import PixelSpaceWarning
+
+    with pytest.warns(PixelSpaceWarning):
+        load_image_set(tmp_path / "d")
+
+
+def test_a_one_step_dc_export_scores_like_the_bundle(bundle, tmp_path):
+    """One step: class-major is the bundle's own order, so the nets see the same set."""
+    from ddcli.export import export
+
+    one = dataclasses.replace(bundle, images=bundle.images[:1], labels=bundle.labels[:1],
+                              raw_lrs=bundle.raw_lrs[:2], init_params=None, init_mode="random")
+    report = export(one, "dc", tmp_path / "res.pt")
+    assert any("no toy normalisation" in w for w in report.warnings)
+    got = evaluate_set(tmp_path / "res.pt", data=toy_data(), **SETTINGS, train_lr=0.03)
+    want = evaluate_bundle(one, data=toy_data(), **SETTINGS, train_lr=0.03)
+    assert got.kind == "dc" and got.primary.accuracies == want.primary.accuracies

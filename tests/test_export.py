@@ -79,7 +79,9 @@ def test_pt_round_trip(tmp_path):
     b = make_bundle()
     report = export(b, "pt", tmp_path / "d.pt")
     d = torch.load(tmp_path / "d.pt", weights_only=True)
-    assert set(d) == {"images", "labels", "lrs"}
+    assert set(d) == {"images", "labels", "lrs", "mean", "std", "pixel_space", "classes", "steps"}
+    assert d["pixel_space"] == {"kind": "normalized", "mean": [0.1307], "std": [0.3081]}
+    assert d["mean"] == [0.1307] and d["classes"] == b.classes and d["steps"] == 12
     images, labels = b.flat()
     assert d["images"].dtype == torch.float32 and d["images"].shape == (120, 1, 8, 8)
     assert d["labels"].dtype == torch.int64
@@ -93,7 +95,9 @@ def test_npz_round_trip(tmp_path):
     export(b, "npz", tmp_path / "d.data")  # any suffix: numpy must not append ".npz"
     assert not (tmp_path / "d.data.npz").exists()
     with np.load(tmp_path / "d.data", allow_pickle=False) as z:
-        assert set(z.files) == {"images", "labels", "lrs", "mean", "std", "classes", "steps"}
+        assert set(z.files) == {"images", "labels", "lrs", "mean", "std", "pixel_space",
+                                "classes", "steps"}
+        assert json.loads(str(z["pixel_space"]))["kind"] == "normalized"
         images, labels = b.flat()
         np.testing.assert_array_equal(z["images"], images.numpy())
         np.testing.assert_array_equal(z["labels"], labels.numpy())
@@ -118,7 +122,7 @@ def test_imagefolder_replaces_an_earlier_export_only(tmp_path):
     assert len(ImageFolder(tmp_path / "out")) == 10  # no stale files from the first export
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(ExportError, match="not an earlier ddcli imagefolder export"):
+    with pytest.raises(ExportError, match="not an earlier ddcli export"):
         export(make_bundle(steps=1), "imagefolder", tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out"]  # no temp folders

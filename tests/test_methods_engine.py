@@ -186,11 +186,11 @@ def test_train_protocol_with_soft_labels_and_dsa_is_the_same_batched_or_looped(t
 def test_bundles_record_how_they_were_made_and_eval_warns_on_other_data(tmp_path):
     data = toy_data()
     b = distill(cfg(), out=tmp_path / "p.safetensors", data=data, preset="my-preset").bundle
-    made = b.extra["provenance"][-1]
+    made = {k: v for k, v in b.provenance.items() if k != "earlier"}
     assert made["preset"] == "my-preset" and made["versions"]["torch"]
     assert made["data"]["sha256"] and made["threads"] >= 1 and made["date"]
     report = evaluate_bundle(tmp_path / "p.safetensors", data=data, n_nets=1)
-    assert report.provenance["set"] == made and report.provenance["eval"]["versions"]
+    assert report.provenance["set"] == b.provenance and report.provenance["eval"]["versions"]
     assert not [n for n in report.notes if n.startswith("warning")]
     other = toy_data(seed=1)
     report = evaluate_bundle(tmp_path / "p.safetensors", data=other, n_nets=1)
@@ -198,4 +198,19 @@ def test_bundles_record_how_they_were_made_and_eval_warns_on_other_data(tmp_path
     # each resume adds its own record
     resumed = resume(tmp_path / "p.run", overrides={"optim": {"iterations": 7}}, data=data,
                      force=True).bundle
-    assert len(resumed.extra["provenance"]) == 2
+    assert len(resumed.provenance["earlier"]) == 1
+
+
+def test_zca_runs_distil_in_whitened_pixels_and_evaluate_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDCLI_ZCA_CACHE", str(tmp_path / "zca-cache"))
+    data = toy_data(channels=3)
+    b = distill(cfg(data={"zca": True}), out=tmp_path / "z.safetensors", data=data).bundle
+    assert b.pixel_space_record["kind"] == "zca" and b.mean == (0.0,) * 3 and b.std == (1.0,) * 3
+    report = evaluate_bundle(tmp_path / "z.safetensors", data=toy_data(channels=3), n_nets=1)
+    assert any("ZCA-whitened" in n for n in report.notes)
+    # the same accuracy as replaying by hand on the whitened test set
+    from ddcli.data import zca_dataset
+    from ddcli.core.steps import StepFn
+
+    assert report.rows[0].accuracies[0] == pytest.approx(
+        _replay_by_hand(b, zca_dataset(toy_data(channels=3)), StepFn))

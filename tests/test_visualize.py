@@ -349,3 +349,70 @@ def test_change_needs_a_recorded_seed(tmp_path):
         visualize(path, tmp_path / "viz", change=True)
     err = one_line_error(run_cli("visualize", path, "--change"), 2)
     assert "--change" in err and "seed" in err
+
+
+# --- soft labels and ZCA bundles ----------------------------------------------------------
+
+def test_top_labels_text():
+    from ddcli.viz import top_labels
+
+    assert top_labels(torch.tensor([0.05, 0.0, 0.04, 0.71, 0.0, 0.20])) == "3 .71 / 5 .20"
+    assert top_labels(torch.tensor([1.0, 0.0, 0.0])) == "0 1.00"  # a zero runner-up is left out
+    assert top_labels(torch.tensor([0.5, 0.3, 0.2]), k=3) == "0 .50 / 1 .30 / 2 .20"
+
+
+def soft_bundle(**kw):
+    import dataclasses
+
+    b = make_bundle(hw=32, channels=3, classes=4, **kw)
+    probs = torch.full((*b.labels.shape, 4), 0.02)
+    probs.scatter_(-1, b.labels[..., None], 0.7)
+    probs[..., 1] += 0.2  # every image's runner-up is class 1 (or its own class gains)
+    return dataclasses.replace(b, soft_labels=probs)
+
+
+def test_soft_labels_caption_every_image(tmp_path):
+    from ddcli.viz._visualize import _captions_by_class
+
+    b = soft_bundle(ipc=2)
+    caps = _captions_by_class(b, 0)
+    assert len(caps) == 4 and all(len(row) == 2 for row in caps)
+    assert caps[0][0] == "0 .73 / 1 .23"  # (.70, .22, .02, .02) / .96
+    assert caps[1][0].startswith("1 .94")
+    plain = make_bundle(hw=32, channels=3, classes=4, ipc=2)
+    paths = visualize(b, tmp_path / "soft", scale=4)
+    visualize(plain, tmp_path / "plain", scale=4)
+    for name in ("step_0.png", "overview.png"):
+        with Image.open(tmp_path / "soft" / name) as s, Image.open(tmp_path / "plain" / name) as p:
+            assert s.height > p.height  # a caption band under every row of images
+            # the band under the first row holds ink (text), between white paddings
+            arr = np.asarray(s.convert("L"))
+            assert (arr < 128).any()
+    with Image.open(tmp_path / "soft" / "overview.png") as im:
+        assert im.width >= 500
+    again = visualize(b, tmp_path / "again", scale=4)  # captions are deterministic too
+    assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]
+
+
+def test_a_zca_bundle_is_drawn_in_pixels(tmp_path, monkeypatch):
+    from tests._pixels import folder_dataset
+    from ddcli.data import load_dataset
+    from ddcli.data.zca import unit_pixels, zca_dataset
+
+    monkeypatch.setenv("DDCLI_ZCA_CACHE", str(tmp_path / "cache"))
+    white = zca_dataset(load_dataset(folder_dataset(tmp_path / "tree")))
+    b = Bundle(images=white.train_x[:6].reshape(2, 3, 3, 8, 8), labels=torch.tensor([[0, 1, 2]] * 2),
+               raw_lrs=torch.full((2,), -4.0), dataset=white.name, classes=white.classes,
+               mean=white.mean, std=white.std, model={"name": "mlp"},
+               pixel_space=white.pixel_space)
+    b.labels = white.train_y[:6].reshape(2, 3)
+    visualize(b, tmp_path / "v", scale=1, layout="rows")
+    # the un-whitened pixels are the dataset's own uint8 values
+    data = load_dataset(white.name)
+    want = torch.round(unit_pixels(data.train_x[:6], data) * 255).to(torch.uint8)
+    with Image.open(tmp_path / "v" / "step_0.png") as im:
+        arr = np.asarray(im.convert("RGB"))
+    found = {tuple(arr[y:y + 8, x:x + 8].reshape(-1)) for y in range(arr.shape[0] - 7)
+             for x in range(arr.shape[1] - 7)}
+    for i in range(3):
+        assert tuple(want[i].permute(1, 2, 0).reshape(-1).tolist()) in found

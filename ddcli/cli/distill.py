@@ -100,7 +100,7 @@ def print_result(result: _engine.DistillResult, json_out: bool) -> None:
         "elapsed_s": round(result.elapsed, 2),
         "lrs": {"min": b.lrs.min().item(), "mean": b.lrs.mean().item(), "max": b.lrs.max().item()},
         "evals": [{"iteration": e.iteration, "test_acc": e.mean} for e in result.evals],
-        "provenance": (b.extra.get("provenance") or [None])[-1],
+        "provenance": {k: v for k, v in b.provenance.items() if k != "earlier"},
     }
     if json_out:
         typer.echo(json.dumps(record))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -12,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ddcli.evaluate._sets import PixelSpaceWarning
 from ddcli.evaluate.pool import PoolEvalReport
 from ddcli.evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report
 from ddcli.cli._app import app
@@ -65,8 +67,17 @@ def eval_command(
         model=model, train_lr=train_lr, train_epochs=train_epochs, batch_size=batch_size,
         init_scheme=init_scheme, device=device or "auto", batching=batching, augment=augment,
     )
-    report = evaluate(path, cfg, dataset=dataset, data_root=data_root, pool=pool,
-                      callbacks=_Stages(quiet or json_out))
+    # A set without a pixel-space record is evaluated with a loud warning; it is said as
+    # one `warning:` line once the evaluation stands (an error makes it moot).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PixelSpaceWarning)
+        report = evaluate(path, cfg, dataset=dataset, data_root=data_root, pool=pool,
+                          callbacks=_Stages(quiet or json_out))
+    for w in caught:
+        if issubclass(w.category, PixelSpaceWarning):
+            stderr.print(f"warning: {w.message}", soft_wrap=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if isinstance(report, PoolEvalReport):
         # Pool bundles: held-out nets before and after the distilled steps, against the
         # same steps on random real images.

@@ -1,4 +1,4 @@
-"""`dd export`: write a bundle as an image folder, a .pt dict or a .npz for other tools."""
+"""`dd export`: write a bundle for other tools: image folder, .pt, .npz, DD-Ranking, MTT, DC."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import typer
 
 from ddcli.export import FORMATS, export
 from ddcli.cli._app import app
-from ddcli.cli._options import Json
+from ddcli.cli._options import DataRoot, Json
 
-_DEFAULT_SUFFIX = {"imagefolder": "-imagefolder", "pt": ".pt", "npz": ".npz"}
+_DEFAULT_SUFFIX = {"imagefolder": "-imagefolder", "pt": ".pt", "npz": ".npz",
+                   "ddranking": "-ddranking", "mtt": "-mtt", "dc": "-dc.pt"}
 
 
 @app.command("export")
@@ -21,18 +22,24 @@ def export_command(
                                            show_default=False)],
     fmt: Annotated[str, typer.Option("--format", "-f", help=f"{', '.join(FORMATS)}.",
                                      show_default=False)],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file, or folder for imagefolder.", show_default="beside the bundle, named after it", rich_help_panel="Output")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (pt, npz, dc), or folder (imagefolder, ddranking, mtt).", show_default="beside the bundle, named after it", rich_help_panel="Output")] = None,
+    data_root: DataRoot = None,
     json_out: Json = False,
 ) -> None:
-    """Export a bundle for other tools: imagefolder (PNGs + manifest.json), pt or npz."""
+    """Export a bundle for other tools: imagefolder (PNGs + manifest.json), pt, npz, or a set
+    for DD-Ranking, MTT or DC/DSA/DM in that evaluator's normalisation (class-major, all
+    steps, manifest.json). --data-root is needed only to un-whiten ZCA bundles."""
     if out is None:  # an unknown format is refused before the path is used
         out = bundle.with_name(bundle.stem + _DEFAULT_SUFFIX.get(fmt, ""))
-    report = export(bundle, fmt, out)
+    report = export(bundle, fmt, out, data_root=data_root)
     for line in report.warnings:
         typer.echo(f"warning: {line}", err=True)
     if json_out:
-        typer.echo(json.dumps({"format": report.format, "path": str(report.path),
-                               "images": report.images, "clipped_pixels": report.clipped_pixels,
-                               "warnings": report.warnings}))
+        record = {"format": report.format, "path": str(report.path), "images": report.images,
+                  "clipped_pixels": report.clipped_pixels, "warnings": report.warnings}
+        if report.manifest is not None:
+            record["pixel_space"] = report.manifest["pixel_space"]
+            record["ipc"] = report.manifest["ipc"]
+        typer.echo(json.dumps(record))
         return
     typer.echo(f"{report.path}: {report.images} images as {report.format}")

@@ -10,7 +10,7 @@ import typer
 
 from ddcli.viz import visualize
 from ddcli.cli._app import app
-from ddcli.cli._options import Json
+from ddcli.cli._options import DataRoot, Json
 
 Opt = typer.Option
 
@@ -25,12 +25,16 @@ def visualize_command(
     run: Annotated[Optional[Path], Opt("--run", help="Also draw the images' evolution over the checkpoint*.pt and snapshots/*.pt in RUN_DIR.", metavar="RUN_DIR", show_default=False)] = None,
     step: Annotated[int, Opt(help="With --run: the step the evolution strip follows.")] = 0,
     change: Annotated[bool, Opt("--change", help="Also draw change.png: each image minus the noise it started from (rebuilt from the recorded seed), which shows what was learned long before the noise fades.")] = False,
+    data_root: DataRoot = None,
     json_out: Json = False,
 ) -> None:
-    """Draw a grid per step, an overview of all images and the lr schedule as PNGs."""
+    """Draw a grid per step, an overview of all images and the lr schedule as PNGs.
+
+    Soft-label bundles caption each image with its top labels; ZCA bundles are
+    un-whitened with the ZCA re-fitted (cached) on the dataset under --data-root."""
     out_dir = out if out is not None else bundle.with_suffix(".viz")
     paths = visualize(bundle, out_dir, scale=scale, layout=layout, run_dir=run,
-                      evolution_step=step, change=change)
+                      evolution_step=step, change=change, data_root=data_root)
     if json_out:
         typer.echo(json.dumps({"out": str(out_dir), "files": [str(p) for p in paths]}))
         return

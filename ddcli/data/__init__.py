@@ -14,6 +14,10 @@ Example:
     >>> data = load_dataset("mnist", root="tests/fixtures", download=False)
     >>> data
     RealData(name='mnist', train=600, test=500, image=(1, 28, 28), classes=10)
+
+`zca_dataset(data)` returns the same data in ZCA space (`ddcli.data.zca`, kornia's
+`ZCAWhitening(eps=0.1)` fitted on the [0, 1] training images); every `RealData` says
+which space it is in with `pixel_space_record`.
 """
 
 from __future__ import annotations
@@ -26,17 +30,36 @@ from ddcli.data._api import (
     register_dataset,
     resolve_data_root,
 )
-from ddcli.data._realdata import RealData
+from ddcli.data._realdata import RealData, check_pixel_space, normalized_space
 
 # Imported for its @register_dataset side effect.
 from ddcli.data import _builtin  # noqa: E402,F401  isort: skip
 
+# ddcli.data.zca imports kornia; load it only when one of its names is used.
+_ZCA_NAMES = ("ZCA", "fit_zca", "zca_dataset", "normalized_dataset", "zca_from_record")
+
+
+def __getattr__(name: str):
+    if name in _ZCA_NAMES:
+        from ddcli.data import zca
+
+        return getattr(zca, name)
+    raise AttributeError(f"module 'ddcli.data' has no attribute {name!r}")
+
+
 __all__ = [
     "DatasetInfo",
     "RealData",
+    "ZCA",
+    "check_pixel_space",
     "dataset_info",
+    "fit_zca",
     "list_datasets",
     "load_dataset",
+    "normalized_dataset",
+    "normalized_space",
     "register_dataset",
     "resolve_data_root",
+    "zca_dataset",
+    "zca_from_record",
 ]

@@ -1,13 +1,59 @@
-"""`RealData`: the preloaded, normalised dataset every loader returns."""
+"""`RealData`: the preloaded, normalised dataset every loader returns; pixel-space records."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ddcli.errors import ConfigError
+
+PIXEL_KINDS = ("normalized", "zca")
+
+
+class PixelTransform(Protocol):
+    """A fitted invertible map from [0, 1] pixels to a dataset's pixel space (e.g. `ZCA`)."""
+
+    def apply(self, x01: torch.Tensor) -> torch.Tensor: ...
+
+    def invert(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+def normalized_space(mean, std) -> dict[str, Any]:
+    """The pixel-space record of `(x01 - mean) / std` per channel."""
+    return {"kind": "normalized", "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+
+
+def check_pixel_space(record: Any, channels: int) -> dict[str, Any]:
+    """Validate a pixel-space record for `channels`-channel images; return a clean copy.
+
+    Raises:
+        ValueError: not a record ddcli knows, with what is wrong.
+    """
+    if not isinstance(record, dict) or record.get("kind") not in PIXEL_KINDS:
+        raise ValueError(f"a pixel space is a dict with kind in {PIXEL_KINDS}, got {record!r:.80}")
+    out = dict(record)
+    if out["kind"] == "normalized":
+        try:
+            out["mean"] = [float(v) for v in out["mean"]]
+            out["std"] = [float(v) for v in out["std"]]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("a normalized pixel space needs per-channel mean and std") from None
+        if len(out["mean"]) != channels or len(out["std"]) != channels:
+            raise ValueError(f"mean and std need {channels} values, one per channel")
+        if min(out["std"]) <= 0:
+            raise ValueError("std values must be positive")
+        return out
+    try:
+        out["eps"] = float(out["eps"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("a zca pixel space needs its eps") from None
+    for key in ("dataset", "data_sha256"):
+        if not isinstance(out.get(key), str) or not out[key]:
+            raise ValueError(f"a zca pixel space needs {key!r} (which data it was fitted on)")
+    return out
 
 
 @dataclass(eq=False)
@@ -28,6 +74,11 @@ class RealData:
         classes: Class names; label `i` is `classes[i]`.
         mean: Per-channel mean used for normalisation, in [0, 1] pixel units.
         std: Per-channel standard deviation used for normalisation.
+        pixel_space: `None` for `(x01 - mean) / std`; else a record of the space the
+            images are in, e.g. `{"kind": "zca", "eps": 0.1, ...}` (`ddcli.data.zca`),
+            with mean 0 and std 1 (the transformed values are the images).
+        whitening: the fitted transform of a non-normalised `pixel_space` (a `ZCA`),
+            which `normalize` and `denormalize` then go through.
 
     Example:
         >>> from ddcli.data import load_dataset
@@ -45,6 +96,8 @@ class RealData:
     classes: list[str] = field(repr=False)
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    pixel_space: dict[str, Any] | None = field(default=None, repr=False)
+    whitening: PixelTransform | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.classes = [str(c) for c in self.classes]
@@ -67,6 +120,16 @@ class RealData:
             raise ValueError(f"mean and std need {channels} values, one per channel")
         if height != width:
             raise ConfigError(f"dataset {self.name!r} has {height}x{width} images; they must be square")
+        if self.pixel_space is not None:
+            self.pixel_space = check_pixel_space(self.pixel_space, channels)
+            if self.pixel_space["kind"] != "normalized" and self.whitening is None:
+                raise ValueError(f"a {self.pixel_space['kind']} RealData needs its fitted whitening")
+
+    @property
+    def pixel_space_record(self) -> dict[str, Any]:
+        """The space `train_x`/`test_x` are in, always as a record (see `check_pixel_space`)."""
+        return dict(self.pixel_space) if self.pixel_space is not None else normalized_space(
+            self.mean, self.std)
 
     @property
     def num_classes(self) -> int:
@@ -84,12 +147,16 @@ class RealData:
         return int(self.train_x.shape[2])
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
-        """Map `[0, 1]` pixels `(..., C, H, W)` to the normalised space of `train_x`."""
+        """Map `[0, 1]` pixels `(..., C, H, W)` to the space of `train_x` (normalised or ZCA)."""
+        if self.whitening is not None:
+            return self.whitening.apply(x01)
         mean, std = self._stats_like(x01)
         return (x01 - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Inverse of `normalize`: normalised `(..., C, H, W)` back to `[0, 1]` pixels."""
+        """Inverse of `normalize`: `(..., C, H, W)` in the space of `train_x` back to `[0, 1]` pixels."""
+        if self.whitening is not None:
+            return self.whitening.invert(x)
         mean, std = self._stats_like(x)
         return x * std + mean
 

@@ -100,8 +100,10 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
         mean=tuple(d.mean), std=tuple(d.std), model=dict(rt.model.ddcli_spec),
         init_scheme=cfg.model.init_scheme, init_mode=cfg.init.mode, seed=cfg.init.seed,
         epochs=cfg.passes, config=cfg.to_dict(), summary=summary,
+        pixel_space=d.pixel_space,
+        # how it was made: the last process that ran it, and those before (resumes)
+        provenance={**state.provenance[-1], "earlier": state.provenance[:-1]},
         extra={"init": described, "objective": rt.objective.describe(),
-               "provenance": state.provenance,
                # adapt: nets pretrained on the source, distilled and tested on the target
                "datasets": {"source": described.get("pool_dataset", d.name), "target": d.name}},
         init_params=({k: v.cpu() for k, v in source.fixed_params.items()}

@@ -19,7 +19,7 @@ from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
 from ddcli.core.seeds import derive_seed
 from ddcli.core.schedules import Schedule
 from ddcli.core.objectives import make_objective
-from ddcli.data import RealData, load_dataset, resolve_data_root
+from ddcli.data import RealData, load_dataset, resolve_data_root, zca_dataset
 from ddcli.engine.batches import BatchSampler, augment_batch
 from ddcli.engine.inits import FixedInit, InitSource, initial_images, make_init_source
 from ddcli.engine.state import RunState
@@ -45,8 +45,8 @@ class Runtime:
         self.sync_every = _device.sync_interval(self.device, cfg.run.log_every)
         # Random nets are drawn on the CPU and copied over without a host sync.
         self.init_device = torch.device("cpu") if cfg.init.mode == "random" else self.device
-        self.data = d = data if data is not None else load_dataset(
-            cfg.data.dataset, root=cfg.data.data_root)
+        d = data if data is not None else load_dataset(cfg.data.dataset, root=cfg.data.data_root)
+        self.data = d = zca_dataset(d) if cfg.data.zca else d  # mean 0 / std 1, ZCA-whitened
         self.model = create_model(
             cfg.model_name(d.name), in_channels=d.in_channels, num_classes=d.num_classes,
             image_size=d.image_size, **cfg.model.kwargs)

@@ -14,7 +14,7 @@ from ddcli.infra import provenance
 from ddcli.infra.device import resolve_device
 from ddcli.bundle import Bundle
 from ddcli.config import DEFAULT_MODELS
-from ddcli.data import RealData, load_dataset
+from ddcli.data import RealData, load_dataset, zca_dataset
 from ddcli.core.inner import InnerLoop
 from ddcli.core.steps import GD
 from ddcli.errors import ConfigError, DDError, ModelError
@@ -124,7 +124,12 @@ def _evaluate(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
             raise ConfigError(f"{s.source} is a {s.kind} set: give --dataset NAME for its test "
                               "set and normalisation")
         data = load_dataset(name, root=data_root)
-    notes: list[str] = []
+    notes: list[str] = [f"warning: {w}" for w in getattr(s, "warnings", [])]
+    space = s.pixel_space or {}
+    if space.get("kind") == "zca" and data.pixel_space_record["kind"] != "zca":
+        # The set lives in ZCA space: whiten the evaluation data the same way (cached fit).
+        data = zca_dataset(data, eps=float(space.get("eps", 0.1)))
+        notes.append(f"ZCA-whitened {data.name} (eps {space.get('eps', 0.1)}) to match the set")
     images, labels = _match_dataset(s, data, notes)
     device = resolve_device(cfg.device)
     made = _set_provenance(s)
@@ -230,8 +235,7 @@ def _set_provenance(s: ImageSet) -> dict[str, Any] | None:
     """How the set was made: the last process that worked on a ddcli bundle."""
     if s.bundle is None:
         return None
-    records = s.bundle.extra.get("provenance") or []
-    return records[-1] if records else None
+    return dict(s.bundle.provenance) or None
 
 
 def _soft_labels(s: ImageSet, data: RealData) -> torch.Tensor | None:

@@ -1,13 +1,21 @@
-"""Image sets from any tool: ddcli bundles, ``.pt``, ``.npz`` and ImageFolder directories.
+"""Image sets from any tool: ddcli bundles, ``.pt``, ``.npz``, ImageFolder and evaluator exports.
 
 Formats (shared with ``dd export``; N = S * n images in the step-major order of
 ``Bundle.flat()``):
 
-- ``.pt``: ``torch.save({"images": float32 (N, C, H, W) normalised, "labels": int64 (N,),
-  "lrs": float32 (T,)})``; read with ``weights_only=True``. It carries no normalisation,
-  so the images are taken as normalised with the evaluation dataset's mean/std.
+- ``.pt``: ``torch.save({"images": float32 (N, C, H, W), "labels": int64 (N,), "lrs":
+  float32 (T,), ...})``; read with ``weights_only=True``. ``dd export`` adds ``mean``,
+  ``std``, ``pixel_space``, ``classes``, ``steps`` and, for soft labels, ``soft_labels``
+  (as learned), ``label_probs`` and ``label_logits`` (N, classes). A ``.pt`` without ``pixel_space`` or ``mean``/``std`` is *assumed* to be
+  normalised like the evaluation dataset, and loading it warns loudly
+  (``PixelSpaceWarning``): released sets are often normalised otherwise, which scores
+  them wrong without any error.
 - ``.npz``: ``images``, ``labels``, ``lrs`` as above, plus ``mean``/``std`` float32 (C,),
-  ``classes`` (str array) and ``steps`` (S).
+  ``classes`` (str array), ``steps`` (S), optional ``pixel_space`` (JSON string) and
+  ``label_probs``.
+- ``dd export --format ddranking|mtt`` folders (``images.pt``/``images_best.pt``, labels,
+  lr and ``manifest.json``) and ``--format dc`` files (``{"data": [[images, labels]]}``):
+  flat class-major sets whose manifest gives the pixel space.
 - ImageFolder: ``PATH/<class name>/step<s>_<i>.png``, uint8 pixels, plus an optional
   ``PATH/manifest.json`` as ``dd export`` writes it: its ``images`` records (file, index,
   label) fix the order and labels, and ``lrs``, ``classes``, ``steps``, ``dataset``,
@@ -19,9 +27,11 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +41,14 @@ from ddcli.bundle import Bundle
 from ddcli.data._folder import IMAGE_SUFFIXES
 from ddcli.errors import ImageSetError
 
-SET_KINDS = ("bundle", "pt", "npz", "imagefolder")
+SET_KINDS = ("bundle", "pt", "npz", "imagefolder", "ddranking", "mtt", "dc")
 _STEP_NAME = re.compile(r"step(\d+)_(\d+)$")
+_EVALUATOR_FILES = {"ddranking": ("images.pt", "labels.pt", "lr.pt"),
+                    "mtt": ("images_best.pt", "labels_best.pt", "lr_best.pt")}
+
+
+class PixelSpaceWarning(UserWarning):
+    """An image set does not say what pixel space (normalisation) its images are in."""
 
 
 @dataclass
@@ -42,7 +58,7 @@ class ImageSet:
     Attributes:
         images: (S, n, C, H, W), normalised with ``mean``/``std``.
         labels: (S, n) class indices (into ``classes`` when given).
-        lrs: (T,) learned rates after softplus, or None.
+        lrs: (T,) learned rates (``lrs_from_raw`` of the raw ones), or None.
         kind: one of ``SET_KINDS``.
         source: where it was read from.
         mean, std: the normalisation the images carry; None means "the dataset's".
@@ -51,6 +67,11 @@ class ImageSet:
         model: the model spec it was made for, when the file says.
         init_scheme: the weight init it was made with, when the file says.
         bundle: the bundle itself, for ``kind == "bundle"``.
+        soft_labels: (S, n, classes) the learned label vectors (the inner loss's targets),
+            for soft-label sets; else None. Files with only ``label_probs`` give those.
+        pixel_space: the file's pixel-space record (``{"kind": "zca", ...}`` for ZCA
+            sets); None when it records none.
+        warnings: what a user must hear about the file (e.g. no pixel-space record).
     """
 
     images: Tensor
@@ -65,6 +86,9 @@ class ImageSet:
     model: dict | None = None
     init_scheme: str | None = None
     bundle: Bundle | None = None
+    soft_labels: Tensor | None = None
+    pixel_space: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, source: str = "<bundle>") -> "ImageSet":
@@ -73,6 +97,8 @@ class ImageSet:
             source=source, mean=tuple(bundle.mean), std=tuple(bundle.std),
             classes=list(bundle.classes), dataset=bundle.dataset, model=dict(bundle.model),
             init_scheme=bundle.init_scheme, bundle=bundle,
+            soft_labels=bundle.soft_labels,
+            pixel_space=bundle.pixel_space_record,
         )
 
     @property
@@ -88,12 +114,19 @@ def set_kind(path: str | Path) -> str:
     """The format of ``path``, from its type and suffix (anything else is a bundle)."""
     path = Path(path)
     if path.is_dir():
+        for kind, (images, *_) in _EVALUATOR_FILES.items():
+            if (path / images).is_file():
+                return kind
         return "imagefolder"
     return {".pt": "pt", ".pth": "pt", ".npz": "npz"}.get(path.suffix.lower(), "bundle")
 
 
 def load_image_set(path: str | Path) -> ImageSet:
-    """Read a bundle, ``.pt``, ``.npz`` or ImageFolder set.
+    """Read a bundle, ``.pt``, ``.npz``, ImageFolder, DD-Ranking, MTT or DC set.
+
+    A set that records no pixel space (a ``.pt`` or ``.npz`` without ``pixel_space`` or
+    ``mean``/``std``, an evaluator export without its manifest) warns with
+    ``PixelSpaceWarning`` and lists the warning in ``ImageSet.warnings``.
 
     Raises:
         BundleFormatError: a bundle path that is missing or not a valid bundle.
@@ -103,21 +136,74 @@ def load_image_set(path: str | Path) -> ImageSet:
     kind = set_kind(path)
     if kind == "bundle":
         return ImageSet.from_bundle(Bundle.load(path), str(path))
+    if kind in ("ddranking", "mtt"):
+        from ddcli.evaluate._evaluator_sets import load_evaluator_folder
+
+        return load_evaluator_folder(path, kind)
     if kind != "imagefolder" and not path.is_file():
         raise ImageSetError(f"no such image set: {path}")
     loader = {"pt": _load_pt, "npz": _load_npz, "imagefolder": _load_folder}[kind]
     return loader(path)
 
 
-def _load_pt(path: Path) -> ImageSet:
+def torch_load(path: Path, what: str):
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad pickle
-        raise ImageSetError(f"{path} is not a readable .pt set: {type(exc).__name__}") from None
+        raise ImageSetError(f"{path} is not a readable {what}: {type(exc).__name__}") from None
+
+
+def _load_pt(path: Path) -> ImageSet:
+    obj = torch_load(path, ".pt set")
+    if isinstance(obj, dict) and "data" in obj and "images" not in obj:
+        from ddcli.evaluate._evaluator_sets import load_dc
+
+        return load_dc(path, obj)
     if not isinstance(obj, dict) or "images" not in obj or "labels" not in obj:
         raise ImageSetError(f"{path} must hold a dict with 'images' and 'labels' (and 'lrs')")
-    return _checked(path, "pt", obj["images"], obj["labels"], obj.get("lrs"),
-                    steps=obj.get("steps"))
+    space = obj.get("pixel_space")
+    mean, std = space_stats(path, space, obj.get("mean"), obj.get("std"), _channels(obj["images"]))
+    out = checked_set(path, "pt", obj["images"], obj["labels"], obj.get("lrs"),
+                      steps=obj.get("steps"), mean=mean, std=std, classes=obj.get("classes"),
+                      soft=obj.get("soft_labels", obj.get("label_probs")))
+    out.pixel_space = space if isinstance(space, dict) else None
+    if mean is None and out.pixel_space is None:
+        warn_unrecorded(out)
+    return out
+
+
+def _channels(images) -> int:
+    return int(images.shape[1]) if isinstance(images, Tensor) and images.dim() == 4 else 0
+
+
+def space_stats(path, space, mean, std, channels: int) -> tuple[tuple | None, tuple | None]:
+    """mean/std of a set from its pixel-space record, else from explicit mean/std."""
+    if isinstance(space, dict) and space.get("kind") == "normalized":
+        mean, std = space.get("mean"), space.get("std")
+    elif isinstance(space, dict) and space.get("kind") == "zca":
+        # ZCA values are the images: identity statistics, and the record says the rest
+        mean, std = (0.0,) * channels, (1.0,) * channels
+    elif space is not None:
+        raise ImageSetError(f"{path}: unknown pixel_space record {space!r:.80}")
+    try:
+        return (None if mean is None else tuple(float(v) for v in mean),
+                None if std is None else tuple(float(v) for v in std))
+    except (TypeError, ValueError):
+        raise ImageSetError(f"{path}: mean and std must be lists of numbers") from None
+
+
+def warn_unrecorded(s: ImageSet) -> None:
+    message = (
+        "records no pixel space: its images are ASSUMED to be normalised with the "
+        "evaluation dataset's own mean/std. Released sets often are not (DC, MTT and "
+        "DD-Ranking normalise CIFAR-10 with std 0.2023/0.1994/0.2010, ddcli with "
+        "0.2470/0.2435/0.2616), which scores them wrong without any error; re-export with "
+        "`dd export` (it records the space) or check how the set was made")
+    s.warnings.append(f"{s.source} {message}")
+    # Attributed to the set's file, line 0: the warning then prints as one line naming the
+    # file ("s.pt:0: PixelSpaceWarning: records no pixel space: ..."), not a line of ddcli.
+    warnings.warn_explicit(message, PixelSpaceWarning, filename=s.source, lineno=0,
+                           module="ddcli.evaluate")
 
 
 def _load_npz(path: Path) -> ImageSet:
@@ -132,11 +218,23 @@ def _load_npz(path: Path) -> ImageSet:
     std = tuple(float(v) for v in arrays["std"].reshape(-1)) if "std" in arrays else None
     classes = [str(c) for c in arrays["classes"].reshape(-1)] if "classes" in arrays else None
     steps = int(arrays["steps"]) if "steps" in arrays else None
-    return _checked(
+    try:
+        space = json.loads(str(arrays["pixel_space"])) if "pixel_space" in arrays else None
+    except ValueError:
+        raise ImageSetError(f"{path}: pixel_space is not valid JSON") from None
+    if space is not None:
+        mean, std = space_stats(path, space, mean, std, arrays["images"].shape[1])
+    key = next((k for k in ("soft_labels", "label_probs") if k in arrays), None)
+    soft = torch.from_numpy(arrays[key]) if key else None
+    out = checked_set(
         path, "npz", torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]),
         torch.from_numpy(arrays["lrs"]) if "lrs" in arrays else None,
-        steps=steps, mean=mean, std=std, classes=classes,
+        steps=steps, mean=mean, std=std, classes=classes, soft=soft,
     )
+    out.pixel_space = space if isinstance(space, dict) else None
+    if mean is None and out.pixel_space is None:
+        warn_unrecorded(out)
+    return out
 
 
 def _load_folder(path: Path) -> ImageSet:
@@ -144,7 +242,7 @@ def _load_folder(path: Path) -> ImageSet:
 
     if not path.is_dir():
         raise ImageSetError(f"no such image folder: {path}")
-    manifest = _manifest(path)
+    manifest = read_manifest(path)
     records = manifest.get("images")
     entries = _entries_from_records(path, records) if records else _entries_from_names(
         path, manifest.get("classes"))
@@ -172,7 +270,7 @@ def _load_folder(path: Path) -> ImageSet:
         steps = len({e[0][0] for e in entries})
     lrs = torch.tensor(manifest["lrs"], dtype=torch.float32) if manifest.get("lrs") else None
     channels = x01.shape[1]
-    out = _checked(path, "imagefolder", x01, labels, lrs, steps=steps,
+    out = checked_set(path, "imagefolder", x01, labels, lrs, steps=steps,
                    mean=(0.0,) * channels, std=(1.0,) * channels, classes=list(classes))
     out.dataset, out.model = manifest.get("dataset"), manifest.get("model")
     out.init_scheme = manifest.get("init_scheme")
@@ -210,7 +308,7 @@ def _entries_from_names(path: Path, classes: list[str] | None) -> list[tuple[tup
     return entries
 
 
-def _manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> dict:
     file = path / "manifest.json"
     if not file.is_file():
         return {}
@@ -221,8 +319,8 @@ def _manifest(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _checked(path, kind, images, labels, lrs, *, steps=None, mean=None, std=None,
-             classes=None) -> ImageSet:
+def checked_set(path, kind, images, labels, lrs, *, steps=None, mean=None, std=None,
+             classes=None, soft=None) -> ImageSet:
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise ImageSetError(f"{path}: images must be float (N, C, H, W), got "
                             f"{tuple(getattr(images, 'shape', ()))}")
@@ -240,9 +338,13 @@ def _checked(path, kind, images, labels, lrs, *, steps=None, mean=None, std=None
         if stats is not None and len(stats) != images.shape[1]:
             raise ImageSetError(
                 f"{path}: {name} has {len(stats)} values for {images.shape[1]} channels")
+    if soft is not None and (not isinstance(soft, Tensor) or soft.dim() != 2
+                             or soft.shape[0] != n or not soft.is_floating_point()):
+        raise ImageSetError(f"{path}: soft labels must be float ({n}, classes)")
     return ImageSet(
         images=images.float().reshape(steps, n // steps, *images.shape[1:]),
         labels=labels.long().reshape(steps, n // steps),
         lrs=None if lrs is None else lrs.float(), kind=kind, source=str(path),
-        mean=mean, std=std, classes=classes,
+        mean=mean, std=std, classes=None if classes is None else [str(c) for c in classes],
+        soft_labels=None if soft is None else soft.float().reshape(steps, n // steps, -1),
     )

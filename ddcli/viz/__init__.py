@@ -18,6 +18,7 @@ from ddcli.viz._visualize import (
     overview,
     starting_images,
     step_grid,
+    top_labels,
     visualize,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "starting_images",
     "step_grid",
     "to_uint8",
+    "top_labels",
     "visualize",
 ]

@@ -35,6 +35,14 @@ def fit_text(draw: ImageDraw.ImageDraw, text: str, fnt, width: float) -> str:
     return text + "…" if text else ""
 
 
+def fit_caption(draw: ImageDraw.ImageDraw, text: str, fnt, width: float) -> str:
+    """Drop trailing `` / ``-separated parts until ``text`` fits, then shorten the first."""
+    parts = text.split(" / ")
+    while len(parts) > 1 and draw.textlength(" / ".join(parts), font=fnt) > width:
+        parts.pop()
+    return fit_text(draw, " / ".join(parts), fnt, width)
+
+
 def labelled_grid(
     cells: Tensor,
     *,
@@ -43,27 +51,23 @@ def labelled_grid(
     row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None,
     col_span: int = 1,
+    cell_captions: Sequence[Sequence[str]] | None = None,
 ) -> Image.Image:
     """Lay out ``cells`` (R, K, C, H, W) in [0, 1] as an R x K grid with text around it.
 
     Cells are upscaled ``scale`` times by pixel repetition (nearest neighbour) and
     separated by white padding; ``col_labels[g]`` is centred over columns
-    ``g * col_span`` to ``(g + 1) * col_span - 1``. Grayscale input gives an "L" image.
+    ``g * col_span`` to ``(g + 1) * col_span - 1``; ``cell_captions[r][k]`` (R x K
+    strings) is written under cell (r, k), shortened to its width. Grayscale input gives
+    an "L" image.
     """
-    from torchvision.utils import make_grid  # here: torchvision adds ~1 s to every `dd` start
-
     rows, cols, c, h, w = cells.shape
-    x = cells.reshape(rows * cols, c, h, w).clamp(0, 1)
-    x = x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)  # (R*K, C, hs, ws)
     pad = max(2, scale)
-    grid = make_grid(x, nrow=cols, padding=pad, pad_value=1.0)  # (3, GH, GW); grey -> 3 copies
-    pixels, _ = to_uint8(grid[:1] if c == 1 else grid)
-    arr = pixels.permute(1, 2, 0).numpy()  # (GH, GW, C)
-    body = Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
-
     fs = font_size(scale)
-    label_font, title_font = font(fs), font(fs + 2)
+    label_font, title_font, caption_font = font(fs), font(fs + 2), font(max(8, fs - 2))
     margin = max(4, fs // 2)
+    cap_h = max(8, fs - 2) + 2 if cell_captions else 0
+    body = _grid_body(cells, scale, pad, cap_h)
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     title_h = fs + 2 + 2 * margin if title else 0
     col_h = fs + margin if col_labels else 0
@@ -79,7 +83,13 @@ def labelled_grid(
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((margin, margin), title, fill=INK, font=title_font, anchor="la")
-    cell_w, cell_h = w * scale + pad, h * scale + pad
+    cell_w, cell_h = w * scale + pad, h * scale + pad + cap_h
+    for r, line in enumerate(cell_captions or ()):
+        y = title_h + col_h + (r + 1) * cell_h + pad - 1  # the band under row r's cells
+        for k, text in enumerate(line):
+            x0 = row_w + pad + k * cell_w
+            text = fit_caption(draw, text, caption_font, w * scale + pad)
+            draw.text((x0 + w * scale / 2, y), text, fill=INK, font=caption_font, anchor="md")
     for g, text in enumerate(col_labels or ()):
         x0 = row_w + pad + g * col_span * cell_w
         span_w = col_span * cell_w - pad
@@ -90,6 +100,32 @@ def labelled_grid(
         y = title_h + col_h + pad + r * cell_h + (h * scale) / 2
         draw.text((row_w - margin, y), text, fill=INK, font=label_font, anchor="rm")
     return canvas
+
+
+def _grid_body(cells: Tensor, scale: int, pad: int, cap_h: int) -> Image.Image:
+    """The cells alone, padded white; with ``cap_h``, a blank band that tall under each row."""
+    from torchvision.utils import make_grid  # here: torchvision adds ~1 s to every `dd` start
+
+    rows, cols, c, h, w = cells.shape
+    x = cells.reshape(rows * cols, c, h, w).clamp(0, 1)
+    x = x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)  # (R*K, C, hs, ws)
+    mode = "L" if c == 1 else "RGB"
+
+    def image(t: Tensor, nrow: int) -> Image.Image:
+        grid = make_grid(t, nrow=nrow, padding=pad, pad_value=1.0)  # (3, GH, GW); grey -> 3 copies
+        pixels, _ = to_uint8(grid[:1] if c == 1 else grid)
+        arr = pixels.permute(1, 2, 0).numpy()  # (GH, GW, C)
+        return Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode=mode)
+
+    if not cap_h:
+        return image(x, cols)
+    # one strip per row, each followed by its caption band; strips share their padding
+    pitch = h * scale + pad + cap_h
+    strips = [image(x[r * cols : (r + 1) * cols], cols) for r in range(rows)]
+    body = Image.new(mode, (strips[0].width, rows * pitch + pad), PAPER)
+    for r, strip in enumerate(strips):
+        body.paste(strip, (0, r * pitch))
+    return body
 
 
 def pad_to(images: Sequence[Image.Image]) -> list[Image.Image]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from ddcli.core.rates import lrs_from_raw
 from ddcli.errors import CheckpointError
 
 SNAPSHOT_DIR = "snapshots"
@@ -31,7 +31,7 @@ class Snapshot:
 
     @property
     def lrs(self) -> torch.Tensor:
-        return F.softplus(self.raw_lrs)
+        return lrs_from_raw(self.raw_lrs)
 
 
 def load_snapshots(run_dir: str | Path) -> list[Snapshot]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def visualize(
     run_dir: str | os.PathLike | None = None,
     evolution_step: int = 0,
     change: bool = False,
+    data_root: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Draw a bundle as PNGs in ``out_dir``; return the paths written, in order.
 
@@ -42,8 +44,10 @@ def visualize(
     at half the scale for each, at most 60 frames). With ``change`` it also writes
     ``change.png``: what distillation added to each image, ``images - starting noise``
     (see ``change_overview``).
-    Pixels are de-normalised with the bundle's mean/std and clipped to [0, 1]. Equal
-    inputs give byte-identical files.
+    Pixels are de-normalised with the bundle's mean/std (ZCA bundles: un-whitened with
+    the ZCA re-fitted on the dataset under ``data_root``, a cached fit) and clipped to
+    [0, 1]. Soft-label bundles caption every image with its top labels ("3 .71 / 5 .20").
+    Equal inputs give byte-identical files.
 
     Args:
         bundle: a ``Bundle`` or the path of one.
@@ -55,6 +59,7 @@ def visualize(
         run_dir: a run folder to read ``checkpoint*.pt`` and ``snapshots/*.pt`` from.
         evolution_step: which step the evolution strip follows.
         change: also draw the learned change from the starting noise.
+        data_root: where a ZCA bundle's dataset is (``load_dataset``'s root).
 
     Raises:
         ConfigError: a bad ``scale``, ``layout`` or ``evolution_step``, or ``change`` for
@@ -62,6 +67,7 @@ def visualize(
         BundleFormatError: ``bundle`` is a path to a missing or corrupt file.
         CheckpointError: ``run_dir`` has no readable snapshots matching the bundle.
         ExportError: ``out_dir`` can't be written.
+        ZCAError: a ZCA bundle's training data is missing or differs from the fitted data.
 
     Example:
         >>> from ddcli.viz import visualize
@@ -82,6 +88,9 @@ def visualize(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; give a folder for the pictures")
+    learned = bundle  # change.png compares the bundle's own values with their start
+    if bundle.pixel_space_record["kind"] != "normalized":
+        bundle, snapshots = _as_pixels(bundle, snapshots, data_root)
 
     digits = len(str(bundle.steps - 1))
     written = [save_png(step_grid(bundle, s, scale=scale, layout=layout),
@@ -89,7 +98,7 @@ def visualize(
     written.append(save_png(overview(bundle, scale=scale), out / "overview.png"))
     written.append(save_png(lr_chart(bundle), out / "lr_schedule.png"))
     if start is not None:
-        written.append(save_png(change_overview(bundle, start, scale=scale),
+        written.append(save_png(change_overview(learned, start, scale=scale),
                                 out / "change.png"))
     if snapshots:
         strip = evolution_strip(bundle, _spread(snapshots, STRIP_ROWS), step=evolution_step,
@@ -111,10 +120,13 @@ def step_grid(bundle: Bundle, step: int, *, scale: int = 4, layout: str = "auto"
     if layout == "auto":
         layout = "columns" if k <= classes and classes <= 20 else "rows"
     title = _step_title(bundle, step)
+    captions = _captions_by_class(bundle, step) if bundle.has_soft_labels else None  # (K, k)
     if layout == "columns":
         return labelled_grid(groups.transpose(0, 1), scale=scale, title=title,
-                             col_labels=bundle.classes)
-    return labelled_grid(groups, scale=scale, title=title, row_labels=bundle.classes)
+                             col_labels=bundle.classes,
+                             cell_captions=captions and [list(r) for r in zip(*captions)])
+    return labelled_grid(groups, scale=scale, title=title, row_labels=bundle.classes,
+                         cell_captions=captions)
 
 
 def overview(bundle: Bundle, *, scale: int = 4) -> Image.Image:
@@ -122,7 +134,10 @@ def overview(bundle: Bundle, *, scale: int = 4) -> Image.Image:
     lrs = bundle.lrs
     title = (f"{bundle.dataset} · {bundle.steps} steps x {bundle.images.shape[1]} images · "
              f"{bundle.epochs} passes · lr {lrs.min().item():.2g} to {lrs.max().item():.2g}")
-    return _overview_image(bundle, bundle.images, scale=scale, title=title)
+    if bundle.has_soft_labels:
+        title += " · captions: top soft labels (class index, probability)"
+    return _overview_image(bundle, bundle.images, scale=scale, title=title,
+                           captions=bundle.has_soft_labels)
 
 
 def starting_images(bundle: Bundle) -> Tensor:
@@ -186,14 +201,42 @@ def _step_title(bundle: Bundle, step: int) -> str:
 
 
 def _overview_image(bundle: Bundle, images: Tensor, *, scale: int, title: str,
-                    pixels: bool = False) -> Image.Image:
+                    pixels: bool = False, captions: bool = False) -> Image.Image:
     rows = torch.stack([
         _by_class(bundle, images[s], bundle.labels[s], pixels=pixels).flatten(0, 1)
         for s in range(bundle.steps)
     ])  # (S, K * k, C, H, W)
+    cell_captions = ([[c for group in _captions_by_class(bundle, s) for c in group]
+                      for s in range(bundle.steps)] if captions else None)
     return labelled_grid(rows, scale=scale, title=title,
                          row_labels=[f"step {s}" for s in range(bundle.steps)],
-                         col_labels=bundle.classes, col_span=rows.shape[1] // bundle.num_classes)
+                         col_labels=bundle.classes, col_span=rows.shape[1] // bundle.num_classes,
+                         cell_captions=cell_captions)
+
+
+def top_labels(probs: Tensor, k: int = 2, min_prob: float = 0.01) -> str:
+    """A label distribution (C,) as its top classes, e.g. ``"3 .71 / 5 .20"``.
+
+    Classes are label indices; probabilities below ``min_prob`` are left out (the top one
+    always shows).
+    """
+    p, idx = probs.float().topk(min(k, probs.numel()))
+    parts = [f"{int(i)} {_prob(float(v))}" for j, (v, i) in enumerate(zip(p, idx))
+             if j == 0 or float(v) >= min_prob]
+    return " / ".join(parts)
+
+
+def _prob(p: float) -> str:
+    text = f"{p:.2f}"
+    return text[1:] if text.startswith("0.") else text  # ".71", like a probability table
+
+
+def _captions_by_class(bundle: Bundle, step: int) -> list[list[str]]:
+    """Top soft labels of one step's images, grouped as ``_by_class``: (K, k) strings."""
+    probs, labels = bundle.label_probs()[step], bundle.labels[step]  # (n, C), (n,)
+    members = [(labels == c).nonzero().flatten() for c in range(bundle.num_classes)]
+    k = max(len(m) for m in members)
+    return [[top_labels(probs[i]) for i in idx] + [""] * (k - len(idx)) for idx in members]
 
 
 def _by_class(bundle: Bundle, images: Tensor, labels: Tensor, *,
@@ -209,6 +252,19 @@ def _by_class(bundle: Bundle, images: Tensor, labels: Tensor, *,
     for c, idx in enumerate(members):
         out[c, : len(idx)] = x01[idx]
     return out
+
+
+def _as_pixels(bundle: Bundle, snapshots: list[Snapshot],
+               data_root) -> tuple[Bundle, list[Snapshot]]:
+    """A ZCA bundle (and its snapshots) as [0, 1] pixels with an identity normalisation."""
+    from ddcli.data.zca import zca_from_record  # imports kornia: only for ZCA bundles
+
+    zca = zca_from_record(bundle.pixel_space_record, data_root=data_root)
+    c = bundle.input_shape[0]
+    shown = dataclasses.replace(bundle, images=zca.invert(bundle.images.detach().float()),
+                                mean=(0.0,) * c, std=(1.0,) * c, pixel_space=None)
+    return shown, [dataclasses.replace(snap, images=zca.invert(snap.images.float()))
+                   for snap in snapshots]
 
 
 def _spread(snapshots: list[Snapshot], most: int) -> list[Snapshot]:
