@@ -94,6 +94,56 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
+# Past the paper (docs/methods.md), sized for a 2-core CPU; docs/results.md has the runs.
+# Soft-label dataset distillation (Sucholutsky & Schonlau 2019): 10 images in all.
+_SOFT_MNIST_10 = _with(_PAPER_MNIST, init={"mode": "fixed"},
+                       synth={"steps": 1, "epochs": 10, "learn_labels": True},
+                       optim={"iterations": 8000, "decay_every": 30.0},
+                       run={"eval_every": 500})
+# The paper's random-init setting with learned labels, two nets per iteration.
+_SOFT_MNIST_RANDOM = _with(_PAPER_MNIST, synth={"learn_labels": True},
+                           init={"mode": "random", "n_nets": 2, "sample_n_nets": 2},
+                           optim={"iterations": 4000, "decay_every": 20.0},
+                           run={"eval_every": 500, "eval_nets": 4})
+# RaT-BPTT's set-structured loop (Feng et al. 2024) shaped like the train protocol it is
+# evaluated by: fresh random ConvNets, SGD with momentum and weight decay, 150 inner
+# steps over the whole pool, the last 40 of a random N differentiated; learned labels.
+# A ConvNet of width 32 distils (the CPU budget); the standard width 128 evaluates.
+_RATBPTT = {
+    "data": {"batch_size": 256},
+    "model": {"name": "convnet", "init_scheme": "default", "kwargs": {"width": 32}},
+    "synth": {"steps": 1, "images_per_class": 1, "unroll_steps": 150, "window": 40,
+              "window_sampling": "random", "inner_optimizer": "sgd", "step_lr": 0.01,
+              "learn_labels": True},
+    "init": {"mode": "random", "n_nets": 1, "sample_n_nets": 1},
+    "optim": {"meta_lr": 0.01, "iterations": 1500, "decay_every": 2.0},
+    "run": {"eval_every": 250, "eval_nets": 2},
+}
+_RATBPTT_MNIST_1 = _with(_RATBPTT, data={"dataset": "mnist"})
+_RATBPTT_MNIST_10 = _with(_RATBPTT, data={"dataset": "mnist"},
+                          synth={"images_per_class": 10, "inner_batch": 20})
+_RATBPTT_FASHION_10 = _with(_RATBPTT_MNIST_10, data={"dataset": "fashion-mnist"})
+
+PRESETS.update({
+    "soft-mnist-10": (
+        "Soft labels: MNIST, LeNet, 10 images in all (1 step x 10 GD steps), fixed init, "
+        "replay (the soft-label paper: 96%).", _SOFT_MNIST_10),
+    "soft-mnist-random": (
+        "Soft labels on paper-mnist-random, 2 nets per iteration (target: 85% replay).",
+        _SOFT_MNIST_RANDOM),
+    "ratbptt-mnist-ipc1": (
+        "RaT-BPTT-style: MNIST, 10 images, fresh ConvNets (width 32), SGD+momentum inner "
+        "loop of 150 steps, random windows of 40, soft labels; for the train protocol.",
+        _RATBPTT_MNIST_1),
+    "ratbptt-mnist-ipc10": (
+        "As ratbptt-mnist-ipc1 with 100 images, inner minibatches of 20.", _RATBPTT_MNIST_10),
+    "ratbptt-fashion-ipc10": (
+        "As ratbptt-mnist-ipc10 on Fashion-MNIST.", _RATBPTT_FASHION_10),
+    "soft-cifar10-fixed": (
+        "Soft labels on paper-cifar10-fixed (the soft-label paper: 60%).",
+        _with(_PAPER_CIFAR10, init={"mode": "fixed"}, synth={"learn_labels": True})),
+})
+
 
 def list_presets() -> list[tuple[str, str]]:
     """(name, description) of every preset, sorted by name."""
