@@ -11,11 +11,33 @@ from ddcli.errors import ConfigError
 from ddcli.presets import PRESETS, get_preset, list_presets
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_validates(name):
+METHODS = ("soft-", "ratbptt-")
+
+
+@pytest.mark.parametrize("name", sorted(p for p in PRESETS if not p.startswith(METHODS)))
+def test_every_paper_shaped_preset_validates(name):
     cfg = build_config(preset=name)
     assert cfg.synth.steps == 10 and cfg.synth.epochs == 3 and cfg.synth.images_per_class == 1
     assert cfg.total_steps == 30
+
+
+def test_method_presets_are_their_methods():
+    soft10 = build_config(preset="soft-mnist-10")
+    assert soft10.synth.learn_labels and soft10.init.mode == "fixed"
+    assert soft10.synth.steps * soft10.synth.images_per_class * 10 == 10  # 10 images in all
+    soft_random = build_config(preset="soft-mnist-random")
+    assert soft_random.synth.learn_labels and soft_random.init.mode == "random"
+    assert soft_random.total_steps == 30 and soft_random.model.name == "lenet"
+    for name, ipc in (("ratbptt-mnist-ipc1", 1), ("ratbptt-mnist-ipc10", 10),
+                      ("ratbptt-fashion-ipc10", 10)):
+        cfg = build_config(preset=name)
+        s = cfg.synth
+        assert (s.steps, s.images_per_class, cfg.total_steps) == (1, ipc, 150)
+        assert (s.window, s.window_sampling, s.inner_optimizer) == (40, "random", "sgd")
+        assert cfg.model.name == "convnet" and cfg.model.kwargs == {"width": 32}
+        assert cfg.init.mode == "random" and s.learn_labels
+    cifar = build_config(preset="soft-cifar10-fixed")
+    assert cifar.synth.learn_labels and cifar.data.augment == "crop-flip"
 
 
 def test_paper_mnist_presets_match_the_paper():
