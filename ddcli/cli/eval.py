@@ -18,20 +18,10 @@ from ddcli.evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_r
 from ddcli.cli._app import app
 from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
 from ddcli.cli._pool_report import print_pool_report
-from ddcli.cli._progress import stderr
+from ddcli.cli._progress import EvalProgress, stderr
+from ddcli.infra.signals import rearm_interrupt
 
 Opt = typer.Option
-
-
-class _Stages:
-    """Prints one line per row being computed, on stderr."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def on_stage(self, info) -> None:
-        if not self.quiet:
-            stderr.print(f"[{info.index}/{info.total}] {info.label}")
 
 
 @app.command("eval")
@@ -59,6 +49,7 @@ def eval_command(
     json_out: Json = False,
 ) -> None:
     """Train fresh networks on a distilled set; print test accuracy (mean ± std over nets)."""
+    rearm_interrupt()  # Ctrl-C works even if started with `&` from a script
     if path.suffix == ".safetensors" and path.is_file():
         bundle = Bundle.load(path)
         if is_pool_bundle(bundle):
@@ -73,8 +64,9 @@ def eval_command(
         model=model, train_lr=train_lr, train_epochs=train_epochs, batch_size=batch_size,
         init_scheme=init_scheme, device=device or "auto", batching=batching,
     )
-    report = evaluate(path, cfg, dataset=dataset, data_root=data_root,
-                      callbacks=_Stages(quiet or json_out))
+    # A line per row, and a bar with an ETA for each long step (on_progress events).
+    with EvalProgress(quiet=quiet or json_out) as progress:
+        report = evaluate(path, cfg, dataset=dataset, data_root=data_root, callbacks=progress)
     if record:
         where = record_report(report)
         if not json_out and not quiet:

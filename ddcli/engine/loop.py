@@ -21,7 +21,8 @@ from ddcli.infra import io as _io
 from ddcli.core.nets import NetsMetaGradient
 from ddcli.infra.device import resolve_device
 from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, StartInfo
-from ddcli.engine._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending, stop_on_sigint, trim_metrics
+from ddcli.engine._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending, trim_metrics
+from ddcli.infra.signals import stop_on_signals  # h3: SIGINT, SIGTERM, SIGHUP alike
 from ddcli.engine.state import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ddcli.engine.inits import FixedInit, derive_seed, init_params, initial_images, make_init_source
 from ddcli.core.objectives import make_objective
@@ -66,6 +67,7 @@ def distill(
     callbacks: Any = None,
     data: RealData | None = None,
     force: bool = False,
+    progress: bool = False,
 ) -> DistillResult:
     """Learn a synthetic dataset and its learning rates; save and return the bundle.
 
@@ -78,12 +80,19 @@ def distill(
             ``on_checkpoint``.
         data: preloaded real data (skips ``load_dataset``), mainly for tests.
         force: start afresh even if ``run_dir`` holds a checkpoint.
+        progress: without ``callbacks``, show the CLI's progress display on stderr
+            (``ddcli.progress.DistillProgress``).
 
     Example:
         >>> from ddcli import DistillConfig, distill
         >>> cfg = DistillConfig.from_dict({"optim": {"iterations": 10}})
         >>> result = distill(cfg, out="m.safetensors")  # doctest: +SKIP
     """
+    if progress and callbacks is None:  # h3: the CLI's display, for the Python API
+        from ddcli.progress import DistillProgress
+
+        with DistillProgress() as display:
+            return distill(cfg, out=out, run_dir=run_dir, callbacks=display, data=data, force=force)
     cfg.validate()
     out = Path(out) if out else default_out(cfg)
     run_dir = Path(run_dir) if run_dir else default_run_dir(out)
@@ -104,12 +113,19 @@ def resume(
     overrides: dict[str, dict[str, Any]] | None = None,
     callbacks: Any = None,
     data: RealData | None = None,
+    progress: bool = False,
 ) -> DistillResult:
     """Continue an interrupted run from its last checkpoint.
 
     ``overrides`` may change only the budget, the meta learning rate, logging, the data
     root and the device, e.g. ``{"optim": {"meta_lr": 0.005}}`` after a divergence.
+    ``progress`` is as for ``distill``.
     """
+    if progress and callbacks is None:  # h3: the CLI's display, for the Python API
+        from ddcli.progress import DistillProgress
+
+        with DistillProgress() as display:
+            return resume(run_dir, overrides=overrides, callbacks=display, data=data)
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
     # Through from_dict and back: run folders from earlier versions use older key names.
@@ -263,7 +279,8 @@ class _Run:
         t0 = time.perf_counter()
         pending = Pending()
         try:
-            with stop_on_sigint() as stop, _device.retain_freed_memory(self.device):
+            # h3: Ctrl-C, SIGTERM and SIGHUP all stop after this iteration (exit 128 + N)
+            with stop_on_signals() as stop, _device.retain_freed_memory(self.device):
                 while self.iteration < self.total:
                     record = self._outer_step(self.iteration, stop.requested)
                     self.iteration += 1
@@ -280,7 +297,8 @@ class _Run:
                         path = self.save_checkpoint()
                         raise Interrupted(
                             f"interrupted at iteration {self.iteration}/{self.total}; checkpoint "
-                            f"saved to {path}; continue with `dd distill --resume {self.run_dir}`"
+                            f"saved to {path}; continue with `dd distill --resume {self.run_dir}`",
+                            exit_code=stop.exit_code,  # h3: 130, 143 or 129
                         )
             self.elapsed_now = self.elapsed_before + time.perf_counter() - t0
             self.save_checkpoint()
