@@ -58,9 +58,14 @@ class ExportError(DDError):
 
 
 class Interrupted(DDError):
-    """The run was stopped by the user (Ctrl-C) after writing a checkpoint."""
+    """The run was stopped by a signal after writing a checkpoint: exit 128 + N (130 for
+    Ctrl-C, 143 for SIGTERM, 129 for SIGHUP)."""
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ImageSetError(DDError):

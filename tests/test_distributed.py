@@ -3,9 +3,7 @@
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,11 +32,11 @@ def _cfg(iterations: int) -> DistillConfig:
     })
 
 
-def _run(tmp_path, cmd):
+def _run(spawn, tmp_path, cmd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DDCLI_OFFLINE": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    run = spawn(cmd, cwd=tmp_path, env=env)
+    assert run.wait() == 0, run.stderr()[-3000:]
+    return run
 
 
 def _close(a: Bundle, b: Bundle) -> None:
@@ -47,16 +45,16 @@ def _close(a: Bundle, b: Bundle) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_and_resume(tmp_path, fixture_root):
+def test_two_gloo_processes_equal_one_and_resume(spawn, tmp_path, fixture_root):
     data = load_dataset("mnist", root=fixture_root, download=False)
     one = distill(_cfg(4), out=tmp_path / "one.safetensors", data=data)
 
     # Fresh run through `--nproc 2` (the launcher runs torchrun): 3 nets split 2 + 1.
-    proc = _run(tmp_path, [sys.executable, "-m", "ddcli", "distill", "mnist", "--data-root",
-                           str(fixture_root), *ARGS, "--nproc", "2", "--iterations", "4",
-                           "-o", "two.safetensors", "--json"])
-    record = json.loads(proc.stdout.strip().splitlines()[-1])  # rank 0 alone prints
-    assert record["iterations"] == 4 and len(proc.stdout.strip().splitlines()) == 1
+    proc = _run(spawn, tmp_path, [sys.executable, "-m", "ddcli", "distill", "mnist",
+                                  "--data-root", str(fixture_root), *ARGS, "--nproc", "2",
+                                  "--iterations", "4", "-o", "two.safetensors", "--json"])
+    record = json.loads(proc.stdout().strip().splitlines()[-1])  # rank 0 alone prints
+    assert record["iterations"] == 4 and len(proc.stdout().strip().splitlines()) == 1
     two = Bundle.load(tmp_path / "two.safetensors")
     _close(one.bundle, two)
     assert two.summary["processes"] == 2 and two.config["run"]["nproc"] == 2
@@ -70,41 +68,43 @@ def test_two_gloo_processes_equal_one_and_resume(tmp_path, fixture_root):
     # relaunches 2 processes), against 1 process resumed to 6.
     six = resume(tmp_path / "one.run", overrides={"optim": {"iterations": 6}}, data=data,
                  force=True)
-    _run(tmp_path, [sys.executable, "-m", "ddcli", "distill", "--resume", "two.run",
-                    "--iterations", "6", "--force", "--data-root", str(fixture_root), "--quiet"])
+    _run(spawn, tmp_path, [sys.executable, "-m", "ddcli", "distill", "--resume", "two.run",
+                           "--iterations", "6", "--force", "--data-root", str(fixture_root),
+                           "--quiet"])
     _close(six.bundle, Bundle.load(tmp_path / "two.safetensors"))
     assert not torch.allclose(two.images, Bundle.load(tmp_path / "two.safetensors").images)
 
 
 @pytest.mark.slow
-def test_a_failing_launch_is_one_line_and_ctrl_c_checkpoints(tmp_path, fixture_root):
+def test_a_failing_launch_is_one_line(spawn, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DDCLI_OFFLINE": "1"}
     # every rank fails the same way: the error shows once, without torchrun's report
-    bad = subprocess.run([sys.executable, "-m", "ddcli", "distill", "mnist", "--data-root",
-                          str(tmp_path / "nowhere"), *ARGS, "--nproc", "2", "-o", "x.safetensors"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1, bad.stderr[-3000:]
-    lines = bad.stderr.strip().splitlines()
+    bad = spawn([sys.executable, "-m", "ddcli", "distill", "mnist", "--data-root",
+                 str(tmp_path / "nowhere"), *ARGS, "--nproc", "2", "-o", "x.safetensors"],
+                env=env)
+    assert bad.wait() == 1, bad.stderr()[-3000:]
+    lines = bad.stderr().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "not found" in lines[0], lines
+    bad.assert_none_left()
 
-    # Ctrl-C: the workers stop together, rank 0 checkpoints, exit 130, no traceback
+
+@pytest.mark.slow
+def test_ctrl_c_with_nproc_stops_every_rank_after_one_checkpoint(spawn, tmp_path, fixture_root):
+    """Ctrl-C: the workers stop together, rank 0 checkpoints, exit 130, one line.
+
+    Started as a script's `cmd &` starts it, with SIGINT ignored (the CLI re-arms it).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DDCLI_OFFLINE": "1"}
     run_dir = tmp_path / "int.run"
-    proc = subprocess.Popen([sys.executable, "-m", "ddcli", "distill", "mnist", "--data-root",
-                             str(fixture_root), *ARGS, "--nproc", "2", "--iterations", "100000",
-                             "-o", "int.safetensors"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while not (run_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert (run_dir / "checkpoint.pt").exists(), "no checkpoint within 90 s"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err and "ChildFailedError" not in err, err[-3000:]
+    run = spawn([sys.executable, "-m", "ddcli", "distill", "mnist", "--data-root",
+                 str(fixture_root), *ARGS, "--nproc", "2", "--iterations", "100000",
+                 "-o", "int.safetensors"], env=env, ignore=(signal.SIGINT,))
+    run.wait_for((run_dir / "checkpoint.pt").exists, "first checkpoint")
+    run.signal(signal.SIGINT)
+    assert run.wait() == 130, run.stderr()[-3000:]
+    run.assert_none_left()
+    lines = [ln for ln in run.stderr().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), lines  # no warning
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert state["iteration"] == last["iteration"] >= 2  # saved where it stopped
@@ -150,9 +150,15 @@ def test_torchrun_wrapper_reports_another_rank_and_interrupts(monkeypatch, tmp_p
 
     monkeypatch.setattr(torchrun, "run", interrupted)
     assert _torchrun.main(argv) == 130
+
+    def terminated(args):  # `kill PID`, `timeout`, a batch scheduler: 128 + 15
+        raise SignalException("SIGTERM", sigval=signal.SIGTERM)
+
+    monkeypatch.setattr(torchrun, "run", terminated)
+    assert _torchrun.main(argv) == 143
     monkeypatch.setattr(torchrun, "run", lambda args: None)
     assert _torchrun.main(argv) == 0
-    assert "DDCLI_ERROR_DIR" not in os.environ
+    assert "DDCLI_ERROR_DIR" not in os.environ and "DDCLI_PARENT_PID" not in os.environ
 
 
 def test_error_lines_are_left_for_the_launcher(monkeypatch, tmp_path):

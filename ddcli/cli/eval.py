@@ -19,20 +19,10 @@ from ddcli.evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_r
 from ddcli.cli._app import app
 from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
 from ddcli.evaluate.pool_report import pool_report_lines
-from ddcli.cli._progress import stderr
+from ddcli.cli._progress import EvalProgress, stderr
+from ddcli.infra.signals import rearm_interrupt
 
 Opt = typer.Option
-
-
-class _Stages:
-    """Prints one line per row being computed, on stderr."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def on_stage(self, info) -> None:
-        if not self.quiet:
-            stderr.print(f"[{info.index}/{info.total}] {info.label}")
 
 
 @app.command("eval")
@@ -61,6 +51,7 @@ def eval_command(
     json_out: Json = False,
 ) -> None:
     """Train fresh networks on a distilled set; print test accuracy (mean ± std over nets)."""
+    rearm_interrupt()  # Ctrl-C works even if started with `&` from a script
     cfg = EvalConfig(
         protocol=protocol, n_nets=n_nets, seed=0 if seed is None else seed, per_step=per_step,
         baselines=tuple(BASELINES if compare else baseline or ()), candidates=candidates,
@@ -68,11 +59,13 @@ def eval_command(
         init_scheme=init_scheme, device=device or "auto", batching=batching, augment=augment,
     )
     # A set without a pixel-space record is evaluated with a loud warning; it is said as
-    # one `warning:` line once the evaluation stands (an error makes it moot).
-    with warnings.catch_warnings(record=True) as caught:
+    # one `warning:` line once the evaluation stands (an error makes it moot). A line per
+    # row, and a bar with an ETA for each long step (on_progress events).
+    with warnings.catch_warnings(record=True) as caught, \
+            EvalProgress(quiet=quiet or json_out) as progress:
         warnings.simplefilter("always", PixelSpaceWarning)
         report = evaluate(path, cfg, dataset=dataset, data_root=data_root, pool=pool,
-                          callbacks=_Stages(quiet or json_out))
+                          callbacks=progress)
     for w in caught:
         if issubclass(w.category, PixelSpaceWarning):
             stderr.print(f"warning: {w.message}", soft_wrap=True)

@@ -4,78 +4,18 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.progress import TimeRemainingColumn
 
 from ddcli.pool.pretrain import PretrainRecipe, PretrainResult, pretrain
 from ddcli.cli._app import app
 from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
-from ddcli.cli._progress import stderr
+from ddcli.cli._progress import PretrainProgress
+from ddcli.infra.signals import rearm_interrupt
 
 Opt = typer.Option
-
-
-class PretrainProgress:
-    """Callbacks for ``pretrain``: a live bar on a terminal, a line every ~15 s otherwise."""
-
-    def __init__(self, quiet: bool = False, console: Console = stderr, every_s: float = 15.0):
-        self.quiet, self.console, self.every_s = quiet, console, every_s
-        self.live = not quiet and console.is_terminal
-        self.progress: Progress | None = None
-        self._last_line = 0.0
-        self._done_steps = 0
-
-    def __enter__(self) -> "PretrainProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def on_start(self, info) -> None:
-        self.steps_per_net = info.steps_per_net
-        self.total = len(info.to_train) * info.steps_per_net
-        if self.quiet:
-            return
-        kept = info.n_nets - len(info.to_train)
-        self.console.print(
-            f"pretraining {len(info.to_train)} {info.model} nets ({info.num_params:,} params) "
-            f"on {info.dataset}, {info.nets_per_batch} at a time, on {info.device}, "
-            f"{info.steps_per_net} steps each" + (f"; keeping {kept} already in {info.pool}"
-                                                  if kept else f", into {info.pool}"))
-        if self.live and self.total:
-            self.progress = Progress(
-                TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-                TimeRemainingColumn(), console=self.console, refresh_per_second=4)
-            self.progress.start()
-            self.task = self.progress.add_task("pretrain", total=self.total, stats="")
-
-    def on_step(self, info) -> None:
-        if self.quiet:
-            return
-        done = self._done_steps + info.step
-        stats = f"nets {info.nets[0]}..{info.nets[-1]} · loss {info.loss:.4f}"
-        if info.step == info.total:
-            self._done_steps += info.total
-        if self.progress is not None:
-            self.progress.update(self.task, completed=done, stats=stats)
-            return
-        now = time.perf_counter()
-        if now - self._last_line >= self.every_s:
-            self._last_line = now
-            self.console.print(f"step {done}/{self.total} · {stats}")
-
-    def on_net(self, info) -> None:
-        if not self.quiet:
-            console = self.progress.console if self.progress else self.console
-            console.print(f"net {info.index}: test accuracy {info.test_acc:.2%}")
 
 
 @app.command("pretrain")
@@ -100,6 +40,7 @@ def pretrain_command(
     json_out: Json = False,
 ) -> None:
     """Train a pool of networks on real data (for --init-mode pretrained-fixed/-random)."""
+    rearm_interrupt()  # Ctrl-C works even if started with `&` from a script
     recipe = PretrainRecipe(real_epochs=real_epochs, optimizer=optimizer, lr=lr,
                             batch_size=batch_size, momentum=momentum, weight_decay=weight_decay)
     with PretrainProgress(quiet=quiet or json_out) as progress:

@@ -8,6 +8,7 @@ readers in `_formats`.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -143,15 +144,18 @@ def _require_files(
         found = _find(folder, files)
         if len(found) == len(files):
             return found
+    hint, created = FIX_HINT, []
     if not download:
         reason = "downloading is off"
     else:
+        created = _missing_folders(folders[0])
         try:
             fetch()
         # No network, a proxy, a full disk, a bad checksum: to the user each just
         # means the files are not available, so every failure gets the same message.
         except Exception as exc:
-            reason = "downloading failed: " + " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            reason = f"downloading failed: {_reason(exc)}"
+            hint = f"retry when online, or {FIX_HINT}"
         else:
             found = _find(folders[0], files)
             if len(found) == len(files):
@@ -159,10 +163,34 @@ def _require_files(
             reason = "downloading did not produce them"
     present = _find(folders[0], files)
     missing = [_display(alternatives) for key, alternatives in files.items() if key not in present]
+    if created:
+        # Leave no empty (or half-filled) folders behind from a failed download; all
+        # they hold came from it. Folders that existed before are left alone.
+        shutil.rmtree(created[0], ignore_errors=True)
     where = " or ".join(str(f) for f in folders)
     raise DatasetNotFoundError(
-        f"{dataset}: {', '.join(missing)} not found in {where}{note} and {reason}; {FIX_HINT}"
+        f"{dataset}: {', '.join(missing)} not found in {where}{note} and {reason}; {hint}"
     )
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that don't exist yet, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    return missing[::-1]
+
+
+def _reason(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line: its type, then what failed and why.
+
+    torchvision's errors span several lines ("Error downloading X:", then "Tried URL,
+    got:" and the error, once per mirror): the first line says what failed and the
+    last one why, so longer messages keep those two.
+    """
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines if len(lines) <= 2 else [lines[0], lines[-1]])
+    if len(text) > limit:  # still too long for a line: end at a word, and say so
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _find(folder: Path, files: dict[str, tuple[str, ...]]) -> dict[str, Path]:

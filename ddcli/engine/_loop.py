@@ -1,11 +1,11 @@
-"""Pieces of the outer loop that aren't the loop: deferred reads, Ctrl-C, metrics trimming."""
+"""Pieces of the outer loop that aren't the loop: deferred reads, metrics trimming.
+
+(Stopping on Ctrl-C, SIGTERM and SIGHUP is ``ddcli.infra.signals.stop_on_signals``.)
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import threading
 from pathlib import Path
 
 import torch
@@ -45,27 +45,3 @@ def trim_metrics(path: Path, iteration: int) -> None:
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
     _io.write_text(path, "".join(line + "\n" for line in keep))
-
-
-class StopFlag:
-    requested = False
-
-
-@contextlib.contextmanager
-def stop_on_sigint():
-    """First Ctrl-C asks the loop to stop after the current iteration; a second one kills."""
-    flag = StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag.requested:
-            raise KeyboardInterrupt
-        flag.requested = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)

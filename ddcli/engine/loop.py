@@ -15,14 +15,16 @@ import torch
 from ddcli.config import DistillConfig, apply_real_epochs_rule, flag_name, resumable_settings
 from ddcli.core.rates import lrs_from_raw
 from ddcli.data import RealData
-from ddcli.engine._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending, stop_on_sigint
+from ddcli.engine._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending
 from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, StartInfo
 from ddcli.engine.outputs import RunFolder, default_out, default_run_dir, make_bundle
 from ddcli.engine.runtime import Runtime
 from ddcli.engine.state import CHECKPOINT_NAME, RunState, load_checkpoint
+from ddcli.progress import DistillProgress
 from ddcli.errors import ConfigError, DivergedError, Interrupted, OutputError
 from ddcli.infra import device as _device
 from ddcli.infra import io as _io
+from ddcli.infra.signals import stop_on_signals
 
 # Settings a resumed run may change (flag(resumable=True) in ddcli.config); everything
 # else must stay as the run began.
@@ -40,6 +42,7 @@ def distill(
     data: RealData | None = None,
     force: bool = False,
     preset: str | None = None,
+    progress: bool = False,
 ) -> DistillResult:
     """Learn a synthetic dataset and its learning rates; save and return the bundle.
 
@@ -53,12 +56,18 @@ def distill(
         data: preloaded real data (skips ``load_dataset``), mainly for tests.
         force: start afresh even if ``run_dir`` holds a checkpoint.
         preset: the preset the config came from, for the provenance record.
+        progress: without ``callbacks``, show the CLI's progress display on stderr
+            (``ddcli.progress.DistillProgress``).
 
     Example:
         >>> from ddcli import DistillConfig, distill
         >>> cfg = DistillConfig.from_dict({"optim": {"iterations": 10}})
         >>> result = distill(cfg, out="m.safetensors")  # doctest: +SKIP
     """
+    if progress and callbacks is None:  # the CLI's display, for the Python API
+        with DistillProgress() as display:
+            return distill(cfg, out=out, run_dir=run_dir, callbacks=display, data=data,
+                           force=force, preset=preset)
     cfg.validate()
     out = Path(out) if out else default_out(cfg)
     run_dir = Path(run_dir) if run_dir else default_run_dir(out)
@@ -79,6 +88,7 @@ def resume(
     data: RealData | None = None,
     out: str | Path | None = None,
     force: bool = False,
+    progress: bool = False,
 ) -> DistillResult:
     """Continue an interrupted run from its last checkpoint.
 
@@ -86,8 +96,13 @@ def resume(
     root and the device, e.g. ``{"optim": {"meta_lr": 0.005}}`` after a divergence.
     The bundle goes to ``out`` if given, else where the run put it; an existing file
     there (a finished run being extended) is only overwritten with ``force``. A finished
-    run resumed with a new ``out`` just writes its bundle there.
+    run resumed with a new ``out`` just writes its bundle there. ``progress`` is as for
+    ``distill``.
     """
+    if progress and callbacks is None:
+        with DistillProgress() as display:
+            return resume(run_dir, overrides=overrides, callbacks=display, data=data, out=out,
+                          force=force)
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
     # Through from_dict and back: run folders from earlier versions use older key names.
@@ -201,7 +216,8 @@ class _Run:
         pending = Pending()
         alone = rt.dist.world == 1
         try:
-            with stop_on_sigint() as stop, _device.retain_freed_memory(rt.device):
+            # Ctrl-C, SIGTERM and SIGHUP all stop after this iteration (exit 128 + N).
+            with stop_on_signals() as stop, _device.retain_freed_memory(rt.device):
                 while st.iteration < rt.total:
                     record = self.outer_step(st.iteration, stop.requested)
                     st.iteration += 1
@@ -218,7 +234,7 @@ class _Run:
                         raise Interrupted(
                             f"interrupted at iteration {st.iteration}/{rt.total}; checkpoint "
                             f"saved to {path}; continue with "
-                            f"`dd distill --resume {self.folder.path}`")
+                            f"`dd distill --resume {self.folder.path}`", exit_code=stop.exit_code)
             st.elapsed = elapsed_before + time.perf_counter() - t0
             self.save_checkpoint()
             bundle = make_bundle(self.rt, self.state, self.source, self.learned)

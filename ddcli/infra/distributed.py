@@ -10,8 +10,8 @@ Launched by ``torchrun --nproc-per-node N -m ddcli distill ...`` or by
 - At the start (fresh or resumed) rank 0 broadcasts the synthetic images and raw rates,
   so all ranks begin from bit-identical state.
 - Each iteration, every rank sums (loss, d/d images, d/d raw rates) over its networks;
-  one all-reduce adds the sums (and a stop flag for Ctrl-C), and every rank divides by
-  the GLOBAL number of networks and takes the same Adam step.
+  one all-reduce adds the sums (and a stop flag: Ctrl-C, SIGTERM or SIGHUP), and every
+  rank divides by the GLOBAL number of networks and takes the same Adam step.
 - Only rank 0 writes the run folder (config, checkpoints, metrics) and the bundle, and
   only its callbacks draw progress. The run folder must be visible to every rank for a
   resume (one machine, or a shared filesystem).
@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ddcli.errors import ConfigError
+from ddcli.infra import signals
 
 
 def env_world() -> tuple[int, int, int]:
@@ -116,6 +117,9 @@ def setup(device: torch.device) -> Dist:
     rank, world, local_rank = env_world()
     if world == 1:
         return Dist()
+    # A worker must not outlive torchrun, even one killed with SIGKILL (which can't pass
+    # anything on): the kernel sends SIGTERM, and the run stops as if signalled.
+    signals.die_with_parent(signal.SIGTERM)
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"several processes need --device cpu or cuda, not {device.type}")
     owns = False
@@ -141,20 +145,25 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     """Run ``dd <args>`` under torchrun with ``nproc`` processes; return its exit code.
 
     Each process gets an equal share of the CPU cores (OMP_NUM_THREADS) unless the
-    caller set it. Ctrl-C reaches torchrun once, which passes it to every process; they
-    agree on the iteration to stop after, rank 0 writes a checkpoint, and all exit.
+    caller set it. SIGINT, SIGTERM and SIGHUP sent here are passed to torchrun, which
+    passes them to every process; they agree on the iteration to stop after, rank 0
+    writes a checkpoint, and all exit with 128 + N (130, 143, 129). A second signal
+    stops them at once. torchrun and the workers die with their parent, so none of them
+    outlives this process, however it ends.
     """
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    # A session of its own: the terminal's Ctrl-C goes to this process only, so each
-    # worker is signalled exactly once (by torchrun) and stops gracefully.
-    proc = subprocess.Popen(torchrun_command(nproc, args), env=env, start_new_session=True)
-    interrupted = False
-    while True:
+    env[signals.PARENT_PID_ENV] = str(os.getpid())  # torchrun checks it's still alive
+    with signals.forward_signals() as forwarded:
+        # A session of its own: a terminal's Ctrl-C or hangup reaches this process only,
+        # which passes it on once, so each worker is signalled exactly once (by torchrun).
+        proc = forwarded.attach(subprocess.Popen(torchrun_command(nproc, args), env=env,
+                                                 start_new_session=True))
         try:
             code = proc.wait()
-            break
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT if not interrupted else signal.SIGTERM)
-            interrupted = True
-    return 130 if interrupted and code != 0 else code
+        finally:
+            if proc.poll() is None:  # leaving on an error of our own: take the run along
+                proc.kill()  # the workers get their parent-death SIGTERM
+                proc.wait()
+    code = 128 - code if code < 0 else code  # killed by signal N: as a shell reports it
+    return forwarded.exit_code if forwarded.requested and code != 0 else code

@@ -122,6 +122,7 @@ def pretrain(
     data_root: str | Path | None = None,
     device: str = "cpu",
     callbacks: Any = None,
+    progress: bool = False,
 ) -> PretrainResult:
     """Train a pool of ``n_nets`` networks on real data into the folder ``out``.
 
@@ -142,12 +143,22 @@ def pretrain(
         data_root: data root for named datasets.
         device: auto, cpu, cuda or mps.
         callbacks: an object with some of ``on_start``, ``on_step``, ``on_net``.
+        progress: without ``callbacks``, show the CLI's progress display on stderr
+            (``ddcli.progress.PretrainProgress``).
 
     Example:
         >>> from ddcli.pool.pretrain import pretrain
         >>> result = pretrain("mnist", out="mnist-pool", n_nets=10)  # doctest: +SKIP
         >>> [n.test_acc for n in result.pool.nets]  # doctest: +SKIP
     """
+    if progress and callbacks is None:
+        from ddcli.progress import PretrainProgress
+
+        with PretrainProgress() as display:
+            return pretrain(dataset, out=out, n_nets=n_nets, model=model,
+                            model_kwargs=model_kwargs, recipe=recipe, init_scheme=init_scheme,
+                            seed=seed, nets_per_batch=nets_per_batch, data_root=data_root,
+                            device=device, callbacks=display)
     if n_nets < 1:
         raise ConfigError(f"--n-nets must be a positive integer, got {n_nets}")
     recipe = (recipe or PretrainRecipe()).resolved()
