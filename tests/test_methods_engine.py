@@ -214,3 +214,18 @@ def test_zca_runs_distil_in_whitened_pixels_and_evaluate_there(tmp_path, monkeyp
 
     assert report.rows[0].accuracies[0] == pytest.approx(
         _replay_by_hand(b, zca_dataset(toy_data(channels=3)), StepFn))
+
+
+def test_training_nets_in_eval_reports_progress_to_the_end(tmp_path):
+    b = distill(cfg(), out=tmp_path / "p.safetensors", data=toy_data()).bundle
+    seen = []
+
+    class Events:
+        def on_progress(self, info):
+            seen.append((info.label, info.done, info.total))
+
+    evaluate_bundle(b, data=toy_data(), protocol="train", train_epochs=4, n_nets=3,
+                    batch_size=4, batching="loop", callbacks=Events())
+    train = [s for s in seen if s[0] == "training nets"]
+    assert train[-1][1] == train[-1][2] == 12  # 3 nets x 4 epochs
+    assert [d for _, d, _ in train] == sorted(d for _, d, _ in train)

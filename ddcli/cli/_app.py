@@ -145,7 +145,9 @@ app = _Typer(
 def main() -> None:
     """Console-script entry point (`dd`, `ddcli`, `python -m ddcli`)."""
     from ddcli.cli import _commands  # noqa: F401  (mounts the subcommands)
+    from ddcli.infra.signals import rearm_interrupt
 
+    rearm_interrupt()  # Ctrl-C works for every command, even one started with `&` by a script
     prog = os.path.basename(sys.argv[0]) if sys.argv else "dd"
     # `python -m ddcli` (and torchrun's workers) run __main__.py: name the command as typed.
     sys.exit(app(prog_name="python -m ddcli" if prog == "__main__.py" else prog))

@@ -16,6 +16,7 @@ from ddcli.core.seeds import derive_seed
 from ddcli.data import RealData
 from ddcli.evaluate._baselines import DETERMINISTIC, SET_BASELINES, build_baseline, knn_accuracy
 from ddcli.evaluate._report import EvalConfig, EvalRow
+from ddcli.progress import ProgressInfo
 
 # Training images each optimized-real candidate is scored on (never test images).
 SCORE_SAMPLE = 1024
@@ -70,6 +71,10 @@ class Job:
         pick = torch.randperm(self.real.train_x.shape[0], generator=gen)[:SCORE_SAMPLE]
         return self.real.train_x[pick].to(self.device), self.real.train_y[pick].to(self.device)
 
+    def progress(self, label: str, unit: str = "") -> Callable[[int, int], None]:
+        """A ``(done, total)`` callback that emits ``on_progress`` for this stage."""
+        return lambda done, total: self.emit("on_progress", ProgressInfo(label, done, total, unit))
+
     @contextlib.contextmanager
     def stage(self, label: str) -> Iterator[dict[str, float]]:
         self.done += 1
@@ -106,9 +111,15 @@ def baseline_rows(
     for name in (b for b in cfg.baselines if b in SET_BASELINES):
         with job.stage(f"{name} · {group}") as timer:
             draws = 1 if name in DETERMINISTIC else cfg.n_nets
+            bar = job.progress(f"{name} sets")
+
+            def on_progress(p: ProgressInfo, i: int) -> None:  # one bar over all the draws
+                bar(i * p.total + p.done, draws * p.total)
+
             sets = torch.stack([
                 build_baseline(name, labels, job.real, seed=derive_seed(cfg.seed, "baseline", i),
-                               candidates=cfg.candidates, score=scorer(i))
+                               candidates=cfg.candidates, score=scorer(i),
+                               on_progress=lambda p, i=i: on_progress(p, i))
                 for i in range(draws)
             ]).to(job.device)  # (D, S, n, C, H, W)
             accs = evaluate(sets, name in DETERMINISTIC)

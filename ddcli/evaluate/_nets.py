@@ -17,7 +17,7 @@ slower than N plain calls (figures in docs/benchmarks.md, ``bench/eval_speed.py`
 from __future__ import annotations
 
 import weakref
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ from ddcli.core.steps import GD, SGD, StepFn, inner_loss
 from ddcli.core.unroll import unroll
 
 _VMAP_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+Progress = Callable[[int, int], None]  # (done, total): the long routines' progress
 
 
 def supports_vmap(model: nn.Module, input_shape: Sequence[int]) -> bool:
@@ -169,6 +170,7 @@ def train_accuracies(
     weight_decay: float = 5e-4,
     batched: bool | None = None,
     augment: DSA | None = None,
+    progress: Progress | None = None,
 ) -> Tensor:
     """Train each init on a small image set with SGD (``train_nets``), then test it.
 
@@ -186,7 +188,7 @@ def train_accuracies(
     for group, params in train_nets(
         model, inits, x, y, lr=lr, epochs=epochs, seeds=seeds, batch_size=batch_size,
         momentum=momentum, weight_decay=weight_decay,
-        batched=use_vmap(batched, model, shape, "sgd"), augment=augment,
+        batched=use_vmap(batched, model, shape, "sgd"), augment=augment, progress=progress,
     ):
         counts = correct_counts(model, params, test_x, test_y, vmapped=vmap_infer)
         out[group.start : group.stop] = counts.cpu().double() / n_test
@@ -207,6 +209,7 @@ def train_nets(
     weight_decay: float = 5e-4,
     batched: bool = True,
     augment: DSA | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[range, Params]]:
     """Train each init on a small image set with SGD; yield the trained weights by group.
 
@@ -222,6 +225,7 @@ def train_nets(
         batched: vmap over groups of nets; False trains one net at a time.
         augment: DSA on every batch, net j's draws seeded by (seeds[j], step), so a
             net trains the same batched or alone.
+        progress: called as ``progress(done, total)`` in net-epochs, once an epoch.
 
     Yields:
         (net indices, their weights stacked as (G, ...)), in order.
@@ -231,12 +235,22 @@ def train_nets(
     m = x.shape[1] if per_net else x.shape[0]
     rates = [float(lr), float(lr) / 2]  # floats: torch.optim.SGD's arithmetic, bit for bit
     one = StepFn(model, SGD(momentum=momentum, weight_decay=weight_decay))
+    per_epoch, total = -(-m // batch_size), len(inits) * epochs
+
+    def epochs_done(first: int, nets: int):
+        """observe(t, params) that reports each finished epoch of ``nets`` nets."""
+        if progress is None:
+            return None
+        return lambda t, _: (t and t % per_epoch == 0 and
+                             progress(first * epochs + nets * (t // per_epoch), total))
+
     if not batched:
         for j, p0 in enumerate(inits):
             schedule = EpochSchedule(m, batch_size, epochs, [seeds[j]], batched=False,
                                      augment=augment)
             final = unroll(one, p0, x[j] if per_net else x, y[j] if per_net else y, rates,
-                           create_graph=False, schedule=schedule).params
+                           create_graph=False, schedule=schedule,
+                           observe=epochs_done(j, 1)).params
             yield range(j, j + 1), {k: v[None] for k, v in final.items()}
         return
     act = activation_floats(model, x.shape[-3:])
@@ -246,5 +260,6 @@ def train_nets(
                                  batched=True, per_net=per_net, augment=augment)
         xg, yg = (x[group.start:group.stop], y[group.start:group.stop]) if per_net else (x, y)
         final = unroll(many, stack_params([inits[j] for j in group], x.device), xg, yg, rates,
-                       create_graph=False, schedule=schedule).params
+                       create_graph=False, schedule=schedule,
+                       observe=epochs_done(group.start, len(group))).params
         yield group, final
