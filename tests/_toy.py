@@ -24,3 +24,24 @@ def toy_data(classes=3, hw=8, n_train=96, n_test=48, channels=1, seed=0) -> Real
         classes=[f"class{c}" for c in range(classes)],
         mean=(0.5,) * channels, std=(0.25,) * channels,
     )
+
+
+TOY_CONFIG = {
+    "data": {"dataset": "toy", "batch_size": 32},
+    "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+    "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
+    "optim": {"iterations": 8, "meta_lr": 0.05, "decay_every": 1.0},
+    "run": {"checkpoint_every": 3, "log_every": 1, "device": "cpu"},
+}
+
+
+def toy_config(*layers: dict, **sections: dict):
+    """A DistillConfig for ``toy_data``: ``TOY_CONFIG`` with each layer, then ``sections``,
+    merged over it section by section."""
+    from ddcli import DistillConfig
+
+    base = {name: dict(values) for name, values in TOY_CONFIG.items()}
+    for layer in (*layers, sections):
+        for name, values in layer.items():
+            base.setdefault(name, {}).update(values)
+    return DistillConfig.from_dict(base)

@@ -16,19 +16,9 @@ from ddcli.cli._scale import forward_args
 from ddcli.config import build_config, config_flags, flag_overrides, resumable_settings
 from ddcli.engine import loop
 from ddcli.infra.sections import Section, collect_flags, flag
+from tests._cli import one_line_error, run
 
 runner = CliRunner()
-
-
-def run(*args, **kw):
-    return runner.invoke(app, [str(a) for a in args], **kw)
-
-
-def one_line_error(result, code):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert "Traceback" not in result.output
-    return err
 
 
 def test_help_lists_commands():

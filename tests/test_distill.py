@@ -10,20 +10,11 @@ import torch
 from ddcli import Bundle, DistillConfig, distill, resume
 from ddcli.errors import CheckpointError, ConfigError, DivergedError, Interrupted
 
-from tests._toy import toy_data
+from tests._toy import toy_config, toy_data
 
 
 def cfg(**sections) -> DistillConfig:
-    base = {
-        "data": {"dataset": "toy", "batch_size": 32},
-        "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
-        "optim": {"iterations": 8, "meta_lr": 0.05, "decay_every": 1.0},
-        "run": {"checkpoint_every": 3, "log_every": 1, "device": "cpu"},
-    }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    return DistillConfig.from_dict(base)
+    return toy_config(**sections)
 
 
 def test_distill_improves_and_writes_bundle(tmp_path):

@@ -148,8 +148,11 @@ def test_train_protocol_is_seeded_and_uses_mean_learned_lr(fixed_run):
     assert a.primary.group == "fresh nets" and a.primary.n == 3
     assert a.settings["train_lr"] == pytest.approx(float(Bundle.load(path).lrs.mean()))
     assert a.settings["lr_halved_at_epoch"] == 5
-    c = evaluate_bundle(path, **kw, seed=1)
-    assert c.primary.accuracies != a.primary.accuracies or c.settings["seed"] == 1
+    # The seed reaches the nets: one epoch leaves them far from converged, so different
+    # inits and shuffles show in their accuracies (the same seed gave the same above).
+    short = {**kw, "train_epochs": 1}
+    c0, c1 = evaluate_bundle(path, **short), evaluate_bundle(path, **short, seed=1)
+    assert c1.settings["seed"] == 1 and c0.primary.accuracies != c1.primary.accuracies
     d = evaluate_bundle(path, **kw, train_lr=0.5)
     assert d.settings["train_lr"] == 0.5 and d.settings["lr_source"] == "--train-lr"
 

@@ -5,19 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from ddcli import Bundle
 from ddcli.core.params import init_params
 from ddcli.cli import app
 from ddcli.models import create_model
 from ddcli.core.rates import raw_from_lrs
+from tests._cli import one_line_error, run
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -33,14 +28,6 @@ def mnist_bundle(tmp_path):
         model=model.ddcli_spec, epochs=2, init_params=init_params(model, "xavier", 0),
     )
     return b.save(tmp_path / "m.safetensors")
-
-
-def one_line_error(result, code):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    assert "Traceback" not in result.output
-    err = result.stderr.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1, err
-    return err
 
 
 def test_missing_bundle(tmp_path):

@@ -9,14 +9,13 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.transforms.functional import pil_to_tensor
-from typer.testing import CliRunner
 
 from ddcli import Bundle
 from ddcli.cli import app
 from ddcli.errors import ConfigError, ExportError
 from ddcli.export import export
+from tests._cli import one_line_error, run as run_cli
 
-runner = CliRunner()
 
 
 def make_bundle(steps=12, classes=10, ipc=1, hw=8, channels=1, epochs=2, init_mode="random",
@@ -139,18 +138,6 @@ def test_imagefolder_odd_class_names(tmp_path):
 def test_bad_format_is_a_usage_error(tmp_path):
     with pytest.raises(ConfigError, match="imagefolder, pt, npz"):
         export(make_bundle(steps=1), "tfrecord", tmp_path / "x")
-
-
-def run_cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, code):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1, err
-    assert "Traceback" not in result.output
-    return err
 
 
 def test_cli_export_and_warnings_on_stderr(tmp_path):

@@ -12,7 +12,7 @@ from ddcli.config import build_config
 from ddcli.errors import ConfigError, Interrupted
 from ddcli.evaluate import evaluate_bundle
 
-from tests._toy import toy_data
+from tests._toy import toy_config, toy_data
 
 METHODS = {
     "labels": {"synth": {"learn_labels": True}, "optim": {"label_lr": 0.02}},
@@ -28,17 +28,7 @@ METHODS = {
 
 
 def cfg(*extra: dict, **sections) -> DistillConfig:
-    base = {
-        "data": {"dataset": "toy", "batch_size": 32},
-        "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
-        "optim": {"iterations": 6, "meta_lr": 0.05, "decay_every": 1.0},
-        "run": {"checkpoint_every": 3, "log_every": 1, "device": "cpu"},
-    }
-    for layer in (*extra, sections):
-        for name, values in layer.items():
-            base.setdefault(name, {}).update(values)
-    return DistillConfig.from_dict(base)
+    return toy_config({"optim": {"iterations": 6}}, *extra, **sections)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from ddcli import Bundle
 from ddcli.cli import app
@@ -14,8 +13,8 @@ from ddcli.errors import CheckpointError, ConfigError
 from ddcli.viz import line_chart, load_snapshots, visualize
 from ddcli.viz._chart import PALETTE
 from ddcli.viz._visualize import _step_title
+from tests._cli import one_line_error, run as run_cli
 
-runner = CliRunner()
 
 
 def make_bundle(steps=2, classes=10, ipc=1, hw=28, channels=1, epochs=3, seed=0, names=None,
@@ -220,18 +219,6 @@ def test_legend_moves_below_a_long_title():
     short = swatch_rows(line_chart({"a": [0, 1], "b": [1, 0]}, title="t"))
     long = swatch_rows(line_chart(series, title="replay test accuracy during distillation"))
     assert short.min() < 22 <= long.min()  # beside the title; on a row of its own
-
-
-def run_cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, code):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1, err
-    assert "Traceback" not in result.output
-    return err
 
 
 def test_cli_writes_pictures(tmp_path):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ddcli.infra.io import user_cache_dir
 from ddcli.infra.registry import Registry
 from ddcli.data._realdata import RealData
 from ddcli.errors import UnknownDatasetError
@@ -112,13 +113,7 @@ def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
     """
     if root is not None and str(root) != "":
         return Path(root).expanduser().absolute()
-    env = os.environ.get(DATA_ROOT_ENV, "")
-    if env:
-        return Path(env).expanduser().absolute()
-    # The XDG spec says to ignore a relative XDG_CACHE_HOME.
-    cache = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
-    return base / "ddcli" / "data"
+    return user_cache_dir("data", env=DATA_ROOT_ENV).absolute()
 
 
 def load_dataset(

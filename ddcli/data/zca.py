@@ -39,6 +39,7 @@ from torch import Tensor
 from ddcli.data._realdata import RealData, check_pixel_space, normalized_space
 from ddcli.errors import DDError
 from ddcli.infra import io as _io
+from ddcli.infra.io import user_cache_dir
 
 DEFAULT_EPS = 0.1  # what KIP, MTT and DD-Ranking use
 CACHE_ENV = "DDCLI_ZCA_CACHE"
@@ -110,13 +111,7 @@ def data_sha256(x01: Tensor) -> str:
 
 def zca_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where fits are cached: ``cache_dir``, else ``$DDCLI_ZCA_CACHE``, else ``~/.cache/ddcli/zca``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
-    return base / "ddcli" / "zca"
+    return user_cache_dir("zca", env=CACHE_ENV, override=cache_dir)
 
 
 def fit_zca(x01: Tensor, eps: float = DEFAULT_EPS, *,
@@ -244,14 +239,19 @@ def zca_from_record(record: dict[str, Any], *, data: RealData | None = None,
     return zca
 
 
+def _stats(space: dict[str, Any], like: Tensor) -> tuple[Tensor, Tensor]:
+    """A normalised space's mean and std as (C, 1, 1) tensors like ``like``."""
+    c = (len(space["mean"]), 1, 1)
+    return tuple(torch.tensor(space[k], dtype=like.dtype, device=like.device).view(c)
+                 for k in ("mean", "std"))  # type: ignore[return-value]
+
+
 def to_unit_pixels(images: Tensor, space: dict[str, Any], *, zca: ZCA | None = None,
                    data_root: str | os.PathLike | None = None) -> Tensor:
     """Images (..., C, H, W) in pixel space ``space`` -> [0, 1] pixels (not clipped)."""
     space = check_pixel_space(space, images.shape[-3])
     if space["kind"] == "normalized":
-        c = (len(space["mean"]), 1, 1)
-        mean = torch.tensor(space["mean"], dtype=images.dtype, device=images.device).view(c)
-        std = torch.tensor(space["std"], dtype=images.dtype, device=images.device).view(c)
+        mean, std = _stats(space, images)
         return images * std + mean
     return (zca or zca_from_record(space, data_root=data_root)).invert(images)
 
@@ -261,9 +261,7 @@ def from_unit_pixels(x01: Tensor, space: dict[str, Any], *, zca: ZCA | None = No
     """[0, 1] pixels (..., C, H, W) -> pixel space ``space``; the inverse of ``to_unit_pixels``."""
     space = check_pixel_space(space, x01.shape[-3])
     if space["kind"] == "normalized":
-        c = (len(space["mean"]), 1, 1)
-        mean = torch.tensor(space["mean"], dtype=x01.dtype, device=x01.device).view(c)
-        std = torch.tensor(space["std"], dtype=x01.dtype, device=x01.device).view(c)
+        mean, std = _stats(space, x01)
         return (x01 - mean) / std
     return (zca or zca_from_record(space, data_root=data_root)).apply(x01)
 

@@ -17,7 +17,7 @@ slower than N plain calls (figures in docs/benchmarks.md, ``bench/eval_speed.py`
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -162,21 +162,15 @@ def train_accuracies(
     test_x: Tensor,
     test_y: Tensor,
     *,
-    lr: float,
-    epochs: int,
-    seeds: Sequence[int],
-    batch_size: int = 256,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
     batched: bool | None = None,
-    augment: DSA | None = None,
-    progress: Progress | None = None,
+    **train: Any,
 ) -> Tensor:
     """Train each init on a small image set with SGD (``train_nets``), then test it.
 
     Args:
         batched: True: vmap over the nets; False: one net at a time; None (default):
             ``use_vmap`` decides per part (SGD, test inference) and device.
+        **train: ``train_nets``' settings (lr, epochs, seeds, batch_size, ...).
 
     Returns:
         Final test accuracies, float64 of shape (N,).
@@ -185,11 +179,8 @@ def train_accuracies(
     n_test = max(1, test_x.shape[0])
     out = torch.zeros(len(inits), dtype=torch.float64)
     vmap_infer = use_vmap(batched, model, shape, "inference")
-    for group, params in train_nets(
-        model, inits, x, y, lr=lr, epochs=epochs, seeds=seeds, batch_size=batch_size,
-        momentum=momentum, weight_decay=weight_decay,
-        batched=use_vmap(batched, model, shape, "sgd"), augment=augment, progress=progress,
-    ):
+    for group, params in train_nets(model, inits, x, y,
+                                    batched=use_vmap(batched, model, shape, "sgd"), **train):
         counts = correct_counts(model, params, test_x, test_y, vmapped=vmap_infer)
         out[group.start : group.stop] = counts.cpu().double() / n_test
     return out

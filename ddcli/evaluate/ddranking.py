@@ -39,6 +39,7 @@ import torch
 from ddcli._version import __version__
 from ddcli.data._realdata import RealData
 from ddcli.infra import io as _io
+from ddcli.infra.io import user_cache_dir
 
 LAMBDA = 0.5  # DD-Ranking's lrs_lambda default; α = λ·IOR - (1 - λ)·HLR
 CACHE_ENV = "DDCLI_FULL_DATA_CACHE"
@@ -144,13 +145,7 @@ class FullDataResult:
 
 def full_data_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir``, else ``$DDCLI_FULL_DATA_CACHE``, else ``~/.cache/ddcli/full-data``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
-    return base / "ddcli" / "full-data"
+    return user_cache_dir("full-data", env=CACHE_ENV, override=cache_dir)
 
 
 def full_data_key(data: RealData, protocol: FullDataProtocol) -> dict[str, Any]:

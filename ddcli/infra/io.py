@@ -57,6 +57,20 @@ def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) 
         raise OutputError(f"can't write {what} to {path}: {parent} is not a writable folder")
 
 
+def user_cache_dir(name: str, *, env: str | None = None,
+                   override: str | os.PathLike | None = None) -> Path:
+    """ddcli's cache folder ``name``: ``override``, else ``$env``, else
+    ``$XDG_CACHE_HOME/ddcli/<name>`` or ``~/.cache/ddcli/<name>`` (nothing is created)."""
+    if override is not None and str(override) != "":
+        return Path(override).expanduser()
+    if env and os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    # The XDG spec says to ignore a relative XDG_CACHE_HOME.
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
+    return base / "ddcli" / name
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
