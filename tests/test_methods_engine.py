@@ -219,3 +219,20 @@ def test_training_nets_in_eval_reports_progress_to_the_end(tmp_path):
     train = [s for s in seen if s[0] == "training nets"]
     assert train[-1][1] == train[-1][2] == 12  # 3 nets x 4 epochs
     assert [d for _, d, _ in train] == sorted(d for _, d, _ in train)
+
+
+def test_dd_eval_reports_ddranking_scores_from_fractions(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDCLI_FULL_DATA_CACHE", str(tmp_path / "full"))
+    b = distill(cfg(), out=tmp_path / "p.safetensors", data=toy_data()).bundle
+    kw = dict(data=toy_data(), protocol="train", train_epochs=3, n_nets=2, ddranking=True,
+              full_data_epochs=2)
+    a = evaluate_bundle(b, **kw)
+    d = a.ddranking
+    syn, real = a.primary.mean, a.row("random-real").mean
+    full = sum(d["full_data"]["accuracies"]) / len(d["full_data"]["accuracies"])
+    assert d["ior"] == pytest.approx(syn - real) and d["hlr"] == pytest.approx(full - syn)
+    assert 0 < d["lrs"] < 1 and not d["full_data"]["cached"]
+    again = evaluate_bundle(b, **kw)
+    assert again.ddranking["full_data"]["cached"] and again.ddranking["lrs"] == d["lrs"]
+    with pytest.raises(ConfigError, match="--protocol train"):
+        evaluate_bundle(b, data=toy_data(), protocol="replay", ddranking=True)

@@ -44,6 +44,8 @@ def eval_command(
     data_root: DataRoot = None,
     device: Device = None,
     batching: Annotated[str, Opt(help="How nets run together: vmap (stacked, torch.func.vmap), loop (one at a time), or auto (vmap on GPUs; on CPUs only where it is faster).")] = "auto",
+    ddranking: Annotated[bool, Opt("--ddranking", help="Train protocol: DD-Ranking's IOR, HLR and LRS, from fractions (adds random-real; trains a full-data net once, cached).", rich_help_panel="Train protocol")] = False,
+    full_data_epochs: Annotated[int, Opt(help="--ddranking: epochs of the full-data reference net.", rich_help_panel="Train protocol")] = 20,
     augment: Annotated[str, Opt(help="Train protocol: none, or dsa (DSA's ops on every SGD batch, as DSA/MTT evaluate; use --train-epochs 1000).", metavar="AUG", rich_help_panel="Train protocol")] = "none",
     pool: Annotated[Optional[Path], Opt(help="Pretrained, adapt and attack bundles: the pool folder.", show_default="the one recorded in the bundle")] = None,
     record: Annotated[bool, Opt(help="Also write the results to the sidecar <set>.eval.json (never into the bundle).", rich_help_panel="Output")] = False,
@@ -57,6 +59,7 @@ def eval_command(
         baselines=tuple(BASELINES if compare else baseline or ()), candidates=candidates,
         model=model, train_lr=train_lr, train_epochs=train_epochs, batch_size=batch_size,
         init_scheme=init_scheme, device=device or "auto", batching=batching, augment=augment,
+        ddranking=ddranking, full_data_epochs=full_data_epochs,
     )
     # A set without a pixel-space record is evaluated with a loud warning; it is said as
     # one `warning:` line once the evaluation stands (an error makes it moot). A line per
@@ -131,6 +134,12 @@ def print_report(report: EvalReport, console: Console) -> None:
     curves = [r for r in report.rows if r.curve is not None]
     if curves:
         console.print(_curve_table(report, curves))
+    if report.ddranking:
+        d, full = report.ddranking, report.ddranking["full_data"]
+        console.print(f"DD-Ranking (fractions): IOR {d['ior']:+.4f}, HLR {d['hlr']:.4f}, LRS "
+                      f"{d['lrs']:.4f}; full data {100 * sum(full['accuracies']) / len(full['accuracies']):.2f}% "
+                      f"({full['epochs']} epochs{', cached' if full['cached'] else ''})",
+                      soft_wrap=True)
     for note in report.notes:
         console.print(f"note: {note}", soft_wrap=True)
 

@@ -23,6 +23,7 @@ from ddcli.evaluate._nets import supports_vmap
 from ddcli.evaluate._job import Job, count_stages
 from ddcli.evaluate._replay_protocol import checkpoints, run_replay
 from ddcli.evaluate._report import BATCHING, EvalConfig, EvalReport
+from ddcli.evaluate.ddranking import FullDataProtocol, ddranking_scores, full_data_accuracy
 from ddcli.evaluate.nets import RANDOM
 from ddcli.evaluate.pool import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
 from ddcli.evaluate._sets import ImageSet, load_image_set, set_kind
@@ -173,12 +174,17 @@ def _evaluate(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
         resolved |= {"train_lr": lr, "lr_source": lr_source,
                      "lr_halved_at_epoch": max(1, cfg.train_epochs // 2),
                      "score_epochs": score_epochs(cfg.train_epochs)}
+        if cfg.ddranking and "random-real" not in cfg.baselines:  # IOR needs it
+            job.cfg = cfg = dataclasses.replace(cfg, baselines=("random-real", *cfg.baselines))
+            job.stages = count_stages(cfg, 1)
         rows = run_train(job, lr)
+    scores = _ddranking(cfg, rows, data, spec, scheme, device) if cfg.ddranking else None
     return EvalReport(
         source=s.source, kind=s.kind, dataset=data.name, test_size=int(data.test_y.shape[0]),
         protocol=protocol, model=spec, settings={**cfg.to_dict(), **resolved}, rows=rows,
         notes=notes, elapsed_s=time.perf_counter() - t0,
         provenance={"set": made, "eval": provenance.collect(device=str(device))},
+        ddranking=scores,
     )
 
 
@@ -229,6 +235,23 @@ def _match_dataset(
             notes.append(f"re-normalised the images from the set's mean {_fmt(s.mean)} / std "
                          f"{_fmt(s.std)} to {data.name}'s {_fmt(data.mean)} / {_fmt(data.std)}")
     return images, labels
+
+
+def _ddranking(cfg: EvalConfig, rows, data: RealData, spec: dict, scheme: str,
+               device) -> dict[str, Any]:
+    """IOR, HLR, LRS of the train-protocol rows, against a full-data net trained with the
+    same SGD (lr 0.01, the DC protocol's: a set's learned rate is no rate for 60k images)
+    for ``full_data_epochs`` epochs, cached per dataset, model and settings."""
+    protocol = FullDataProtocol(model=spec, epochs=cfg.full_data_epochs, lr=DEFAULT_TRAIN_LR,
+                                batch_size=cfg.batch_size, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, seed=cfg.seed, init_scheme=scheme)
+    full = full_data_accuracy(data, protocol, device=device)
+    syn = next(r for r in rows if r.name == "distilled")
+    real = next(r for r in rows if r.name == "random-real")
+    scores = ddranking_scores(syn.mean, real.mean, full.mean)
+    return {**dataclasses.asdict(scores), "full_data": {
+        "epochs": cfg.full_data_epochs, "lr": DEFAULT_TRAIN_LR, "accuracies": full.accuracies,
+        "cached": full.cached, "seconds": round(full.seconds, 1)}}
 
 
 def _set_provenance(s: ImageSet) -> dict[str, Any] | None:

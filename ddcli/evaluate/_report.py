@@ -64,13 +64,17 @@ class EvalConfig:
     device: str = "auto"
     batching: str = "auto"
     augment: str = "none"  # train protocol: "dsa" augments every SGD batch (DSA's protocol)
+    ddranking: bool = False  # train protocol: DD-Ranking's IOR, HLR and LRS (adds random-real)
+    full_data_epochs: int = 20  # the full-data reference net's epochs (HLR); cached on disk
 
     def validate(self) -> "EvalConfig":
         if self.batching not in BATCHING:
             raise ConfigError(f"--batching must be auto, vmap or loop, got {self.batching!r}")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ConfigError(f"--protocol must be replay or train, got {self.protocol!r}")
-        for flag in ("n_nets", "candidates", "train_epochs", "batch_size"):
+        if self.ddranking and self.protocol == "replay":
+            raise ConfigError("--ddranking scores the train protocol: pass --protocol train")
+        for flag in ("n_nets", "candidates", "train_epochs", "batch_size", "full_data_epochs"):
             value = getattr(self, flag)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(
@@ -169,6 +173,8 @@ class EvalReport:
         elapsed_s: total wall time.
         provenance: {"set": how the set was made (the bundle's last record, if any),
             "eval": this evaluation's own record} (``ddcli.infra.provenance``).
+        ddranking: with ``EvalConfig.ddranking``, DD-Ranking's scores from fractions
+            (``ddcli.evaluate.ddranking``) and the full-data reference they used.
     """
 
     source: str
@@ -182,6 +188,7 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
+    ddranking: dict[str, Any] | None = None  # IOR, HLR, LRS and the full-data reference
 
     @property
     def primary(self) -> EvalRow:
@@ -205,7 +212,7 @@ class EvalReport:
             "settings": self.settings, "rows": [r.to_dict() for r in self.rows],
             "margin_over_random_real": self.margin_over_random_real,
             "notes": self.notes, "elapsed_s": round(self.elapsed_s, 3),
-            "provenance": self.provenance,
+            "provenance": self.provenance, "ddranking": self.ddranking,
         }
 
 

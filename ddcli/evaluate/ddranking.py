@@ -176,7 +176,8 @@ def full_data_accuracy(data: RealData, protocol: FullDataProtocol, *,
         >>> ref = full_data_accuracy(data, FullDataProtocol(spec, epochs=30))  # doctest: +SKIP
         >>> ddranking_scores(0.45, 0.26, ref.mean).lrs  # doctest: +SKIP
     """
-    from ddcli.engine.inits import derive_seed, init_params
+    from ddcli.core.params import init_params
+    from ddcli.core.seeds import derive_seed
     from ddcli.evaluate._nets import train_accuracies
     from ddcli.models import create_model
 
