@@ -109,6 +109,7 @@ def export(bundle: Bundle | str | os.PathLike, fmt: str, path: str | os.PathLike
         bundle = Bundle.load(bundle_path)
         source = {"path": str(bundle_path.absolute()), "sha256": _sha256(bundle_path)}
     path = Path(path)
+    _io.check_writable(path, f"the {fmt} export", folder=fmt in FOLDER_FORMATS)
     report = ExportReport(fmt, path, bundle.images.shape[0] * bundle.images.shape[1])
     try:
         if fmt == "pt":

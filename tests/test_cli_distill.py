@@ -236,3 +236,34 @@ def test_a_new_field_of_any_kind_is_a_flag_with_nothing_else_to_write():
     assert r.exit_code == 0 and seen["soft_labels"] is False and seen["window"] is None
     assert runner.invoke(toy, ["--window", "eight"]).exit_code == 2
     assert "--config-only" not in runner.invoke(toy, ["--help"]).stdout
+
+
+def test_a_failed_final_write_keeps_the_checkpoint_and_says_where_to_write(
+        tmp_path, fixture_root, monkeypatch):
+    import errno
+
+    from ddcli.bundle import Bundle as B
+
+    def full_disk(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(B, "save", full_disk)
+    out = tmp_path / "m.safetensors"
+    err = one_line_error(run("distill", "mnist", "--data-root", fixture_root, "--steps", "1",
+                             "--epochs", "1", "--batch-size", "64", "--iterations", "2",
+                             "-o", out, "--quiet"), 1)
+    assert "No space left" in err and "--resume" in err and "-o OTHER" in err
+    assert (tmp_path / "m.run" / "checkpoint.pt").exists() and not out.exists()
+    monkeypatch.undo()
+    other = tmp_path / "elsewhere.safetensors"
+    r = run("distill", "--resume", tmp_path / "m.run", "-o", other, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert B.load(other).summary["iterations"] == 2  # nothing retrained
+
+
+def test_other_commands_refuse_unwritable_outputs_first(tmp_path, fixture_root):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    err = one_line_error(run("pretrain", "mnist", "--data-root", fixture_root, "-o",
+                             blocker / "pool"), 1)
+    assert "can't write the pool" in err

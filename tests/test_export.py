@@ -196,3 +196,24 @@ def test_exports_evaluate_like_the_bundle(tmp_path, fixture_root):
     assert accs["pt"] == accs["bundle"] and accs["npz"] == accs["bundle"], accs
     assert accs["imagefolder"] == accs["bundle"], accs
     assert min(accs["bundle"]) > 0.15  # real digits teach something: above chance (0.1)
+
+
+def test_grey_imagefolder_is_rgb_by_default_and_one_channel_as_documented(tmp_path):
+    """ImageFolder's default loader converts to RGB; the documented loader and the
+    Grayscale transform both give the exported single-channel pixels back."""
+    from torchvision import transforms
+
+    b = make_bundle(channels=1, steps=2)
+    export(b, "imagefolder", tmp_path / "out")
+    want, _ = uint8_pixels(b)
+    default = ImageFolder(tmp_path / "out")
+    assert pil_to_tensor(default[0][0]).shape[0] == 3  # the pitfall
+    by_loader = ImageFolder(tmp_path / "out", loader=lambda p: Image.open(p).convert("L"))
+    by_transform = ImageFolder(tmp_path / "out", transform=transforms.Grayscale())
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    index = {r["file"]: r["index"] for r in manifest["images"]}
+    for ds in (by_loader, by_transform):
+        for (path, _), (img, _) in zip(ds.samples, ds):
+            got = pil_to_tensor(img)
+            assert got.shape[0] == 1
+            assert torch.equal(got, want[index[os.path.relpath(path, tmp_path / "out")]])

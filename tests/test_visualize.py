@@ -127,7 +127,7 @@ def test_step_title_has_the_rate_of_every_pass():
     b = make_bundle(steps=2, epochs=3)
     lrs = b.lrs
     title = _step_title(b, 1)
-    assert title == "step 1 · lr " + " / ".join(f"{lrs[t].item():.2g}" for t in (1, 3, 5))
+    assert title == "step 1 · lr per pass " + " / ".join(f"{lrs[t].item():.2g}" for t in (1, 3, 5))
 
 
 def test_output_is_deterministic(tmp_path):

@@ -119,6 +119,12 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             _report("error: interrupted")
             raise typer.Exit(130) from None
+        except OSError as exc:  # a full disk, a folder gone mid-write: the place and reason
+            if _debug():
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            _report(f"error: couldn't write or read{where}: {exc.strerror or exc}")
+            raise typer.Exit(1) from None
         except MemoryError:
             _report("error: out of memory; try a smaller --batch-size, fewer --steps, or "
                     "--unroll-memory recompute")

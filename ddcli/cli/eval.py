@@ -15,7 +15,8 @@ from rich.table import Table
 
 from ddcli.evaluate._sets import PixelSpaceWarning
 from ddcli.evaluate.pool import PoolEvalReport
-from ddcli.evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report
+from ddcli.evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report, sidecar_path
+from ddcli.infra.io import check_writable
 from ddcli.cli._app import app
 from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
 from ddcli.evaluate.pool_report import pool_report_lines
@@ -61,6 +62,8 @@ def eval_command(
         init_scheme=init_scheme, device=device or "auto", batching=batching, augment=augment,
         ddranking=ddranking, full_data_epochs=full_data_epochs,
     )
+    if record:  # before the work, not after it
+        check_writable(sidecar_path(path), "the eval record")
     # A set without a pixel-space record is evaluated with a loud warning; it is said as
     # one `warning:` line once the evaluation stands (an error makes it moot). A line per
     # row, and a bar with an ETA for each long step (on_progress events).

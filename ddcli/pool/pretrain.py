@@ -23,6 +23,7 @@ from ddcli.core.params import Params, init_params, num_nets, stack_params
 from ddcli.core.seeds import derive_seed
 from ddcli.core.steps import SGD, Adam, StepFn
 from ddcli.infra.device import resolve_device
+from ddcli.infra.io import check_writable
 from ddcli.pool.pool import MANIFEST, Pool, PoolNet, read_net_record
 from ddcli.config import DEFAULT_MODELS
 from ddcli.data import RealData, load_dataset
@@ -162,6 +163,7 @@ def pretrain(
     if n_nets < 1:
         raise ConfigError(f"--n-nets must be a positive integer, got {n_nets}")
     recipe = (recipe or PretrainRecipe()).resolved()
+    check_writable(out, "the pool", folder=True)  # before any training
     t0 = time.perf_counter()
     dev = resolve_device(device)
     if nets_per_batch is None:

@@ -197,7 +197,8 @@ def _step_title(bundle: Bundle, step: int) -> str:
     # GD step t uses the images of step t % S, so step s has rates t = s, s + S, s + 2S, ...
     lrs = bundle.lrs
     rates = " / ".join(f"{lrs[e * bundle.steps + step].item():.2g}" for e in range(bundle.epochs))
-    return f"step {step} · lr {rates}"
+    # Labelled apart from the progress display's "lr min/mean/max": one rate per pass.
+    return f"step {step} · lr per pass {rates}"
 
 
 def _overview_image(bundle: Bundle, images: Tensor, *, scale: int, title: str,
