@@ -161,3 +161,25 @@ def test_config_keys_renamed_since_earlier_versions_still_load():
     cfg = DistillConfig.from_dict({"synth": {"distill_lr": 0.1}, "optim": {"lr": 0.2}})
     assert cfg.synth.step_lr == 0.1 and cfg.optim.meta_lr == 0.2
     assert "distill_lr" not in cfg.to_dict()["synth"] and "lr" not in cfg.to_dict()["optim"]
+
+
+def test_each_results_bundle_was_made_by_its_preset():
+    """A figure's preset must still give the config of the run behind it (results/)."""
+    import pathlib
+
+    from ddcli import Bundle
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "results"
+    index = json.loads((root / "index.json").read_text())
+    checked = 0
+    for name, entry in index.items():
+        if "preset" not in entry:
+            continue  # made before presets were recorded
+        made = DistillConfig.from_dict(Bundle.load(root / name).config).to_dict()
+        want = build_config(preset=entry["preset"],
+                            overrides=entry.get("distill_overrides", {})).to_dict()
+        for section, key in (("data", "data_root"), ("run", "device")):
+            made[section][key] = want[section][key]  # where it ran, not what it is
+        assert made == want, name
+        checked += 1
+    assert checked == sum("preset" in e for e in index.values())
