@@ -23,6 +23,7 @@ from .infra.sections import Flag, Section, collect_flags, flag, load_config_file
 
 INIT_MODES = ("fixed", "random", "pretrained-fixed", "pretrained-random")
 UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
+PRECISIONS = ("fp32", "bf16-outer")  # ddcli.core.nets
 OBJECTIVES = ("distill", "adapt", "attack")
 WINDOW_SAMPLING = ("last", "random")
 INNER_OPTIMIZERS = ("gd", "sgd")
@@ -181,6 +182,9 @@ class RunConfig(Section):
     eval_nets: int = _flag(4, "random: nets per periodic evaluation.", OUTPUT,
                            resumable=True)
     log_every: int = _flag(10, "Append to metrics.jsonl.", OUTPUT, resumable=True)
+    # Not resumable: bf16-outer changes the meta-gradient beyond rounding (performance.md).
+    precision: str = _flag("fp32", "fp32, or bf16-outer: the real-batch loss in bfloat16.",
+                           SCALE, choices=PRECISIONS, metavar="PREC")
     nproc: int = _flag(1, "Processes to split the nets over.", SCALE,
                        resumable=True)
     batch_nets: bool = _flag(True, "Run the sampled nets together (vmap).",

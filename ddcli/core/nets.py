@@ -19,6 +19,22 @@ The outer loss L is vmapped over i too, except on the CPU, where it goes net by 
 on the shared 1024-image batch slower than N plain ones, and a loop keeps only one
 real-batch graph alive at a time.
 
+The real batch. The outer loss is a mean over the real images, so it can go through them
+in equal chunks, each chunk's loss weighted by its share of the batch and its gradient
+summed into a_N before the next chunk's graph is built: the same a_N to round-off, with
+one chunk's activations alive instead of the whole batch's (``outer_chunk``; by default
+as many images as ``OUTER_ACTIVATION_BUDGET`` allows, so LeNet's 1024 MNIST images are
+one chunk and AlexCifarNet's 1024 CIFAR-10 images several). With ``precision=
+"bf16-outer"`` the outer loss and its gradient run under bfloat16 autocast, the unroll
+and every learned tensor staying float32 (opt in: it changes the meta-gradient by more
+than round-off; docs/performance.md has the measurements).
+
+Kernels. ``inner_onednn=False`` runs one network's unroll on ATen's own convolutions
+(im2col and a GEMM) instead of oneDNN's, and the outer loss on whatever was set before:
+for small convolutions on a few synthetic images oneDNN's per-call cost dominates (its
+input-gradient kernel above all, which the meta-gradient's double backward needs), while
+on the real batch it is the faster one. ``ddcli.infra.device.unroll_onednn`` decides.
+
 The sum over networks is returned; the caller divides by the global number of networks
 (several processes each hold some of them). A model vmap can't run (data-dependent
 control flow, ``.item()`` in ``forward``) falls back to a loop over networks, once and
@@ -27,20 +43,28 @@ for the rest of the run, with a warning.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from ddcli.core.metrics import activation_floats
 from ddcli.core.params import Params, stack_params
 from ddcli.core.schedules import Schedule
 from ddcli.core.steps import StepFn
-from ddcli.core.unroll import MetaGradient, adjoint_of, differentiate_unroll
+from ddcli.core.unroll import MetaGradient, differentiate_unroll
 
 OuterLoss = Callable[[nn.Module, Params, Tensor, Tensor], Tensor]
+PRECISIONS = ("fp32", "bf16-outer")
+
+# Floats of layer outputs one outer-loss chunk may hold, per network (128 MB in float32);
+# autograd saves about 1.5x that for the backward pass.
+OUTER_ACTIVATION_BUDGET = 2**25
 
 
 def outer_loss(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> Tensor:
@@ -48,28 +72,111 @@ def outer_loss(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> Tensor
     return F.cross_entropy(functional_call(model, params, (x,)), y)
 
 
-def looped_outer(model: nn.Module, loss_fn: OuterLoss, real_x: Tensor, real_y: Tensor):
-    """The outer loss and a_N of N stacked nets, one net at a time."""
+def outer_chunks(n: int, chunk: int | None) -> list[slice]:
+    """``n`` real images in equal contiguous chunks of at most ``chunk`` (None: one)."""
+    parts = 1 if not chunk else math.ceil(n / chunk)
+    size = math.ceil(n / parts) if n else 0
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)] if n else [slice(0, 0)]
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16-outer":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """Images (B, C, H, W) stored channels-last (NHWC). A one-channel batch is already
+    in that order, but only explicit NHWC strides make the convolutions that follow pick
+    their channels-last kernels and pass the layout on."""
+    b, c, h, w = x.shape
+    if c == 1:
+        return x.contiguous().as_strided(x.shape, (h * w, 1, w, 1))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def real_batch_adjoint(model: nn.Module, loss_fn: OuterLoss, real_x: Tensor, real_y: Tensor,
+                       *, chunk: int | None = None, precision: str = "fp32",
+                       batched: bool = False, nhwc: bool = False):
+    """The ``outer`` of ``loss_fn`` (a mean over the real images): L and a_N, by chunks.
+
+    ``batched``: the final weights are N stacked nets, evaluated together with vmap;
+    the value is the sum of their losses. ``nhwc``: give the model its images
+    channels-last (the same numbers; other kernels).
+    """
+    n = real_x.shape[0]
+    parts = outer_chunks(n, chunk)
+    xs = [channels_last(real_x[p]) if nhwc else real_x[p] for p in parts]
+    if batched:
+        per_net = vmap(lambda params, x, y: loss_fn(model, params, x, y), in_dims=(0, None, None))
+
+        def loss(params, x, y):
+            return per_net(params, x, y).sum()
+    else:
+        def loss(params, x, y):
+            return loss_fn(model, params, x, y)
+
+    def outer(final: Params) -> tuple[Tensor, tuple[Tensor, ...]]:
+        total, adjoint = None, None
+        for part, x in zip(parts, xs):
+            y = real_y[part]
+            with _autocast(precision, real_x.device):
+                value = loss(final, x, y)
+            if len(parts) > 1:
+                value = value * (x.shape[0] / n)  # a chunk's share of the batch mean
+            grads = torch.autograd.grad(value, tuple(final.values()))
+            value = value.detach()
+            if total is None:
+                total, adjoint = value, list(grads)
+            else:
+                total = total + value
+                adjoint = [a + g for a, g in zip(adjoint, grads)]
+        return total, tuple(adjoint)
+
+    return outer
+
+
+def looped_outer(model: nn.Module, loss_fn: OuterLoss, real_x: Tensor, real_y: Tensor,
+                 **options):
+    """The outer loss and a_N of N stacked nets, one net at a time (``options``: those of
+    ``real_batch_adjoint``)."""
+    one = real_batch_adjoint(model, loss_fn, real_x, real_y, **options)
 
     def outer(final: Params) -> tuple[Tensor, tuple[Tensor, ...]]:
         total = torch.zeros((), dtype=real_x.dtype, device=real_x.device)
         adjoint = {k: torch.empty_like(v) for k, v in final.items()}
         for i in range(next(iter(final.values())).shape[0]):
             net = {k: v[i].detach().requires_grad_(True) for k, v in final.items()}
-            value = loss_fn(model, net, real_x, real_y)
-            for k, g in zip(net, torch.autograd.grad(value, tuple(net.values()))):
+            value, grads = one(net)
+            for k, g in zip(net, grads):
                 adjoint[k][i] = g
-            total += value.detach()
+            total += value
         return total, tuple(adjoint.values())
 
     return outer
 
 
-def batched_outer(model: nn.Module, loss_fn: OuterLoss, real_x: Tensor, real_y: Tensor):
+def batched_outer(model: nn.Module, loss_fn: OuterLoss, real_x: Tensor, real_y: Tensor,
+                  **options):
     if real_x.device.type == "cpu":
-        return looped_outer(model, loss_fn, real_x, real_y)
-    per_net = vmap(lambda params: loss_fn(model, params, real_x, real_y))
-    return adjoint_of(lambda params: per_net(params).sum())
+        return looped_outer(model, loss_fn, real_x, real_y, **options)
+    return real_batch_adjoint(model, loss_fn, real_x, real_y, batched=True, **options)
+
+
+@contextlib.contextmanager
+def _onednn(enabled: bool | None) -> Iterator[None]:
+    """A block with oneDNN's CPU kernels on or off (None: as they are)."""
+    if enabled is None:
+        yield
+        return
+    saved = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = saved
 
 
 def _add(total: MetaGradient | None, part: MetaGradient) -> MetaGradient:
@@ -88,18 +195,43 @@ class NetsMetaGradient:
         batch: evaluate several networks together (``--batch-nets``); False loops.
         inner_threads: CPU threads for one network's unroll (see
             ``differentiate_unroll``); a batched unroll uses torch's setting.
-        loss_fn: the outer objective given the final weights (attack relabels inside).
+        inner_onednn: oneDNN's convolutions on (True) or off (False) for one network's
+            unroll, the outer loss keeping the setting it found; None leaves it.
+        loss_fn: the outer objective given the final weights (attack relabels inside); a
+            mean over the real images when the batch is chunked.
+        outer_chunk: real images per outer-loss chunk; None: what
+            ``OUTER_ACTIVATION_BUDGET`` allows for this model; 0: the whole batch at once.
+        precision: "fp32", or "bf16-outer" (the outer loss under bfloat16 autocast).
+        real_nhwc: give a convolutional model its real batch channels-last.
     """
 
     def __init__(self, step: StepFn, *, mode: str, batch: bool = True,
-                 inner_threads: int | None = None, loss_fn: OuterLoss = outer_loss) -> None:
+                 inner_threads: int | None = None, inner_onednn: bool | None = None,
+                 loss_fn: OuterLoss = outer_loss, outer_chunk: int | None = None,
+                 precision: str = "fp32", real_nhwc: bool = False) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of "
+                             f"{', '.join(PRECISIONS)}")
         self.step, self.mode, self.batch = step, mode, batch
-        self.inner_threads, self.loss_fn = inner_threads, loss_fn
+        self.inner_threads, self.inner_onednn, self.loss_fn = inner_threads, inner_onednn, loss_fn
+        self.outer_chunk, self.precision = outer_chunk, precision
+        self.real_nhwc = real_nhwc and any(isinstance(m, nn.Conv2d) for m in step.model.modules())
         self.fallback_reason: str | None = None
+        self._chunks: dict[tuple[int, ...], int] = {}
 
     @property
     def batched(self) -> bool:
         return self.batch and self.fallback_reason is None
+
+    def chunk_for(self, real_x: Tensor) -> int | None:
+        """Real images per outer-loss chunk for a batch shaped like ``real_x`` (None: all)."""
+        if self.outer_chunk is not None:
+            return self.outer_chunk or None
+        shape = tuple(real_x.shape[1:])
+        if shape not in self._chunks:  # one forward of one image, once per shape
+            per_image = activation_floats(self.step.model, shape)
+            self._chunks[shape] = max(1, OUTER_ACTIVATION_BUDGET // per_image)
+        return self._chunks[shape]
 
     def __call__(self, inits: list[Params], learned: dict[str, Tensor], real_x: Tensor,
                  real_y: Tensor, *, labels: Tensor | None = None,
@@ -107,11 +239,13 @@ class NetsMetaGradient:
                  window: tuple[int, int] | None = None) -> MetaGradient:
         model = self.step.model
         common = dict(labels=labels, schedule=schedule, mode=self.mode, window=window)
+        options = dict(chunk=self.chunk_for(real_x), precision=self.precision,
+                       nhwc=self.real_nhwc and real_x.dim() == 4)
         if len(inits) > 1 and self.batched:
             try:
                 # N nets make every op N times larger: worth all the threads (measured
                 # 0.68 against 1.02 s/iter for 8 LeNets on 2 cores with one).
-                outer = batched_outer(model, self.loss_fn, real_x, real_y)
+                outer = batched_outer(model, self.loss_fn, real_x, real_y, **options)
                 return differentiate_unroll(self.step.batched_like(), outer,
                                             stack_params(inits), learned, **common)
             except (RuntimeError, NotImplementedError) as exc:
@@ -123,10 +257,17 @@ class NetsMetaGradient:
                     RuntimeWarning, stacklevel=2,
                 )
         total = None
-        outer = adjoint_of(lambda params: self.loss_fn(model, params, real_x, real_y))
+        outer = real_batch_adjoint(model, self.loss_fn, real_x, real_y, **options)
+        outside = torch.backends.mkldnn.enabled if self.inner_onednn is not None else None
+
+        def outer_as_before(final: Params):
+            with _onednn(outside):  # the real batch keeps the kernels it had
+                return outer(final)
+
         for params0 in inits:
-            part = differentiate_unroll(self.step, outer, params0, learned,
-                                        inner_threads=self.inner_threads, **common)
+            with _onednn(self.inner_onednn):
+                part = differentiate_unroll(self.step, outer_as_before, params0, learned,
+                                            inner_threads=self.inner_threads, **common)
             total = _add(total, part)
         return total
 
@@ -134,9 +275,12 @@ class NetsMetaGradient:
 def meta_gradient(
     model: nn.Module, params0: Params, images: Tensor, labels: Tensor, raw_lrs: Tensor,
     real_x: Tensor, real_y: Tensor, *, mode: str = "full", loss_fn: OuterLoss = outer_loss,
-    inner_threads: int | None = None,
+    inner_threads: int | None = None, **options,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The paper's meta-gradient for one net: plain GD on the ordered steps, fixed labels.
+
+    ``options``: ``inner_onednn``, ``outer_chunk``, ``precision`` and ``real_nhwc`` of
+    ``NetsMetaGradient``.
 
     Returns:
         (loss, d loss / d images, d loss / d raw_lrs), all detached.
@@ -145,8 +289,8 @@ def meta_gradient(
         >>> loss, g_img, g_lr = meta_gradient(model, params, images, labels, raw_lrs,
         ...                                   x, y)  # doctest: +SKIP
     """
-    outer = adjoint_of(lambda params: loss_fn(model, params, real_x, real_y))
-    out = differentiate_unroll(StepFn(model), outer, params0,
-                               {"images": images, "raw_lrs": raw_lrs}, labels=labels,
-                               mode=mode, inner_threads=inner_threads)
+    nets = NetsMetaGradient(StepFn(model), mode=mode, batch=False, inner_threads=inner_threads,
+                            loss_fn=loss_fn, **options)
+    out = nets([params0], {"images": images, "raw_lrs": raw_lrs}, real_x, real_y,
+               labels=labels)
     return out.loss, out.grads["images"], out.grads["raw_lrs"]

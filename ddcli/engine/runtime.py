@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ddcli.config import DistillConfig
 from ddcli.core.inner import InnerLoop
+from ddcli.core.metrics import activation_floats
 from ddcli.core.nets import NetsMetaGradient
 from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
 from ddcli.core.seeds import derive_seed
@@ -55,9 +56,15 @@ class Runtime:
         k = cfg.synth.images_per_class
         self.inner = InnerLoop.from_config(cfg, d.num_classes * k)
         self.step = self.inner.step_fn(self.model)
+        step_images = self.inner.inner_batch or self.inner.images_per_step
+        step_floats = step_images * activation_floats(self.model, (d.in_channels, d.image_size,
+                                                                   d.image_size))
         self.nets = NetsMetaGradient(self.step, mode=cfg.run.unroll_memory,
                                      batch=cfg.run.batch_nets,
-                                     inner_threads=_device.inner_threads(self.device))
+                                     inner_threads=_device.inner_threads(self.device, step_floats),
+                                     inner_onednn=_device.unroll_onednn(self.device, step_floats),
+                                     precision=cfg.run.precision,
+                                     real_nhwc=_device.real_batch_nhwc(self.device))
         self.train_x, self.train_y = d.train_x.to(self.device), d.train_y.to(self.device)
         self.val_x = self.val_y = None
         if cfg.data.validation:  # real batches never come from the held-out images

@@ -83,20 +83,58 @@ def sync_interval(device: torch.device, log_every: int) -> int:
     return max(1, log_every or 10)
 
 
-def inner_threads(device: torch.device) -> int | None:
-    """Intra-op threads for the unroll's own work on ``device`` (None: torch's setting).
+# Floats of layer outputs in one inner step (all its images) up to which one network's
+# unroll is "small" on the CPU: one thread, and ATen's convolutions rather than oneDNN's
+# (1 MiB of float32; LeNet's MNIST step is about 0.15M, AlexCifarNet's CIFAR-10 one 2.2M).
+SMALL_STEP_FLOATS = 2**18
 
-    On the CPU the inner steps work on n synthetic images (10 for MNIST): every op is
-    tiny, a parallel region gains little, and if any other process takes a core for a
-    moment, every region waits for the descheduled thread. Measured on 2 cores with one
-    other busy process: 2.78 s/iter with 2 threads throughout, 0.14 s/iter with the
-    unroll on 1 thread and the real batch on 2. See docs/performance.md.
+
+def inner_threads(device: torch.device, step_floats: int = 0) -> int | None:
+    """Intra-op threads for one network's unroll on ``device`` (None: torch's setting).
+
+    ``step_floats``: what one inner step's layers output (see ``unroll_onednn``). On the
+    CPU a small step (LeNet on the 10 images of an MNIST step) makes every op tiny: a
+    parallel region gains little, and if any other process takes a core for a moment,
+    every region waits for the descheduled thread. Such an unroll runs on one thread;
+    a step larger than ``SMALL_STEP_FLOATS`` (AlexCifarNet, ConvNet) keeps all threads,
+    whose regions are long enough to pay. Measurements in docs/performance.md.
     ``DDCLI_UNROLL_THREADS=N`` overrides it (0: torch's setting throughout).
     """
     if device.type != "cpu":
         return None
-    n = int(os.environ.get("DDCLI_UNROLL_THREADS", "1"))
-    return n if n > 0 else None
+    forced = os.environ.get("DDCLI_UNROLL_THREADS")
+    if forced is not None:
+        return int(forced) if int(forced) > 0 else None
+    return 1 if step_floats <= SMALL_STEP_FLOATS else None
+
+
+def unroll_onednn(device: torch.device, step_floats: int) -> bool | None:
+    """Whether one network's unroll uses oneDNN's convolutions: False turns them off for
+    it, None leaves torch's setting (``ddcli.core.nets.NetsMetaGradient``).
+
+    ``step_floats`` is what one inner step's layers output (the images of a step times
+    ``ddcli.core.metrics.activation_floats``). For steps this small (LeNet on the 10
+    images of an MNIST step) oneDNN's fixed cost per call dominates, its input-gradient
+    kernel above all, which the double backward of every step calls; ATen's
+    im2col-and-GEMM convolutions do the same arithmetic in less time. Wider steps
+    (AlexCifarNet, ConvNet, or more images per step) are faster on oneDNN, and so is
+    the outer loss on the real batch, which keeps torch's setting. docs/performance.md
+    has the measurements. ``DDCLI_UNROLL_ONEDNN=1`` keeps oneDNN for every unroll, ``0``
+    turns it off for every unroll.
+    """
+    if device.type != "cpu":
+        return None
+    forced = os.environ.get("DDCLI_UNROLL_ONEDNN")
+    if forced is not None:
+        return None if forced == "1" else False
+    return False if step_floats <= SMALL_STEP_FLOATS else None
+
+
+def real_batch_nhwc(device: torch.device) -> bool:
+    """Whether the outer loss gets its real batch channels-last (NHWC): on the CPU,
+    oneDNN's NHWC convolutions and pooling are the faster ones for the large batch
+    (docs/performance.md). Not measured on GPUs, so left as it is there."""
+    return device.type == "cpu"
 
 
 def to_device(value, device: torch.device):

@@ -21,8 +21,11 @@ class AlexCifarNet(nn.Module):
         self.input_shape = (in_channels, image_size, image_size)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, kernel_size=5, padding=2),
-            nn.ReLU(),
+            # Pool before ReLU: the two commute (values and gradients, to the bit), and
+            # the ReLU then runs on a quarter of the activations. Parameter names as
+            # for conv -> ReLU -> pool. (The second block's LRN sits between them.)
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),  # (B, 64, 16, 16)
+            nn.ReLU(),
             _lrn(),
             nn.Conv2d(64, 64, kernel_size=5, padding=2),
             nn.ReLU(),

@@ -1,0 +1,237 @@
+"""The speed levers of issue 14 change kernels, not results: each is held to the plain path.
+
+- pool before ReLU in LeNet and AlexCifarNet: bit-identical values, first and second
+  derivatives, ties included;
+- the outer loss in chunks of the real batch, and on a channels-last batch: equal to the
+  plain outer loss to float64 round-off;
+- ATen's convolutions for a small unroll: only inside the unroll, the outer loss keeps
+  the setting it found; the same meta-gradient up to float32 rounding;
+- ``--precision bf16-outer``: runs, stays close, and is refused on resume;
+- the CPU policies that pick them, and bit-exact resume with all of them on.
+"""
+
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddcli import DistillConfig, distill, resume
+from ddcli.config import resumable_settings
+from ddcli.core.nets import NetsMetaGradient, channels_last, meta_gradient, outer_chunks
+from ddcli.core.rates import raw_from_lrs
+from ddcli.core.steps import StepFn
+from ddcli.errors import ConfigError, Interrupted
+from ddcli.infra import device as _device
+from ddcli.models import create_model, init_weights
+
+from tests._toy import toy_data
+
+CPU = torch.device("cpu")
+
+
+def _conventional(model: nn.Module) -> nn.Module:
+    """The same modules (shared weights) in the textbook order: conv -> ReLU -> pool."""
+    f = model.features
+    ref = nn.Module()
+    if isinstance(f[1], nn.MaxPool2d) and isinstance(f[2], nn.ReLU) and len(f) == 6:  # LeNet
+        ref.features = nn.Sequential(f[0], f[2], f[1], f[3], f[5], f[4])
+    else:  # AlexCifarNet: only the first block is reordered
+        ref.features = nn.Sequential(f[0], f[2], f[1], *f[3:])
+    ref.classifier = model.classifier
+    ref.forward = lambda x: ref.classifier(ref.features(x))
+    return ref
+
+
+def _tied_images(n: int, c: int, hw: int) -> torch.Tensor:
+    # MNIST-like: a constant background (tied conv outputs, tied pool windows) and a
+    # patch of noise; exact zeros after the ReLU tie too.
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((n, c, hw, hw), -0.4242)
+    x[:, :, hw // 4: hw // 2, hw // 4: 3 * hw // 4] = torch.randn(n, c, hw // 4, hw // 2,
+                                                                  generator=g)
+    return x
+
+
+@pytest.mark.parametrize("name,c,hw", [("lenet", 1, 28), ("alexcifarnet", 3, 32)])
+def test_pool_before_relu_is_bit_identical_with_ties_to_second_order(name, c, hw):
+    model = init_weights(create_model(name, in_channels=c, num_classes=10, image_size=hw),
+                         "xavier", generator=torch.Generator().manual_seed(1))
+    ref = _conventional(model)
+    x = _tied_images(6, c, hw).requires_grad_(True)
+    y = torch.arange(6)
+    first = model.features[0](x).detach()
+    windows = F.unfold(F.relu(first), 2, stride=2).view(6, first.shape[1], 4, -1)
+    tied = (windows == windows.amax(2, keepdim=True)) & (windows > 0)
+    assert (tied.sum(2) > 1).any()  # the input does exercise tied, positive maxima
+    params = list(model.parameters())
+    v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) for p in params]
+    results = []
+    for net in (model, ref):
+        out = net(x)
+        g = torch.autograd.grad(F.cross_entropy(out, y), [x, *params], create_graph=True)
+        hvp = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g[1:], v)), [x, *params])
+        results.append([out, *g, *hvp])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_model_parameter_names_are_those_of_the_textbook_order():
+    lenet = create_model("lenet", in_channels=1, num_classes=10, image_size=28)
+    alex = create_model("alexcifarnet", in_channels=3, num_classes=10, image_size=32)
+    assert [k for k, _ in lenet.named_parameters()][:4] == [
+        "features.0.weight", "features.0.bias", "features.3.weight", "features.3.bias"]
+    assert [k for k, _ in alex.named_parameters()][:4] == [
+        "features.0.weight", "features.0.bias", "features.4.weight", "features.4.bias"]
+
+
+def test_outer_chunks_are_equal_and_cover_the_batch():
+    assert [(s.start, s.stop) for s in outer_chunks(1024, 301)] == [
+        (0, 256), (256, 512), (512, 768), (768, 1024)]
+    assert outer_chunks(7, None) == [slice(0, 7)]
+    assert [(s.start, s.stop) for s in outer_chunks(7, 3)] == [(0, 3), (3, 6), (6, 7)]
+
+
+def _lenet_problem(dtype=torch.float64, real=9):
+    model = create_model("lenet", in_channels=1, num_classes=10, image_size=28).to(dtype)
+    init_weights(model, "xavier", generator=torch.Generator().manual_seed(0))
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(2, 10, 1, 28, 28, generator=g, dtype=dtype)
+    labels = torch.arange(10).expand(2, 10).contiguous()
+    raw = raw_from_lrs(torch.full((4,), 0.02, dtype=dtype))
+    x = _tied_images(real, 1, 28).to(dtype)
+    y = torch.randint(0, 10, (real,), generator=g)
+    return model, params, images, labels, raw, x, y
+
+
+@pytest.mark.parametrize("options", [{"outer_chunk": 4}, {"outer_chunk": 1},
+                                     {"real_nhwc": True}, {"real_nhwc": True, "outer_chunk": 4}])
+def test_chunked_and_channels_last_outer_loss_equal_the_plain_one_in_float64(options):
+    problem = _lenet_problem()
+    plain = meta_gradient(*problem, outer_chunk=0)
+    got = meta_gradient(*problem, **options)
+    for a, b in zip(got, plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_chunked_outer_loss_of_stacked_nets_equals_the_plain_one_in_float64():
+    model, params, images, labels, raw, x, y = _lenet_problem()
+    other = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(4),
+                                       dtype=v.dtype) for k, v in params.items()}
+    learned = {"images": images, "raw_lrs": raw}
+    runs = [NetsMetaGradient(StepFn(model), mode="full", **options)(
+        [params, other], learned, x, y, labels=labels)
+        for options in ({"outer_chunk": 0}, {"outer_chunk": 2, "real_nhwc": True})]
+    torch.testing.assert_close(runs[1].loss, runs[0].loss, rtol=1e-12, atol=0)
+    for k in learned:
+        torch.testing.assert_close(runs[1].grads[k], runs[0].grads[k], rtol=1e-12, atol=1e-14)
+
+
+def test_channels_last_keeps_the_values_and_gives_nhwc_strides():
+    for c in (1, 3):
+        x = torch.randn(2, c, 5, 5)
+        nhwc = channels_last(x)
+        assert torch.equal(nhwc, x) and nhwc.stride()[1] == 1
+        out = F.conv2d(nhwc, torch.randn(4, c, 3, 3))
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_aten_convolutions_only_inside_the_unroll_and_the_same_meta_gradient():
+    model, params, images, labels, raw, x, y = _lenet_problem(torch.float32)
+    seen = {"inner": set(), "outer": set()}
+    outer_calls = {"n": 0}
+
+    def loss_fn(m, p, xx, yy):
+        outer_calls["n"] += 1
+        seen["outer"].add(torch.backends.mkldnn.enabled)
+        return F.cross_entropy(torch.func.functional_call(m, p, (xx,)), yy)
+
+    def record(*_):  # inner steps run before the outer loss; sizing runs without grad
+        if outer_calls["n"] == 0 and torch.is_grad_enabled():
+            seen["inner"].add(torch.backends.mkldnn.enabled)
+
+    hook = model.features[0].register_forward_pre_hook(record)
+    before = torch.backends.mkldnn.enabled
+    aten = meta_gradient(model, params, images, labels, raw, x, y, loss_fn=loss_fn,
+                         inner_onednn=False)
+    hook.remove()
+    assert seen == {"inner": {False}, "outer": {before}}
+    assert torch.backends.mkldnn.enabled == before
+    plain = meta_gradient(model, params, images, labels, raw, x, y)
+    for a, b in zip(aten, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_outer_runs_and_stays_close_to_fp32():
+    problem = _lenet_problem(torch.float32, real=32)
+    fp32 = meta_gradient(*problem)
+    bf16 = meta_gradient(*problem, precision="bf16-outer")
+    assert all(t.dtype == torch.float32 for t in bf16)
+    torch.testing.assert_close(bf16[0], fp32[0], rtol=2e-2, atol=0)
+    for a, b in zip(bf16[1:], fp32[1:]):
+        assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
+        assert not torch.equal(a, b)  # it is a different computation, not a no-op
+    with pytest.raises(ValueError, match="precision"):
+        meta_gradient(*problem, precision="fp16")
+
+
+def test_precision_is_validated_and_not_resumable():
+    assert DistillConfig().run.precision == "fp32"
+    DistillConfig.from_dict({"run": {"precision": "bf16-outer"}}).validate()
+    with pytest.raises(ConfigError, match="--precision"):
+        DistillConfig.from_dict({"run": {"precision": "bf16"}}).validate()
+    assert ("run", "precision") not in resumable_settings()
+
+
+def test_cpu_policies_and_their_overrides(monkeypatch):
+    small, large = _device.SMALL_STEP_FLOATS, _device.SMALL_STEP_FLOATS + 1
+    for var in ("DDCLI_UNROLL_ONEDNN", "DDCLI_UNROLL_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    assert _device.unroll_onednn(CPU, small) is False and _device.unroll_onednn(CPU, large) is None
+    assert _device.inner_threads(CPU, small) == 1 and _device.inner_threads(CPU, large) is None
+    cuda = torch.device("cuda", 0)
+    assert _device.unroll_onednn(cuda, small) is None and _device.inner_threads(cuda, small) is None
+    assert _device.real_batch_nhwc(CPU) and not _device.real_batch_nhwc(cuda)
+    monkeypatch.setenv("DDCLI_UNROLL_ONEDNN", "1")
+    assert _device.unroll_onednn(CPU, small) is None
+    monkeypatch.setenv("DDCLI_UNROLL_ONEDNN", "0")
+    assert _device.unroll_onednn(CPU, large) is False
+    monkeypatch.setenv("DDCLI_UNROLL_THREADS", "2")
+    assert _device.inner_threads(CPU, small) == 2
+    monkeypatch.setenv("DDCLI_UNROLL_THREADS", "0")
+    assert _device.inner_threads(CPU, small) is None
+
+
+def _conv_cfg(**run) -> DistillConfig:
+    return DistillConfig.from_dict({
+        "data": {"dataset": "toy", "batch_size": 32},
+        "model": {"name": "convnet", "init_scheme": "xavier", "kwargs": {"width": 4, "depth": 2}},
+        "synth": {"steps": 2, "epochs": 2, "step_lr": 0.05},
+        "optim": {"iterations": 6, "meta_lr": 0.05, "decay_every": 1.0},
+        "run": {"checkpoint_every": 3, "log_every": 1, "device": "cpu", **run},
+    })
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-outer"])
+def test_resume_is_bit_exact_on_a_conv_net_with_the_cpu_levers(tmp_path, precision):
+    data = toy_data()
+    c = _conv_cfg(precision=precision)
+    full = distill(c, out=tmp_path / "full.safetensors", data=data)
+
+    class CtrlC:
+        def on_iteration(self, info):
+            if info.iteration == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        distill(c, out=tmp_path / "part.safetensors", data=data, callbacks=CtrlC())
+    with pytest.raises(ConfigError, match="--precision"):
+        other = "fp32" if precision != "fp32" else "bf16-outer"
+        resume(tmp_path / "part.run", overrides={"run": {"precision": other}}, data=data)
+    resumed = resume(tmp_path / "part.run", data=data)
+    assert torch.equal(full.bundle.images, resumed.bundle.images)
+    assert torch.equal(full.bundle.raw_lrs, resumed.bundle.raw_lrs)
+    assert full.bundle.config["run"]["precision"] == precision
