@@ -147,7 +147,7 @@ def test_train_protocol_is_seeded_and_uses_mean_learned_lr(fixed_run):
     assert a.primary.accuracies == b.primary.accuracies
     assert a.primary.group == "fresh nets" and a.primary.n == 3
     assert a.settings["train_lr"] == pytest.approx(float(Bundle.load(path).lrs.mean()))
-    assert a.settings["lr_halved_at_epoch"] == 5
+    assert a.settings["lr_decayed_at_epoch"] == 5 and a.settings["lr_decay"] == 0.1
     # The seed reaches the nets: one epoch leaves them far from converged, so different
     # inits and shuffles show in their accuracies (the same seed gave the same above).
     short = {**kw, "train_epochs": 1}
@@ -199,3 +199,35 @@ def test_record_writes_a_sidecar_and_keeps_one_entry_per_setting(fixed_run, tmp_
     assert data["format"] == "ddcli-eval"
     assert [e["protocol"] for e in data["evaluations"]] == ["replay", "train"]
     assert path.read_bytes() == before  # never written into the bundle
+
+
+@pytest.mark.parametrize("decay", [0.1, 0.5])
+def test_train_protocol_sgd_equals_torch_sgd_with_step_decay_at_half(decay):
+    """The train protocol is torch.optim.SGD (momentum, weight decay) with the lr times
+    ``lr_decay`` after half the epochs (DC's x0.1 by default), in the same batch order."""
+    from ddcli.evaluate import train_nets
+
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 3))
+    x, y = torch.randn(10, 1, 4, 4, generator=g), torch.randint(0, 3, (10,), generator=g)
+    p0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+    epochs, batch, seed = 4, 4, 7
+    (_, got), = list(train_nets(model, [p0], x, y, lr=0.1, epochs=epochs, seeds=[seed],
+                                batch_size=batch, lr_decay=decay, batched=False))
+    ref = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 3))
+    ref.load_state_dict(p0)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=epochs // 2, gamma=decay)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(10, generator=order)
+        for i in range(0, 10, batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+            opt.step()
+        sched.step()
+    for k, v in ref.named_parameters():
+        torch.testing.assert_close(got[k][0], v.detach(), rtol=1e-6, atol=1e-7)

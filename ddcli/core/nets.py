@@ -243,8 +243,8 @@ class NetsMetaGradient:
                        nhwc=self.real_nhwc and real_x.dim() == 4)
         if len(inits) > 1 and self.batched:
             try:
-                # N nets make every op N times larger: worth all the threads (measured
-                # 0.68 against 1.02 s/iter for 8 LeNets on 2 cores with one).
+                # N nets make every op N times larger: worth all the threads
+                # (docs/performance.md, "Several networks at once").
                 outer = batched_outer(model, self.loss_fn, real_x, real_y, **options)
                 return differentiate_unroll(self.step.batched_like(), outer,
                                             stack_params(inits), learned, **common)

@@ -108,7 +108,7 @@ class PoolSchedule:
 class EpochSchedule:
     """SGD epochs over M images in batches of B; net j visits them in its own order each
     epoch, drawn from ``torch.Generator().manual_seed(seeds[j])``; the rate index is 0
-    for the first half of the epochs and 1 after (the protocol halves the lr there).
+    for the first half of the epochs and 1 after (the protocol decays the lr there).
 
     Args:
         size: M images (shared by the nets, or per net with ``per_net``).

@@ -216,8 +216,8 @@ def _sq_distances(x: Tensor, x_sq: Tensor, c: Tensor, cols: int = 2048) -> Tenso
     """(k, N) squared Euclidean distances from matmuls, ``cols`` points at a time.
 
     Centres-major (``c @ x.T``) and in blocks of ~2048 points: on CPUs, for the k of a
-    few tens that baselines use, both measured faster than one ``x @ c.T`` (by about
-    a half and a quarter).
+    few tens that baselines use, both are faster than one ``x @ c.T``
+    (docs/benchmarks.md, "k-means baseline").
     """
     c_sq = (c * c).sum(1, keepdim=True)  # (k, 1)
     out = [(c_sq - 2 * (c @ x[i : i + cols].T) + x_sq[i : i + cols]).clamp_(min=0)

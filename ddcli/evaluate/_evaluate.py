@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ddcli.infra import provenance
-from ddcli.infra.device import resolve_device
+from ddcli.infra.device import resolve_device, retain_freed_memory
 from ddcli.bundle import Bundle
 from ddcli.config import DEFAULT_MODELS
 from ddcli.data import RealData, load_dataset, zca_dataset
@@ -111,9 +111,17 @@ def _settings(cfg: EvalConfig | None, kwargs: dict[str, Any]) -> tuple[EvalConfi
     return dataclasses.replace(cfg or EvalConfig(), **overrides).validate(), options
 
 
-def _evaluate(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
-              data: RealData | None = None, data_root: str | os.PathLike | None = None,
-              callbacks: Any = None) -> EvalReport:
+def _evaluate(s: ImageSet, cfg: EvalConfig, **options: Any) -> EvalReport:
+    # Training and testing nets allocate and free the same large blocks over and over:
+    # kept in the heap, as in the distillation loop (ddcli.infra.device).
+    with retain_freed_memory(resolve_device(cfg.device)):
+        return _evaluate_in_heap(s, cfg, **options)
+
+
+def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
+                      data: RealData | None = None,
+                      data_root: str | os.PathLike | None = None,
+                      callbacks: Any = None) -> EvalReport:
     t0 = time.perf_counter()
     protocol = cfg.protocol or ("replay" if s.kind == "bundle" else "train")
     if protocol == "replay" and s.bundle is None:
@@ -172,7 +180,8 @@ def _evaluate(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = None,
             notes.append(f"lr {lr:.4g}: {lr_source}")
         job.stages = count_stages(cfg, 1)
         resolved |= {"train_lr": lr, "lr_source": lr_source,
-                     "lr_halved_at_epoch": max(1, cfg.train_epochs // 2),
+                     "lr_decay": cfg.lr_decay,
+                     "lr_decayed_at_epoch": max(1, cfg.train_epochs // 2),
                      "score_epochs": score_epochs(cfg.train_epochs)}
         if cfg.ddranking and "random-real" not in cfg.baselines:  # IOR needs it
             job.cfg = cfg = dataclasses.replace(cfg, baselines=("random-real", *cfg.baselines))
@@ -244,7 +253,8 @@ def _ddranking(cfg: EvalConfig, rows, data: RealData, spec: dict, scheme: str,
     for ``full_data_epochs`` epochs, cached per dataset, model and settings."""
     protocol = FullDataProtocol(model=spec, epochs=cfg.full_data_epochs, lr=DEFAULT_TRAIN_LR,
                                 batch_size=cfg.batch_size, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, seed=cfg.seed, init_scheme=scheme)
+                                weight_decay=cfg.weight_decay, lr_decay=cfg.lr_decay, seed=cfg.seed,
+                                init_scheme=scheme)
     full = full_data_accuracy(data, protocol, device=device)
     syn = next(r for r in rows if r.name == "distilled")
     real = next(r for r in rows if r.name == "random-real")

@@ -39,8 +39,9 @@ class EvalConfig:
         candidates: ``optimized-real``: random draws to pick the best of.
         model: train protocol: any registered model (default: the set's own).
         train_lr: train protocol: the SGD rate (default: the mean learned GD rate, else 0.01).
-        train_epochs, batch_size, momentum, weight_decay: train protocol SGD settings;
-            the lr is halved once half the epochs are done.
+        train_epochs, batch_size, momentum, weight_decay: train protocol SGD settings.
+        lr_decay: train protocol: the lr is multiplied by it once half the epochs are done
+            (0.1, the DC/DSA/MTT protocol's step).
         init_scheme: weight init of fresh nets (default: the bundle's, else xavier).
         device: auto, cpu, cuda, cuda:N or mps.
         batching: how nets run together: "vmap" (stacked parameters under
@@ -60,6 +61,7 @@ class EvalConfig:
     batch_size: int = 256
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_decay: float = 0.1
     init_scheme: str | None = None
     device: str = "auto"
     batching: str = "auto"
@@ -81,6 +83,8 @@ class EvalConfig:
                     f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.train_lr is not None and not (math.isfinite(self.train_lr) and self.train_lr > 0):
             raise ConfigError(f"--train-lr must be a positive number, got {self.train_lr}")
+        if not (math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1):
+            raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
             raise ConfigError("momentum must be in [0, 1) and weight decay >= 0")
         self.baselines = check_baselines(self.baselines)

@@ -40,7 +40,7 @@ def run_train(job: Job, lr: float) -> list[EvalRow]:
         return train_accuracies(
             job.model, inits, xs, ys, test_x, test_y, lr=lr, epochs=epochs, seeds=net_seeds,
             batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            batched=job.batched, augment=augment, progress=job.progress("training nets",
+            lr_decay=cfg.lr_decay, batched=job.batched, augment=augment, progress=job.progress("training nets",
                                                                        "net-epochs"),
         )
 

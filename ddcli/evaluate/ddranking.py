@@ -111,7 +111,7 @@ class FullDataProtocol:
 
     Attributes:
         model: a ``create_model`` spec (name, in_channels, num_classes, image_size, ...).
-        epochs: passes over the whole training set (the lr is halved after half).
+        epochs: passes over the whole training set (the lr times ``lr_decay`` after half).
         lr, batch_size, momentum, weight_decay: SGD as in ``dd eval --protocol train``.
         n_nets: nets trained (net j from ``derive_seed(seed, "full-data", j)``).
         seed: the protocol's seed; equal settings give equal accuracies.
@@ -124,6 +124,7 @@ class FullDataProtocol:
     batch_size: int = 256
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_decay: float = 0.1
     n_nets: int = 1
     seed: int = 0
     init_scheme: str = "xavier"
@@ -203,7 +204,8 @@ def full_data_accuracy(data: RealData, protocol: FullDataProtocol, *,
         model, inits, data.train_x.to(device), data.train_y.to(device), data.test_x.to(device),
         data.test_y.to(device), lr=protocol.lr, epochs=protocol.epochs, seeds=seeds,
         batch_size=protocol.batch_size, momentum=protocol.momentum,
-        weight_decay=protocol.weight_decay, batched=batched)
+        weight_decay=protocol.weight_decay, lr_decay=protocol.lr_decay,
+        batched=batched)
     result = FullDataResult([float(a) for a in acc], time.perf_counter() - t0, False, key)
     if file is not None:
         try:

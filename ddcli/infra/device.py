@@ -9,9 +9,9 @@ moves host tensors through pinned memory with ``non_blocking=True``.
 The CPU allocator. One outer iteration allocates and frees the same few large blocks
 (activations of the real batch: 19 MB each for LeNet at batch 1024) every time. glibc
 returns blocks above its mmap threshold to the kernel on free, so every iteration pays
-for page faults on tens of thousands of fresh pages; measured on the 2-core benchmark
-machine that was about 30 % of the CPU time of an iteration. ``retain_freed_memory``
-keeps freed blocks in the heap for reuse while the loop runs.
+for page faults on tens of thousands of fresh pages (docs/performance.md, "The hot
+path", has the cost). ``retain_freed_memory`` keeps freed blocks in the heap for reuse
+while the loop runs.
 """
 
 from __future__ import annotations
