@@ -231,3 +231,22 @@ def test_train_protocol_sgd_equals_torch_sgd_with_step_decay_at_half(decay):
         sched.step()
     for k, v in ref.named_parameters():
         torch.testing.assert_close(got[k][0], v.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_evaluation_runs_with_freed_blocks_kept_in_the_heap(fixed_run, monkeypatch):
+    """dd eval trains and tests nets inside retain_freed_memory, as distillation does
+    (without it, glibc page-faults every net's activations back: docs/benchmarks.md)."""
+    import contextlib
+
+    from ddcli.evaluate import _evaluate as module
+
+    entered = []
+
+    @contextlib.contextmanager
+    def spy(device):
+        entered.append(device.type)
+        yield
+
+    monkeypatch.setattr(module, "retain_freed_memory", spy)
+    report = module.evaluate_bundle(fixed_run[1], data=toy_data(), n_nets=2)
+    assert entered == ["cpu"] and report.primary.n == 1

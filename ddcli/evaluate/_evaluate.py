@@ -77,9 +77,11 @@ def evaluate_bundle(
         source, bundle = str(bundle), Bundle.load(bundle)
     pool = options.pop("pool", None)
     if is_pool_bundle(bundle) and cfg.protocol != "train":
-        report = evaluate_pool_bundle(
-            bundle, data_root=options.get("data_root"), pool=pool, n_nets=cfg.n_nets,
-            seed=cfg.seed, data=options.get("data"), device=str(resolve_device(cfg.device)))
+        device = resolve_device(cfg.device)
+        with retain_freed_memory(device):  # see _evaluate
+            report = evaluate_pool_bundle(
+                bundle, data_root=options.get("data_root"), pool=pool, n_nets=cfg.n_nets,
+                seed=cfg.seed, data=options.get("data"), device=str(device))
         report.bundle = report.bundle or (source if source != "<bundle>" else "")
         return report
     return _evaluate(ImageSet.from_bundle(bundle, source), cfg, **options)
