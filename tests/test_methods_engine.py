@@ -236,3 +236,30 @@ def test_dd_eval_reports_ddranking_scores_from_fractions(tmp_path, monkeypatch):
     assert again.ddranking["full_data"]["cached"] and again.ddranking["lrs"] == d["lrs"]
     with pytest.raises(ConfigError, match="--protocol train"):
         evaluate_bundle(b, data=toy_data(), protocol="replay", ddranking=True)
+
+
+@pytest.mark.parametrize("protocol", ["replay", "train"])
+def test_baselines_of_a_soft_label_set_train_on_hard_labels_unless_asked(tmp_path, protocol):
+    """--baseline-labels hard (default): random real images with their own classes, the
+    same numbers as for the hard-label twin of the bundle; set: the set's soft labels."""
+    data = toy_data()
+    b = distill(cfg(METHODS["labels"], optim={"iterations": 10, "label_lr": 0.5}),
+                out=tmp_path / "b.safetensors", data=data).bundle
+    assert not torch.equal(b.soft_labels, torch.nn.functional.one_hot(b.labels, 3).float())
+    kw = dict(data=data, protocol=protocol, n_nets=2, baselines=["random-real"], train_epochs=5,
+              batch_size=4)
+
+    def baseline(bundle, **extra):
+        report = evaluate_bundle(bundle, **kw, **extra)
+        return next(r for r in report.rows if r.name == "random-real").accuracies, report
+
+    hard, report = baseline(b)
+    assert report.settings["baseline_labels"] == "hard"
+    assert any("baselines train on their real images' classes" in n for n in report.notes)
+    on_set, _ = baseline(b, baseline_labels="set")
+    twin = Bundle.load(tmp_path / "b.safetensors")
+    twin.soft_labels = None
+    assert hard == pytest.approx(baseline(twin)[0], abs=1e-12)
+    assert on_set != pytest.approx(hard, abs=1e-6)  # the labels do reach the baseline nets
+    with pytest.raises(ConfigError, match="baseline-labels"):
+        evaluate_bundle(b, data=data, baseline_labels="soft")

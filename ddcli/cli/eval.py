@@ -35,6 +35,7 @@ def eval_command(
     per_step: Annotated[bool, Opt(help="Replay: measure accuracy after every GD step, not only after each epoch.", rich_help_panel="Protocol")] = False,
     baseline: Annotated[Optional[List[str]], Opt("--baseline", help=f"Also evaluate a real-data baseline; repeatable: {', '.join(BASELINES)}.", show_default=False, rich_help_panel="Baselines")] = None,
     compare: Annotated[bool, Opt(help="Evaluate every baseline.", rich_help_panel="Baselines")] = False,
+    baseline_labels: Annotated[str, Opt(help="Soft-label sets: baselines train on their images' own classes (hard) or on the set's labels, slot by slot (set).", metavar="hard|set", rich_help_panel="Baselines")] = "hard",
     candidates: Annotated[int, Opt(help="optimized-real: random draws to pick the best of (scored on training data).", rich_help_panel="Baselines")] = 10,
     model: Annotated[Optional[str], Opt(help="Train protocol: any registered model (cross-architecture).", show_default="the set's own", rich_help_panel="Protocol")] = None,
     train_lr: Annotated[Optional[float], Opt("--train-lr", "--lr", help="Train protocol: the SGD rate (times --lr-decay at half the epochs).", show_default="the mean learned GD rate, else 0.01", rich_help_panel="Train protocol")] = None,
@@ -60,7 +61,7 @@ def eval_command(
         protocol=protocol, n_nets=n_nets, seed=0 if seed is None else seed, per_step=per_step,
         baselines=tuple(BASELINES if compare else baseline or ()), candidates=candidates,
         model=model, train_lr=train_lr, train_epochs=train_epochs, batch_size=batch_size,
-        lr_decay=lr_decay,
+        lr_decay=lr_decay, baseline_labels=baseline_labels,
         init_scheme=init_scheme, device=device or "auto", batching=batching, augment=augment,
         ddranking=ddranking, full_data_epochs=full_data_epochs,
     )

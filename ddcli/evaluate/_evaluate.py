@@ -160,6 +160,10 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
     if soft is not None:
         job.soft_labels = soft.to(device)
         notes.append("the set's learned soft labels are the nets' targets")
+        if cfg.baselines or cfg.ddranking:
+            notes.append("baselines train on their real images' classes" if
+                         cfg.baseline_labels == "hard" else
+                         "baselines train on the set's soft labels, slot by slot")
     if s.bundle is not None:
         job.inner = inner_loop_of(s.bundle, notes)
     resolved: dict[str, Any] = {"protocol": protocol, "model": spec["name"],

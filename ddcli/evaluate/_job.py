@@ -58,6 +58,13 @@ class Job:
         """What the nets train towards: the learned soft labels, else the classes."""
         return self.labels if self.soft_labels is None else self.soft_labels
 
+    @property
+    def baseline_targets(self) -> Tensor:
+        """What the baselines' nets train towards: their real images' classes (``hard``,
+        the default: a random real subset as anyone would train on it), or the set's
+        own labels slot by slot (``--baseline-labels set``)."""
+        return self.targets if self.cfg.baseline_labels == "set" else self.labels
+
     def fresh(self, tag: str, count: int, *extra: int | str) -> list[Params]:
         """``count`` fresh inits seeded ``derive_seed(seed, tag, *extra, j)``."""
         return [

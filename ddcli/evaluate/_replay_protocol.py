@@ -98,7 +98,7 @@ def run_replay(job: Job, bundle: Bundle) -> list[EvalRow]:
     def evaluate(sets: Tensor, shared: bool) -> list[float]:
         images = sets[0] if shared else sets
         inits = eval_inits[:1] if shared and primary == STORED else eval_inits
-        return replay_accuracies(job.model, inits, images, job.targets, lrs, job.test_x,
+        return replay_accuracies(job.model, inits, images, job.baseline_targets, lrs, job.test_x,
                                  job.test_y, batched=job.batched, inner=job.inner,
                                  seed=cfg.seed)[-1].tolist()
 
@@ -106,7 +106,7 @@ def run_replay(job: Job, bundle: Bundle) -> list[EvalRow]:
         def score(candidates: Tensor) -> Tensor:  # (K, S, n, C, H, W) -> (K,)
             k = candidates.shape[0]
             return replay_accuracies(job.model, [score_inits[i]] * k, candidates.to(job.device),
-                                     job.targets, lrs, sample_x, sample_y,
+                                     job.baseline_targets, lrs, sample_x, sample_y,
                                      batched=job.batched, inner=job.inner, seed=cfg.seed)[-1]
         return score
 

@@ -42,6 +42,8 @@ class EvalConfig:
         train_epochs, batch_size, momentum, weight_decay: train protocol SGD settings.
         lr_decay: train protocol: the lr is multiplied by it once half the epochs are done
             (0.1, the DC/DSA/MTT protocol's step).
+        baseline_labels: sets with learned soft labels: the baselines train on their real
+            images' classes ("hard") or on the set's labels slot by slot ("set").
         init_scheme: weight init of fresh nets (default: the bundle's, else xavier).
         device: auto, cpu, cuda, cuda:N or mps.
         batching: how nets run together: "vmap" (stacked parameters under
@@ -62,6 +64,7 @@ class EvalConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_decay: float = 0.1
+    baseline_labels: str = "hard"  # soft-label sets: baselines on hard labels, or "set"
     init_scheme: str | None = None
     device: str = "auto"
     batching: str = "auto"
@@ -83,6 +86,8 @@ class EvalConfig:
                     f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.train_lr is not None and not (math.isfinite(self.train_lr) and self.train_lr > 0):
             raise ConfigError(f"--train-lr must be a positive number, got {self.train_lr}")
+        if self.baseline_labels not in ("hard", "set"):
+            raise ConfigError(f"--baseline-labels must be hard or set, got {self.baseline_labels!r}")
         if not (math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1):
             raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if not (0 <= self.momentum < 1 and self.weight_decay >= 0):

@@ -34,6 +34,7 @@ def run_train(job: Job, lr: float) -> list[EvalRow]:
     seeds = [derive_seed(cfg.seed, "shuffle", j) for j in range(cfg.n_nets)]
     x = job.images.reshape(-1, *job.images.shape[2:])  # (M, C, H, W)
     y = job.targets.reshape(x.shape[0], *job.targets.shape[2:])  # (M,) or (M, classes)
+    yb = job.baseline_targets.reshape(x.shape[0], *job.baseline_targets.shape[2:])
     augment = parse_augment(cfg.augment)
 
     def train(inits, xs: Tensor, ys: Tensor, net_seeds, test_x, test_y, epochs) -> Tensor:
@@ -54,9 +55,9 @@ def run_train(job: Job, lr: float) -> list[EvalRow]:
     def evaluate(sets: Tensor, shared: bool) -> list[float]:
         flat = sets.reshape(sets.shape[0], -1, *sets.shape[-3:])  # (D, M, C, H, W)
         if shared:
-            return train(nets, flat[0], y, seeds, job.test_x, job.test_y,
+            return train(nets, flat[0], yb, seeds, job.test_x, job.test_y,
                          cfg.train_epochs).tolist()
-        ys = y.expand(flat.shape[0], *y.shape)
+        ys = yb.expand(flat.shape[0], *yb.shape)
         return train(nets, flat, ys, seeds, job.test_x, job.test_y, cfg.train_epochs).tolist()
 
     def scorer(i: int):
@@ -64,7 +65,7 @@ def run_train(job: Job, lr: float) -> list[EvalRow]:
             k = candidates.shape[0]
             flat = candidates.reshape(k, -1, *candidates.shape[-3:]).to(job.device)
             cand_seeds = [derive_seed(cfg.seed, "score-shuffle", i, c) for c in range(k)]
-            return train([score_nets[i]] * k, flat, y.expand(k, *y.shape), cand_seeds, sample_x,
+            return train([score_nets[i]] * k, flat, yb.expand(k, *yb.shape), cand_seeds, sample_x,
                          sample_y, score_epochs(cfg.train_epochs))
         return score
 
