@@ -45,3 +45,23 @@ def toy_config(*layers: dict, **sections: dict):
         for name, values in layer.items():
             base.setdefault(name, {}).update(values)
     return DistillConfig.from_dict(base)
+
+
+def distill_until_ctrl_c(cfg, out, data, at: int) -> None:
+    """Run ``distill`` and press Ctrl-C (a real SIGINT) after iteration ``at``; the run
+    must stop with ``Interrupted``, leaving its run folder to resume."""
+    import os
+    import signal
+
+    import pytest
+
+    from ddcli import distill
+    from ddcli.errors import Interrupted
+
+    class CtrlC:
+        def on_iteration(self, info):
+            if info.iteration == at:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        distill(cfg, out=out, data=data, callbacks=CtrlC())

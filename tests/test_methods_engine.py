@@ -1,18 +1,16 @@
 """The new methods through `distill`, `resume` and `dd eval`: soft labels, the
 set-structured truncated loop, SGD inside the unroll, DSA, validation-split selection."""
 
-import os
-import signal
 
 import pytest
 import torch
 
 from ddcli import Bundle, DistillConfig, distill, resume
 from ddcli.config import build_config
-from ddcli.errors import ConfigError, Interrupted
+from ddcli.errors import ConfigError
 from ddcli.evaluate import evaluate_bundle
 
-from tests._toy import toy_config, toy_data
+from tests._toy import distill_until_ctrl_c, toy_config, toy_data
 
 METHODS = {
     "labels": {"synth": {"learn_labels": True}, "optim": {"label_lr": 0.02}},
@@ -38,13 +36,7 @@ def test_each_method_resumes_bit_exactly(tmp_path, method):
         c = cfg(METHODS[method], init={"mode": mode, "n_nets": 2, "sample_n_nets": 2})
         full = distill(c, out=tmp_path / f"{mode}-full.safetensors", data=data)
 
-        class CtrlC:
-            def on_iteration(self, info):
-                if info.iteration == 4:
-                    os.kill(os.getpid(), signal.SIGINT)
-
-        with pytest.raises(Interrupted):
-            distill(c, out=tmp_path / f"{mode}-part.safetensors", data=data, callbacks=CtrlC())
+        distill_until_ctrl_c(c, tmp_path / f"{mode}-part.safetensors", data, at=4)
         resumed = resume(tmp_path / f"{mode}-part.run", data=data).bundle
         assert torch.equal(full.bundle.images, resumed.images), (method, mode)
         assert torch.equal(full.bundle.raw_lrs, resumed.raw_lrs)

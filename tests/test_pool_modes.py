@@ -1,8 +1,6 @@
 """The pretrained init modes: pool sampling, stored weights, resume, input checks."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -17,10 +15,10 @@ from ddcli.core.metrics import accuracy
 from ddcli.evaluate.nets import HELD_OUT
 from ddcli.core.unroll import unroll
 from ddcli.cli import app
-from ddcli.errors import ConfigError, Interrupted, PoolError
+from ddcli.errors import ConfigError, PoolError
 from ddcli.models import create_model
 
-from tests._toy import toy_data
+from tests._toy import distill_until_ctrl_c, toy_data
 
 runner = CliRunner()
 
@@ -104,13 +102,7 @@ def test_resume_is_bit_exact(pool_dir, tmp_path, mode):
     c = cfg(pool_dir, mode)
     full = distill(c, out=tmp_path / "full.safetensors", data=data)
 
-    class CtrlC:
-        def on_iteration(self, info):
-            if info.iteration == 3:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(Interrupted):
-        distill(c, out=tmp_path / "part.safetensors", data=data, callbacks=CtrlC())
+    distill_until_ctrl_c(c, tmp_path / "part.safetensors", data, at=3)
     resumed = resume(tmp_path / "part.run", data=data)
     assert torch.equal(full.bundle.images, resumed.bundle.images)
     assert torch.equal(full.bundle.raw_lrs, resumed.bundle.raw_lrs)

@@ -10,8 +10,6 @@
 - the CPU policies that pick them, and bit-exact resume with all of them on.
 """
 
-import os
-import signal
 
 import pytest
 import torch
@@ -23,11 +21,11 @@ from ddcli.config import resumable_settings
 from ddcli.core.nets import NetsMetaGradient, channels_last, meta_gradient, outer_chunks
 from ddcli.core.rates import raw_from_lrs
 from ddcli.core.steps import StepFn
-from ddcli.errors import ConfigError, Interrupted
+from ddcli.errors import ConfigError
 from ddcli.infra import device as _device
 from ddcli.models import create_model, init_weights
 
-from tests._toy import toy_data
+from tests._toy import distill_until_ctrl_c, toy_data
 
 CPU = torch.device("cpu")
 
@@ -221,13 +219,7 @@ def test_resume_is_bit_exact_on_a_conv_net_with_the_cpu_levers(tmp_path, precisi
     c = _conv_cfg(precision=precision)
     full = distill(c, out=tmp_path / "full.safetensors", data=data)
 
-    class CtrlC:
-        def on_iteration(self, info):
-            if info.iteration == 3:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(Interrupted):
-        distill(c, out=tmp_path / "part.safetensors", data=data, callbacks=CtrlC())
+    distill_until_ctrl_c(c, tmp_path / "part.safetensors", data, at=3)
     with pytest.raises(ConfigError, match="--precision"):
         other = "fp32" if precision != "fp32" else "bf16-outer"
         resume(tmp_path / "part.run", overrides={"run": {"precision": other}}, data=data)
