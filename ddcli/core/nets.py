@@ -79,12 +79,16 @@ def outer_chunks(n: int, chunk: int | None) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)] if n else [slice(0, 0)]
 
 
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
+    if _check_precision(precision) == "fp32":
         return contextlib.nullcontext()
-    if precision == "bf16-outer":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)  # bf16-outer
 
 
 def channels_last(x: Tensor) -> Tensor:
@@ -209,9 +213,7 @@ class NetsMetaGradient:
                  inner_threads: int | None = None, inner_onednn: bool | None = None,
                  loss_fn: OuterLoss = outer_loss, outer_chunk: int | None = None,
                  precision: str = "fp32", real_nhwc: bool = False) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of "
-                             f"{', '.join(PRECISIONS)}")
+        _check_precision(precision)
         self.step, self.mode, self.batch = step, mode, batch
         self.inner_threads, self.inner_onednn, self.loss_fn = inner_threads, inner_onednn, loss_fn
         self.outer_chunk, self.precision = outer_chunk, precision
