@@ -5,7 +5,9 @@ import torch
 
 from ddcli.data import load_dataset
 from ddcli.errors import ConfigError
-from ddcli.evaluate import BASELINES, build_baseline, evaluate_bundle, kmeans, knn_accuracy
+from ddcli.evaluate import (
+    BASELINES, build_baseline, evaluate_bundle, kmeans, kmeans_sets, knn_accuracy,
+)
 
 from tests._toy import toy_data
 from tests.conftest import FIXTURES
@@ -62,6 +64,22 @@ def test_random_real_draws_differ_by_seed(mnist):
     a = build_baseline("random-real", LABELS, mnist, seed=0)
     b = build_baseline("random-real", LABELS, mnist, seed=1)
     assert not torch.equal(a, b)
+
+
+def test_kmeans_sets_of_many_seeds_are_each_seeds_set(mnist):
+    events = []
+    threads = torch.get_num_threads()  # bit-equal on one thread (see test_kmeans.py)
+    torch.set_num_threads(1)
+    try:
+        together = kmeans_sets(LABELS, mnist, [3, 4, 11], on_progress=events.append)
+        singles = [build_baseline("kmeans", LABELS, mnist, seed=s) for s in (3, 4, 11)]
+    finally:
+        torch.set_num_threads(threads)
+    assert together.shape == (3, 2, 20, 1, 28, 28)
+    for got, single in zip(together, singles):
+        assert torch.equal(got, single)
+    assert not torch.equal(together[0], together[1])
+    assert [(e.label, e.done, e.total) for e in events] == [("kmeans", i, 10) for i in range(1, 11)]
 
 
 def test_kmeans_lowers_within_class_distance_versus_random_picks(mnist):

@@ -3,7 +3,7 @@
 import torch
 
 from ddcli.evaluate import _baselines
-from ddcli.evaluate._baselines import _sq_distances, kmeans
+from ddcli.evaluate._baselines import _sq_distances, kmeans, kmeans_lockstep
 
 
 def _reference_lloyd(x, centres, iterations=500):
@@ -34,9 +34,9 @@ def test_run_to_convergence_it_is_lloyds_fixed_point(monkeypatch):
     x = torch.cat([torch.randn(80, 5, generator=g) + 3 * torch.randn(1, 5, generator=g)
                    for _ in range(6)])  # (480, 5): 6 overlapping blobs
     seeds = []
-    original = _baselines._kmeans_pp
-    monkeypatch.setattr(_baselines, "_kmeans_pp",
-                        lambda *a: seeds.append(original(*a)) or seeds[-1])
+    original = _baselines._kmeans_pp_lockstep
+    monkeypatch.setattr(_baselines, "_kmeans_pp_lockstep",
+                        lambda *a: seeds.append(original(*a)[0]) or seeds[-1][None])
     centres, sizes = kmeans(x, 6, generator=torch.Generator().manual_seed(2), iterations=500,
                             tol=0.0)
     ref_centres, ref_assign = _reference_lloyd(x, seeds[0])
@@ -72,3 +72,41 @@ def test_seeded_and_exact_for_k_at_least_n():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     centres, sizes = kmeans(x[:3], 5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(centres, x[torch.tensor([0, 1, 2, 0, 1])]) and sizes.tolist() == [1] * 5
+
+
+def test_lockstep_runs_are_the_runs_one_at_a_time():
+    # bit-equal on one thread; with more, the wider matmul may split its work (and round)
+    # differently, as k-means already does across thread counts (docs/benchmarks.md)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_lockstep_against_one_at_a_time()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_lockstep_against_one_at_a_time():
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.randn(150, 12, generator=g) + 2 * torch.randn(1, 12, generator=g)
+                   for _ in range(5)])  # (750, 12)
+    for kw in ({}, {"iterations": 4}, {"tol": 0.0, "iterations": 300}, {"tol": 1e-2}):
+        gens = [torch.Generator().manual_seed(s) for s in range(6)]
+        together = kmeans_lockstep(x, 5, gens, **kw)
+        alone = [kmeans(x, 5, generator=torch.Generator().manual_seed(s), **kw)
+                 for s in range(6)]
+        for (c1, n1), (c2, n2) in zip(together, alone):
+            assert torch.equal(c1, c2) and torch.equal(n1, n2)
+        # the runs differ from each other, so they really are separate runs
+        assert not all(torch.equal(together[0][0], c) for c, _ in together[1:])
+
+
+def test_lockstep_runs_stop_at_their_own_iteration(monkeypatch):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1500, 16, generator=g)
+    widths = []
+    original = _baselines._nearest
+    monkeypatch.setattr(_baselines, "_nearest",
+                        lambda x, x_sq, c: widths.append(c.shape[0]) or original(x, x_sq, c))
+    kmeans_lockstep(x, 6, [torch.Generator().manual_seed(s) for s in range(4)])
+    # all four runs start together, then drop out one by one as each one's rule stops it
+    assert widths[0] == 4 and widths[-1] < 4 and widths == sorted(widths, reverse=True)

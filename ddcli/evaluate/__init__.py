@@ -23,7 +23,9 @@ Example:
     ...     print(row.label, f"{row.mean:.2%} ± {row.std:.2%}")
 """
 
-from ddcli.evaluate._baselines import BASELINES, build_baseline, kmeans, knn_accuracy
+from ddcli.evaluate._baselines import (
+    BASELINES, build_baseline, kmeans, kmeans_lockstep, kmeans_sets, knn_accuracy,
+)
 from ddcli.evaluate._nets import replay_accuracies, train_accuracies, train_nets
 from ddcli.evaluate._evaluate import evaluate, evaluate_bundle, evaluate_set
 from ddcli.evaluate._job import StageInfo
@@ -56,6 +58,8 @@ __all__ = [
     "evaluate_set",
     "initial_params",
     "kmeans",
+    "kmeans_lockstep",
+    "kmeans_sets",
     "knn_accuracy",
     "load_image_set",
     "record_report",

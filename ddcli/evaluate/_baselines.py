@@ -21,7 +21,7 @@ per class per step and classes, and is evaluated with the same protocol and rate
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -86,14 +86,41 @@ def build_baseline(
     if name == "class-mean":
         return _fill(labels, real, lambda c, x, k: x.mean(0, keepdim=True).expand(k, *x.shape[1:]))
     if name == "kmeans":
-        gen = torch.Generator().manual_seed(derive_seed(seed, "kmeans"))
-        return _fill(labels, real, lambda c, x, k: _kmeans_slots(x, k, gen),
-                     on_progress, "kmeans")
+        return kmeans_sets(labels, real, [seed], on_progress)[0]
     draws = torch.stack([
         _random_real(labels, real, derive_seed(seed, "candidate", c)) for c in range(candidates)
     ])  # (K, S, n, C, H, W)
     scores = (score or _nearest_neighbour_scorer(labels, real, seed))(draws)
     return draws[int(torch.argmax(scores))]
+
+
+def kmeans_sets(
+    labels: Tensor,
+    real: RealData,
+    seeds: Sequence[int],
+    on_progress: Callable[[ProgressInfo], None] | None = None,
+) -> Tensor:
+    """The ``kmeans`` baseline sets of several seeds, (D, S, n, C, H, W): the same sets
+    as ``build_baseline("kmeans", labels, real, seed=s)`` for each seed, with every
+    class's clusterings for all the seeds run in lockstep (``kmeans_lockstep``).
+
+    ``on_progress`` hears ("kmeans", classes done, classes) after each class.
+    """
+    flat = labels.reshape(-1)
+    out = torch.empty(len(seeds), flat.shape[0], *real.train_x.shape[1:])  # (D, S * n, ...)
+    gens = [torch.Generator().manual_seed(derive_seed(s, "kmeans")) for s in seeds]
+    classes = flat.unique().tolist()
+    for done, c in enumerate(classes, 1):
+        slots = (flat == c).nonzero().squeeze(1)  # step-major order
+        x = _class_images(real, c)
+        runs = kmeans_lockstep(x.reshape(x.shape[0], -1), slots.numel(), gens)
+        for d, (centres, sizes) in enumerate(runs):
+            # largest cluster first, dealt to the class's slots in step order
+            order = torch.argsort(sizes, descending=True, stable=True)
+            out[d, slots] = centres[order].reshape(-1, *x.shape[1:])
+        if on_progress is not None:
+            on_progress(ProgressInfo("kmeans", done, len(classes), f"class {real.classes[c]}"))
+    return out.reshape(len(seeds), *labels.shape, *real.train_x.shape[1:])
 
 
 def _class_images(real: RealData, c: int) -> Tensor:
@@ -103,18 +130,14 @@ def _class_images(real: RealData, c: int) -> Tensor:
     return x
 
 
-def _fill(labels: Tensor, real: RealData, pick: Callable[[int, Tensor, int], Tensor],
-          on_progress: Callable[[ProgressInfo], None] | None = None, label: str = "") -> Tensor:
-    """Images for every slot: ``pick(class, its training images, slots)`` per class;
-    ``on_progress`` hears of each class done, as step ``label``."""
+def _fill(labels: Tensor, real: RealData, pick: Callable[[int, Tensor, int], Tensor]) -> Tensor:
+    """Images for every slot: ``pick(class, its training images, slots)`` per class."""
     flat = labels.reshape(-1)
     out = torch.empty(flat.shape[0], *real.train_x.shape[1:])  # (S * n, C, H, W)
     classes = flat.unique().tolist()
-    for done, c in enumerate(classes, 1):
+    for c in classes:
         slots = (flat == c).nonzero().squeeze(1)  # step-major order
         out[slots] = pick(c, _class_images(real, c), slots.numel())
-        if on_progress is not None:
-            on_progress(ProgressInfo(label, done, len(classes), f"class {real.classes[c]}"))
     return out.reshape(*labels.shape, *real.train_x.shape[1:])
 
 
@@ -127,12 +150,6 @@ def _random_real(labels: Tensor, real: RealData, seed: int) -> Tensor:
         return x[torch.randint(x.shape[0], (k,), generator=gen)]  # too few: repeat some
 
     return _fill(labels, real, pick)
-
-
-def _kmeans_slots(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    centres, sizes = kmeans(x.reshape(x.shape[0], -1), k, generator=gen)
-    order = torch.argsort(sizes, descending=True, stable=True)
-    return centres[order].reshape(k, *x.shape[1:])
 
 
 def kmeans(
@@ -161,55 +178,99 @@ def kmeans(
         Centres (k, D), the means of their clusters, and cluster sizes (k,). With
         k >= N every point is a centre (repeated as needed).
     """
+    return kmeans_lockstep(x, k, [generator], iterations=iterations, tol=tol)[0]
+
+
+def kmeans_lockstep(
+    x: Tensor, k: int, generators: Sequence[torch.Generator], *, iterations: int = 50,
+    tol: float = 1e-4,
+) -> list[tuple[Tensor, Tensor]]:
+    """``[kmeans(x, k, generator=g) for g in generators]``, run side by side.
+
+    Each run is the algorithm of ``kmeans`` with its own generator, its own stopping
+    rule and the same draws in the same order, but every pass over ``x`` computes the
+    distances to the centres of all the runs still going in one matmul. k-means on a
+    class is bound by reading its images (about 35 passes of 6,000 x 784 floats on
+    MNIST), so R runs in lockstep cost far less than R runs one after another
+    (docs/benchmarks.md, "k-means baseline").
+
+    Returns:
+        One (centres (k, D), sizes (k,)) per generator, as ``kmeans`` returns them.
+    """
     x = x.float()
-    n = x.shape[0]
+    n, runs = x.shape[0], len(generators)
     if k >= n:
         idx = torch.arange(k) % n
-        return x[idx].clone(), torch.ones(k, dtype=torch.long)
+        return [(x[idx].clone(), torch.ones(k, dtype=torch.long)) for _ in range(runs)]
     x_sq = (x * x).sum(1)  # (N,)
-    centres = _kmeans_pp(x, x_sq, k, generator)  # (k, D)
-    nearest = _sq_distances(x, x_sq, centres).min(0)
-    assign, inertia = nearest.indices, float(nearest.values.mean())  # (N,), scalar
-    sums = torch.zeros_like(centres).index_add_(0, assign, x)  # (k, D)
-    counts = torch.bincount(assign, minlength=k)  # (k,)
+    centres = _kmeans_pp_lockstep(x, x_sq, k, generators)  # (R, k, D)
+    assign, inertia = [], []
+    for values, indices in _nearest(x, x_sq, centres):
+        assign.append(indices)
+        inertia.append(float(values.mean()))
+    assign = torch.stack(assign)  # (R, N)
+    sums = torch.stack([torch.zeros_like(centres[r]).index_add_(0, assign[r], x)
+                        for r in range(runs)])  # (R, k, D)
+    counts = torch.stack([torch.bincount(a, minlength=k) for a in assign])  # (R, k)
+    going = list(range(runs))
     for _ in range(iterations):
-        centres = _cluster_means(sums, counts, centres)
-        nearest = _sq_distances(x, x_sq, centres).min(0)
-        previous, inertia = inertia, float(nearest.values.mean())
-        moved = (nearest.indices != assign).nonzero().squeeze(1)  # points changing cluster
-        if moved.numel() == 0:
+        if not going:
             break
-        # Only the points that changed cluster change the sums: after the first
-        # iterations they are a few percent, so this is much less than a pass over x.
-        old, new, xs = assign[moved], nearest.indices[moved], x[moved]
-        sums.index_add_(0, new, xs).index_add_(0, old, xs, alpha=-1)
-        counts += torch.bincount(new, minlength=k) - torch.bincount(old, minlength=k)
-        assign = nearest.indices
-        if previous - inertia <= tol * inertia:
-            break
-    # The exact means of the final clusters (the updated sums carry rounding).
-    sums = torch.zeros_like(centres).index_add_(0, assign, x)
-    counts = torch.bincount(assign, minlength=k)
-    return _cluster_means(sums, counts, centres), counts
+        active = torch.tensor(going)
+        centres[active] = _cluster_means(sums[active], counts[active], centres[active])
+        still = []
+        for r, (values, indices) in zip(going, _nearest(x, x_sq, centres[active])):
+            previous, inertia[r] = inertia[r], float(values.mean())
+            moved = (indices != assign[r]).nonzero().squeeze(1)  # points changing cluster
+            if moved.numel() == 0:
+                continue
+            # Only the points that changed cluster change the sums: after the first
+            # iterations they are a few percent, so this is much less than a pass over x.
+            old, new, xs = assign[r, moved], indices[moved], x[moved]
+            sums[r].index_add_(0, new, xs).index_add_(0, old, xs, alpha=-1)
+            counts[r] += torch.bincount(new, minlength=k) - torch.bincount(old, minlength=k)
+            assign[r] = indices
+            if previous - inertia[r] > tol * inertia[r]:
+                still.append(r)
+        going = still
+    out = []
+    for r in range(runs):
+        # The exact means of the final clusters (the updated sums carry rounding).
+        sums_r = torch.zeros_like(centres[r]).index_add_(0, assign[r], x)
+        counts_r = torch.bincount(assign[r], minlength=k)
+        out.append((_cluster_means(sums_r, counts_r, centres[r]), counts_r))
+    return out
+
+
+def _nearest(x: Tensor, x_sq: Tensor, centres: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """For each of R runs' centres (R, k, D): (values, indices) of every point's nearest
+    centre of that run, from one matmul over all R * k centres."""
+    runs, k = centres.shape[:2]
+    d2 = _sq_distances(x, x_sq, centres.reshape(runs * k, -1))  # (R * k, N)
+    return [(m.values, m.indices) for m in (d2[r * k : (r + 1) * k].min(0) for r in range(runs))]
 
 
 def _cluster_means(sums: Tensor, counts: Tensor, centres: Tensor) -> Tensor:
-    """(k, D) means from sums and counts; an emptied cluster keeps its old centre."""
-    return torch.where((counts > 0)[:, None], sums / counts.clamp(min=1)[:, None], centres)
+    """(..., k, D) means from sums and counts (..., k); an emptied cluster keeps its old
+    centre."""
+    return torch.where((counts > 0)[..., None], sums / counts.clamp(min=1)[..., None], centres)
 
 
-def _kmeans_pp(x: Tensor, x_sq: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """k-means++ seeding: each centre drawn with probability proportional to D^2, the
-    squared distance to the nearest centre so far."""
+def _kmeans_pp_lockstep(x: Tensor, x_sq: Tensor, k: int,
+                        generators: Sequence[torch.Generator]) -> Tensor:
+    """k-means++ seeding of R runs, (R, k, D): each centre drawn with probability
+    proportional to D^2, the squared distance to the run's nearest centre so far; each
+    run draws from its own generator, and each round is one matmul for all runs."""
     n = x.shape[0]
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
-    d2 = _sq_distances(x, x_sq, x[chosen])[0]  # (N,)
+    chosen = [[int(torch.randint(n, (1,), generator=g))] for g in generators]
+    d2 = _sq_distances(x, x_sq, x[[c[0] for c in chosen]])  # (R, N)
     for _ in range(1, k):
-        # all-zero distances (duplicates) fall back to a uniform pick
-        weights = d2 if float(d2.sum()) > 0 else torch.ones_like(d2)
-        chosen.append(int(torch.multinomial(weights, 1, generator=generator)))
-        d2 = torch.minimum(d2, _sq_distances(x, x_sq, x[chosen[-1:]])[0])
-    return x[chosen].clone()
+        for r, g in enumerate(generators):
+            # all-zero distances (duplicates) fall back to a uniform pick
+            weights = d2[r] if float(d2[r].sum()) > 0 else torch.ones_like(d2[r])
+            chosen[r].append(int(torch.multinomial(weights, 1, generator=g)))
+        d2 = torch.minimum(d2, _sq_distances(x, x_sq, x[[c[-1] for c in chosen]]))
+    return torch.stack([x[c] for c in chosen])
 
 
 def _sq_distances(x: Tensor, x_sq: Tensor, c: Tensor, cols: int = 2048) -> Tensor:

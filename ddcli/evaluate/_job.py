@@ -14,7 +14,9 @@ from ddcli.core.inner import InnerLoop
 from ddcli.core.params import Params, init_params
 from ddcli.core.seeds import derive_seed
 from ddcli.data import RealData
-from ddcli.evaluate._baselines import DETERMINISTIC, SET_BASELINES, build_baseline, knn_accuracy
+from ddcli.evaluate._baselines import (
+    DETERMINISTIC, SET_BASELINES, build_baseline, kmeans_sets, knn_accuracy,
+)
 from ddcli.evaluate._report import EvalConfig, EvalRow
 from ddcli.progress import ProgressInfo
 
@@ -119,16 +121,16 @@ def baseline_rows(
         with job.stage(f"{name} · {group}") as timer:
             draws = 1 if name in DETERMINISTIC else cfg.n_nets
             bar = job.progress(f"{name} sets")
-
-            def on_progress(p: ProgressInfo, i: int) -> None:  # one bar over all the draws
-                bar(i * p.total + p.done, draws * p.total)
-
-            sets = torch.stack([
-                build_baseline(name, labels, job.real, seed=derive_seed(cfg.seed, "baseline", i),
-                               candidates=cfg.candidates, score=scorer(i),
-                               on_progress=lambda p, i=i: on_progress(p, i))
-                for i in range(draws)
-            ]).to(job.device)  # (D, S, n, C, H, W)
+            seeds = [derive_seed(cfg.seed, "baseline", i) for i in range(draws)]
+            if name == "kmeans":  # all the draws' clusterings side by side
+                sets = kmeans_sets(labels, job.real, seeds, lambda p: bar(p.done, p.total))
+            else:
+                sets = torch.stack([
+                    build_baseline(name, labels, job.real, seed=s, candidates=cfg.candidates,
+                                   score=scorer(i))
+                    for i, s in enumerate(seeds)
+                ])
+            sets = sets.to(job.device)  # (D, S, n, C, H, W)
             accs = evaluate(sets, name in DETERMINISTIC)
         built[name] = sets
         rows.append(EvalRow(name, group, accs, seconds=timer["seconds"]))
