@@ -16,9 +16,10 @@ def read_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        if "test_acc" in rec:
+        key = next((k for k in ("test_acc", "val_acc") if k in rec), None)
+        if key:  # val_acc: the run held out a validation split (--validation)
             xs.append(rec["iteration"])
-            ys.append(100 * rec["test_acc"])
+            ys.append(100 * rec[key])
     return xs, ys
 
 

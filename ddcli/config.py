@@ -177,7 +177,7 @@ class RunConfig(Section):
                                   resumable=True)
     snapshot_every: int = _flag(0, "Save images and rates for `dd visualize --run`.", OUTPUT,
                                 default_text="0 (none)", resumable=True)
-    eval_every: int = _flag(0, "Measure replay test accuracy.", OUTPUT,
+    eval_every: int = _flag(0, "Measure replay accuracy (on --validation if set).", OUTPUT,
                             default_text="0 (never)", resumable=True)
     eval_nets: int = _flag(4, "random: nets per periodic evaluation.", OUTPUT,
                            resumable=True)

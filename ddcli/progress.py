@@ -191,7 +191,8 @@ class DistillProgress(_Display):
         accs = ev.accuracies
         spread = (f" (min {min(accs):.2%}, max {max(accs):.2%}, {len(accs)} nets)"
                   if len(accs) > 1 else "")
-        self.print(f"iter {ev.iteration}: replay test accuracy {ev.mean:.2%}{spread}")
+        split = getattr(ev, "split", "test")  # validation with --validation (EvalInfo)
+        self.print(f"iter {ev.iteration}: replay {split} accuracy {ev.mean:.2%}{spread}")
 
     def on_checkpoint(self, path) -> None:
         pass

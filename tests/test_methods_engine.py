@@ -80,6 +80,29 @@ def test_keep_best_selects_on_the_validation_split_never_the_test_set(tmp_path):
         cfg(run={"keep_best": True, "eval_every": 3}).validate()
 
 
+def test_evaluations_on_the_validation_split_are_labelled_so(tmp_path):
+    import json
+
+    from ddcli.progress import DistillProgress
+
+    lines = []
+    display = DistillProgress.__new__(DistillProgress)
+    display.print = lines.append  # only on_eval is exercised
+    c = cfg(data={"validation": 48}, optim={"iterations": 4}, run={"eval_every": 2, "eval_nets": 1})
+    result = distill(c, out=tmp_path / "v.safetensors", data=toy_data(n_train=192),
+                     callbacks=type("C", (), {"on_eval": lambda self, ev: display.on_eval(ev)})())
+    assert [e.split for e in result.evals] == ["validation", "validation"]
+    assert lines and all("replay validation accuracy" in line for line in lines)
+    logged = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in logged if "val_acc" in r]
+    assert [r["iteration"] for r in evals] == [2, 4] and not any("test_acc" in r for r in logged)
+    assert "val_acc" in result.bundle.summary["last_eval"]
+    # without a validation split they are test-set monitoring, and say so
+    plain = distill(cfg(optim={"iterations": 2}, run={"eval_every": 2, "eval_nets": 1}),
+                    out=tmp_path / "t.safetensors", data=toy_data())
+    assert [e.split for e in plain.evals] == ["test"] and "test_acc" in plain.bundle.summary["last_eval"]
+
+
 def test_validation_images_are_never_real_batches(tmp_path, monkeypatch):
     from ddcli.engine import runtime
 

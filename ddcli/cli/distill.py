@@ -99,13 +99,14 @@ def print_result(result: _engine.DistillResult, json_out: bool) -> None:
         "final_loss": result.final_loss,
         "elapsed_s": round(result.elapsed, 2),
         "lrs": {"min": b.lrs.min().item(), "mean": b.lrs.mean().item(), "max": b.lrs.max().item()},
-        "evals": [{"iteration": e.iteration, "test_acc": e.mean} for e in result.evals],
+        "evals": [{"iteration": e.iteration, e.key: e.mean} for e in result.evals],
         "provenance": {k: v for k, v in b.provenance.items() if k != "earlier"},
     }
     if json_out:
         typer.echo(json.dumps(record))
         return
-    acc = f", replay test acc {result.evals[-1].mean:.2%}" if result.evals else ""
+    last = result.evals[-1] if result.evals else None
+    acc = f", replay {last.split} acc {last.mean:.2%}" if last else ""
     typer.echo(
         f"{result.bundle_path}: {record['images']} images ({b.steps} steps x "
         f"{b.images.shape[1]}), {b.lrs.numel()} lrs, {b.dataset}/{record['model']} "

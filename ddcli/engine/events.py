@@ -41,8 +41,17 @@ class IterationInfo:
 
 @dataclass
 class EvalInfo:
+    """A periodic replay evaluation: on the validation split when the run holds one out
+    (``--validation``; what ``--keep-best`` selects on), else on the test set."""
+
     iteration: int
     accuracies: list[float]
+    split: str = "test"  # "validation" or "test"
+
+    @property
+    def key(self) -> str:
+        """The record key of its mean accuracy: ``val_acc`` or ``test_acc``."""
+        return "val_acc" if self.split == "validation" else "test_acc"
 
     @property
     def mean(self) -> float:

@@ -80,8 +80,9 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
     }
     if state.evals:
         last = state.evals[-1]
+        key = "val_acc" if cfg.data.validation else "test_acc"  # Runtime.quick_eval's split
         summary["last_eval"] = {"iteration": last["iteration"],
-                                "test_acc": sum(last["accuracies"]) / len(last["accuracies"])}
+                                key: sum(last["accuracies"]) / len(last["accuracies"])}
     chosen = {k: v.detach().cpu() for k, v in learned.items()}
     if cfg.run.keep_best and state.best is not None:
         # The set of the best validation accuracy, never the test set's choice.
