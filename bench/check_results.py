@@ -48,7 +48,11 @@ def main() -> None:
     ap.add_argument("--data-root", help="passed to dd eval")
     args = ap.parse_args()
     index = json.loads(INDEX.read_text())
-    names = args.names or sorted(index)
+    # a bundle's name with or without its .safetensors
+    names = [n if n in index else f"{n}.safetensors" for n in args.names] or sorted(index)
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        sys.exit(f"error: {unknown[0]} is not in {INDEX.relative_to(ROOT)}")
     problems = []
     for name in names:
         found = check(name, index[name], args.data_root)
