@@ -4,13 +4,15 @@ results/index.json with its recorded arguments and compare each row's mean and s
     OMP_NUM_THREADS=1 .venv/bin/python bench/check_results.py --data-root DIR [NAME ...]
 
 Evaluation is seeded (fresh nets 0..n-1), so the figures must match to the 4 decimals
-the index keeps; a mismatch is printed and the exit status is 1.
+the index keeps; a mismatch is printed and the exit status is 1. Each evaluation runs
+with the thread count its row was recorded with: one, or the entry's "threads".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +26,10 @@ def check(name: str, entry: dict, data_root: str | None) -> list[str]:
            *entry["eval_args"], "--json", "--quiet"]
     if data_root:
         cmd += ["--data-root", data_root]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Rows are recorded with one thread unless the entry says otherwise ("threads"): the
+    # float rounding of training, and so the 4th decimal, depends on the thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": str(entry.get("threads", 1))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return [f"{name}: dd eval failed: {proc.stderr.strip()}"]
     rows = {row["label"]: row for row in json.loads(proc.stdout)["rows"]}
