@@ -191,8 +191,7 @@ class DistillProgress(_Display):
         accs = ev.accuracies
         spread = (f" (min {min(accs):.2%}, max {max(accs):.2%}, {len(accs)} nets)"
                   if len(accs) > 1 else "")
-        split = getattr(ev, "split", "test")  # validation with --validation (EvalInfo)
-        self.print(f"iter {ev.iteration}: replay {split} accuracy {ev.mean:.2%}{spread}")
+        self.print(f"iter {ev.iteration}: replay {ev.split} accuracy {ev.mean:.2%}{spread}")
 
     def on_checkpoint(self, path) -> None:
         pass

@@ -251,13 +251,8 @@ class _Run:
         return DistillResult(
             bundle=bundle, bundle_path=self.out, run_dir=self.folder.path,
             iterations=st.iteration, final_loss=st.last_loss, elapsed=st.elapsed,
-            evals=[EvalInfo(**{"split": self._eval_split, **e}) for e in st.evals],
+            evals=[EvalInfo(**{"split": rt.eval_split, **e}) for e in st.evals],
         )
-
-    @property
-    def _eval_split(self) -> str:
-        """Where periodic evaluations measure (``Runtime.quick_eval``)."""
-        return "validation" if self.cfg.data.validation else "test"
 
     def _sync_due(self, local_stop: bool) -> bool:
         r, it = self.cfg.run, self.state.iteration
@@ -302,7 +297,7 @@ class _Run:
             return  # evaluate and checkpoint the state the sync point left, on rank 0
         if r.eval_every and (it % r.eval_every == 0 or it == self.rt.total):
             ev = EvalInfo(iteration=it, accuracies=self.rt.quick_eval(self.learned, self.source),
-                          split=self._eval_split)
+                          split=self.rt.eval_split)
             self.state.evals.append({"iteration": ev.iteration, "accuracies": ev.accuracies,
                                      "split": ev.split})
             if r.keep_best and (self.state.best is None or ev.mean > self.state.best["score"]):

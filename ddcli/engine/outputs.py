@@ -12,6 +12,7 @@ from torch import Tensor
 from ddcli.bundle import Bundle
 from ddcli.config import DistillConfig
 from ddcli.engine._loop import trim_metrics
+from ddcli.engine.events import EvalInfo
 from ddcli.engine.state import RunState, save_checkpoint
 from ddcli.infra import io as _io
 
@@ -79,10 +80,8 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
         "nets_batched": rt.nets.batched,
     }
     if state.evals:
-        last = state.evals[-1]
-        key = "val_acc" if cfg.data.validation else "test_acc"  # Runtime.quick_eval's split
-        summary["last_eval"] = {"iteration": last["iteration"],
-                                key: sum(last["accuracies"]) / len(last["accuracies"])}
+        last = EvalInfo(**{"split": rt.eval_split, **state.evals[-1]})
+        summary["last_eval"] = {"iteration": last.iteration, last.key: last.mean}
     chosen = {k: v.detach().cpu() for k, v in learned.items()}
     if cfg.run.keep_best and state.best is not None:
         # The set of the best validation accuracy, never the test set's choice.

@@ -168,6 +168,11 @@ class Runtime:
             n = int(torch.randint(w, t + 1, (1,), generator=g))
         return self.inner.schedule(seed, augment=True), (n - w, n)
 
+    @property
+    def eval_split(self) -> str:
+        """Where ``quick_eval`` measures: "validation" with ``--validation``, else "test"."""
+        return "validation" if self.cfg.data.validation else "test"
+
     def quick_eval(self, learned: dict[str, Tensor], source: InitSource) -> list[float]:
         """Replay accuracy of the nets ``evaluation_nets`` picks for a periodic
         evaluation, with the code ``dd eval`` uses (same numbers, same weights): on the
@@ -181,7 +186,8 @@ class Runtime:
             seed=cfg.init.seed, scheme=cfg.model.init_scheme, stored=source.fixed_params,
             held_out=held, device=self.device)
         inits = [net.params for net in nets]
-        x, y = (self.val_x, self.val_y) if self.cfg.data.validation else (self.test_x, self.test_y)
+        on_val = self.eval_split == "validation"
+        x, y = (self.val_x, self.val_y) if on_val else (self.test_x, self.test_y)
         labels = learned["labels"].detach() if "labels" in learned else self.labels
         accs = replay_accuracies(
             self.model, inits, learned["images"].detach(), labels,

@@ -106,12 +106,10 @@ def kmeans_sets(
 
     ``on_progress`` hears ("kmeans", classes done, classes) after each class.
     """
-    flat = labels.reshape(-1)
-    out = torch.empty(len(seeds), flat.shape[0], *real.train_x.shape[1:])  # (D, S * n, ...)
+    out = torch.empty(len(seeds), labels.numel(), *real.train_x.shape[1:])  # (D, S * n, ...)
     gens = [torch.Generator().manual_seed(derive_seed(s, "kmeans")) for s in seeds]
-    classes = flat.unique().tolist()
-    for done, c in enumerate(classes, 1):
-        slots = (flat == c).nonzero().squeeze(1)  # step-major order
+    classes = _class_slots(labels)
+    for done, (c, slots) in enumerate(classes, 1):
         x = _class_images(real, c)
         runs = kmeans_lockstep(x.reshape(x.shape[0], -1), slots.numel(), gens)
         for d, (centres, sizes) in enumerate(runs):
@@ -123,6 +121,12 @@ def kmeans_sets(
     return out.reshape(len(seeds), *labels.shape, *real.train_x.shape[1:])
 
 
+def _class_slots(labels: Tensor) -> list[tuple[int, Tensor]]:
+    """(class, its slots' flat indices in step-major order) for every class in ``labels``."""
+    flat = labels.reshape(-1)
+    return [(c, (flat == c).nonzero().squeeze(1)) for c in flat.unique().tolist()]
+
+
 def _class_images(real: RealData, c: int) -> Tensor:
     x = real.train_x[real.train_y == c]
     if x.shape[0] == 0:
@@ -132,11 +136,8 @@ def _class_images(real: RealData, c: int) -> Tensor:
 
 def _fill(labels: Tensor, real: RealData, pick: Callable[[int, Tensor, int], Tensor]) -> Tensor:
     """Images for every slot: ``pick(class, its training images, slots)`` per class."""
-    flat = labels.reshape(-1)
-    out = torch.empty(flat.shape[0], *real.train_x.shape[1:])  # (S * n, C, H, W)
-    classes = flat.unique().tolist()
-    for c in classes:
-        slots = (flat == c).nonzero().squeeze(1)  # step-major order
+    out = torch.empty(labels.numel(), *real.train_x.shape[1:])  # (S * n, C, H, W)
+    for c, slots in _class_slots(labels):
         out[slots] = pick(c, _class_images(real, c), slots.numel())
     return out.reshape(*labels.shape, *real.train_x.shape[1:])
 
