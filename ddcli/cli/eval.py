@@ -29,7 +29,7 @@ Opt = typer.Option
 @app.command("eval")
 def eval_command(
     path: Annotated[Path, typer.Argument(help="A bundle (.safetensors), a .pt or .npz set, or an ImageFolder directory.", show_default=False)],
-    protocol: Annotated[Optional[str], Opt(help="replay (the paper's: learned steps and rates; bundles only) or train (SGD on the images).", show_default="replay for bundles, train for other sets", rich_help_panel="Protocol")] = None,
+    protocol: Annotated[Optional[str], Opt(help="replay (the paper's: learned steps and rates; bundles only), train (SGD on the images), or a paper's own evaluation with every knob set: dc (300 epochs; MNIST augmented as DC does), dsa (1000 epochs, DSA augmentation), mtt (as dsa, at the set's learned rate). docs/eval.md gives each one's source.", show_default="replay for bundles, train for other sets", rich_help_panel="Protocol")] = None,
     n_nets: Annotated[int, Opt(help="Fresh nets per row (baseline draws for a fixed-init bundle).", rich_help_panel="Protocol")] = 20,
     seed: Seed = None,
     per_step: Annotated[bool, Opt(help="Replay: measure accuracy after every GD step, not only after each epoch.", rich_help_panel="Protocol")] = False,
@@ -38,8 +38,8 @@ def eval_command(
     baseline_labels: Annotated[str, Opt(help="Soft-label sets: baselines train on their images' own classes (hard) or on the set's labels, slot by slot (set).", metavar="hard|set", rich_help_panel="Baselines")] = "hard",
     candidates: Annotated[int, Opt(help="optimized-real: random draws to pick the best of (scored on training data).", rich_help_panel="Baselines")] = 10,
     model: Annotated[Optional[str], Opt(help="Train protocol: any registered model (cross-architecture).", show_default="the set's own", rich_help_panel="Protocol")] = None,
-    train_lr: Annotated[Optional[float], Opt("--train-lr", "--lr", help="Train protocol: the SGD rate (times --lr-decay at half the epochs).", show_default="the mean learned GD rate, else 0.01", rich_help_panel="Train protocol")] = None,
-    train_epochs: Annotated[int, Opt(help="Train protocol: epochs over the images.", rich_help_panel="Train protocol")] = 300,
+    train_lr: Annotated[Optional[float], Opt("--train-lr", "--lr", help="Train protocols: the SGD rate (times --lr-decay at half the epochs).", show_default="0.01; mtt: the set's learned rate", rich_help_panel="Train protocol")] = None,
+    train_epochs: Annotated[Optional[int], Opt(help="Train protocols: epochs over the images.", show_default="train 300, dc 301, dsa and mtt 1001", rich_help_panel="Train protocol")] = None,
     batch_size: Annotated[int, Opt(help="Train protocol: batch size.", rich_help_panel="Train protocol")] = 256,
     lr_decay: Annotated[float, Opt(help="Train protocol: the lr's factor at half the epochs (DC/DSA/MTT: 0.1).", rich_help_panel="Train protocol")] = 0.1,
     init_scheme: Annotated[Optional[str], Opt(help="Weight init of fresh nets.", show_default="the bundle's, else xavier", rich_help_panel="Protocol")] = None,
@@ -49,7 +49,7 @@ def eval_command(
     batching: Annotated[str, Opt(help="How nets run together: vmap (stacked, torch.func.vmap), loop (one at a time), or auto (vmap on GPUs; on CPUs only where it is faster).")] = "auto",
     ddranking: Annotated[bool, Opt("--ddranking", help="Train protocol: DD-Ranking's IOR, HLR and LRS, from fractions (adds random-real; trains a full-data net once, cached).", rich_help_panel="Train protocol")] = False,
     full_data_epochs: Annotated[int, Opt(help="--ddranking: epochs of the full-data reference net.", rich_help_panel="Train protocol")] = 20,
-    augment: Annotated[str, Opt(help="Train protocol: none, or dsa (DSA's ops on every SGD batch, as DSA/MTT evaluate; use --train-epochs 1000).", metavar="AUG", rich_help_panel="Train protocol")] = "none",
+    augment: Annotated[Optional[str], Opt(help="Train protocols: none, dsa (DSA's ops on every SGD batch), dc (DC's crop_scale_rotate for MNIST), or dsa:FAMILY_... / dc:OP_....", metavar="AUG", show_default="train none; dc: DC's per dataset; dsa, mtt: dsa", rich_help_panel="Train protocol")] = None,
     pool: Annotated[Optional[Path], Opt(help="Pretrained, adapt and attack bundles: the pool folder.", show_default="the one recorded in the bundle")] = None,
     record: Annotated[bool, Opt(help="Also write the results to the sidecar <set>.eval.json (never into the bundle).", rich_help_panel="Output")] = False,
     quiet: Quiet = False,
@@ -80,6 +80,8 @@ def eval_command(
             stderr.print(f"warning: {w.message}", soft_wrap=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    for line in getattr(report, "warnings", ()):
+        stderr.print(f"warning: {line}", soft_wrap=True, markup=False)
     if isinstance(report, PoolEvalReport):
         # Pool bundles: held-out nets before and after the distilled steps, against the
         # same steps on random real images.
@@ -106,7 +108,8 @@ def print_report(report: EvalReport, console: Console) -> None:
     s = report.settings
     what = (f"{s['steps']} steps x {s['images_per_step']} images"
             + (f", {s['gd_steps']} GD steps" if report.protocol == "replay" else
-               f", {s['train_epochs']} epochs, lr {s['train_lr']:.4g}, batch {s['batch_size']}"))
+               f", {s['train_epochs']} epochs, lr {s['train_lr']:.4g}, batch {s['batch_size']}"
+               + (f", augment {s['augment']}" if s.get("augment", "none") != "none" else "")))
     console.print(f"{report.source}: {report.protocol} protocol · {report.model['name']} · "
                   f"{report.dataset} test set ({report.test_size:,} images) · {what} · "
                   f"seed {s['seed']}", soft_wrap=True)

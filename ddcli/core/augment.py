@@ -111,11 +111,15 @@ class DSA:
         return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-def parse_augment(name: str) -> DSA | None:
+def parse_augment(name: str):
     """``"dsa"`` -> DSA with every family; ``"dsa:flip_rotate"`` -> those families only;
-    ``"none"`` -> None."""
+    ``"dc"`` / ``"dc:crop_rotate"`` -> DC's evaluation augmentation (``DCAugment``,
+    evaluation only); ``"none"`` -> None."""
     if name in ("none", "", None):
         return None
+    if name == "dc" or name.startswith("dc:"):
+        from ddcli.core.dc_augment import parse_dc
+        return parse_dc(name)
     if name == "dsa":
         return DSA()
     if name.startswith("dsa:"):

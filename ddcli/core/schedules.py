@@ -108,7 +108,8 @@ class PoolSchedule:
 class EpochSchedule:
     """SGD epochs over M images in batches of B; net j visits them in its own order each
     epoch, drawn from ``torch.Generator().manual_seed(seeds[j])``; the rate index is 0
-    for the first half of the epochs and 1 after (the protocol decays the lr there).
+    for the first ``decay_epoch`` epochs (default half) and 1 after (the protocol decays
+    the lr there).
 
     Args:
         size: M images (shared by the nets, or per net with ``per_net``).
@@ -119,15 +120,18 @@ class EpochSchedule:
         per_net: each net has its own images, (N, M, C, H, W) and labels (N, M).
         augment: optional, ``augment(x, seed)`` (e.g. ``DSA``) on each net's batch, net
             j's seeded by (seeds[j], t): the same whether the nets run stacked or alone.
+        decay_epoch: epochs at rate index 0 (default ``max(1, epochs // 2)``).
     """
 
     def __init__(self, size: int, batch: int, epochs: int, seeds: Sequence[int], *,
                  batched: bool, per_net: bool = False,
-                 augment: Callable[[Tensor, int], Tensor] | None = None) -> None:
+                 augment: Callable[[Tensor, int], Tensor] | None = None,
+                 decay_epoch: int | None = None) -> None:
         self.size, self.batch, self.epochs = size, batch, epochs
         self.per_epoch = -(-size // batch)  # the last batch may be short
         self.length = epochs * self.per_epoch
-        self.half = max(1, epochs // 2)
+        self.half = max(1, epochs // 2) if decay_epoch is None else decay_epoch
+        self.decay_step = min(self.length, self.half * self.per_epoch)  # first step at rate 1
         self.batched, self.per_net, self.augment = batched, per_net, augment
         self.seeds = list(seeds)
         self._gens = [torch.Generator().manual_seed(s) for s in seeds]

@@ -28,9 +28,11 @@ from ddcli.evaluate.nets import RANDOM
 from ddcli.evaluate.pool import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
 from ddcli.evaluate._sets import ImageSet, load_image_set, set_kind
 from ddcli.evaluate._train_protocol import run_train, score_epochs
+from ddcli.evaluate import protocols
+from ddcli.evaluate.protocols import DEFAULT_TRAIN_LR
 
-# The train protocol's lr for a set that carries no learned rates (the DC papers' value).
-DEFAULT_TRAIN_LR = 0.01
+#: A row whose mean is within this many accuracy points of chance gets a warning line.
+CHANCE_MARGIN = 0.02
 
 
 def evaluate(source: str | os.PathLike, cfg: EvalConfig | None = None,
@@ -126,6 +128,7 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
                       callbacks: Any = None) -> EvalReport:
     t0 = time.perf_counter()
     protocol = cfg.protocol or ("replay" if s.kind == "bundle" else "train")
+    cfg = dataclasses.replace(cfg, protocol=protocol)
     if protocol == "replay" and s.bundle is None:
         raise ConfigError(f"a {s.kind} set carries no init or model to replay; "
                           "evaluate it with --protocol train")
@@ -145,6 +148,13 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
     device = resolve_device(cfg.device)
     made = _set_provenance(s)
     notes += [f"warning: {d}" for d in provenance.differences(made, data)]
+    train_settings = None
+    if protocol != "replay":
+        train_settings = protocols.resolve(cfg, data.name, s.lrs)
+        cfg = protocols.replace_resolved(cfg, train_settings)
+        if train_settings.departures:
+            notes.append(f"departs from the {protocol} protocol: "
+                         + "; ".join(train_settings.departures))
     model = _build_model(s, cfg, protocol, data).to(device)
     spec = dict(model.ddcli_spec)
     scheme = cfg.init_scheme or s.init_scheme or "xavier"
@@ -181,23 +191,27 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
             notes.append(f"'{RANDOM}' rows replay the same steps and rates from unseen inits: "
                          "the gap to the stored init is the paper's generalisation result")
     else:
-        lr, lr_source = _train_lr(cfg, s)
+        assert train_settings is not None
+        lr, lr_source = train_settings.train_lr, train_settings.lr_source
         if lr_source != "--train-lr":
             notes.append(f"lr {lr:.4g}: {lr_source}")
         job.stages = count_stages(cfg, 1)
         resolved |= {"train_lr": lr, "lr_source": lr_source,
                      "lr_decay": cfg.lr_decay,
-                     "lr_decayed_at_epoch": max(1, cfg.train_epochs // 2),
+                     "lr_decayed_at_epoch": cfg.decay_epoch,
                      "score_epochs": score_epochs(cfg.train_epochs)}
         if cfg.ddranking and "random-real" not in cfg.baselines:  # IOR needs it
             job.cfg = cfg = dataclasses.replace(cfg, baselines=("random-real", *cfg.baselines))
             job.stages = count_stages(cfg, 1)
         rows = run_train(job, lr)
     scores = _ddranking(cfg, rows, data, spec, scheme, device) if cfg.ddranking else None
+    rate = (f"lr {resolved['train_lr']:.4g} ({resolved['lr_source']}); try another --train-lr"
+            if protocol != "replay" else "the set's learned rates")
     return EvalReport(
         source=s.source, kind=s.kind, dataset=data.name, test_size=int(data.test_y.shape[0]),
         protocol=protocol, model=spec, settings={**cfg.to_dict(), **resolved}, rows=rows,
-        notes=notes, elapsed_s=time.perf_counter() - t0,
+        notes=notes, warnings=chance_warnings(rows, data.num_classes, rate),
+        elapsed_s=time.perf_counter() - t0,
         provenance={"set": made, "eval": provenance.collect(device=str(device))},
         ddranking=scores,
     )
@@ -338,9 +352,9 @@ def _build_model(s: ImageSet, cfg: EvalConfig, protocol: str, data: RealData):
     return model
 
 
-def _train_lr(cfg: EvalConfig, s: ImageSet) -> tuple[float, str]:
-    if cfg.train_lr is not None:
-        return cfg.train_lr, "--train-lr"
-    if s.lrs is not None and s.lrs.numel():
-        return float(s.lrs.mean()), f"mean of the set's {s.lrs.numel()} learned rates"
-    return DEFAULT_TRAIN_LR, "the DC protocol's default; the set carries no learned rates"
+def chance_warnings(rows, num_classes: int, rate: str) -> list[str]:
+    """One line per trained row whose mean is within ``CHANCE_MARGIN`` of chance."""
+    chance = 1.0 / num_classes
+    return [f"{row.label}: {100 * row.mean:.2f} % is within {100 * CHANCE_MARGIN:.0f} points "
+            f"of chance ({100 * chance:.0f} %) at {rate}"
+            for row in rows if row.name != "knn" and abs(row.mean - chance) <= CHANCE_MARGIN]

@@ -25,7 +25,6 @@ from torch.func import functional_call, grad, vmap
 
 from ddcli.core.metrics import ACTIVATION_BUDGET, activation_floats, correct_counts
 from ddcli.core.params import Params, detached, stack_params
-from ddcli.core.augment import DSA
 from ddcli.core.inner import InnerLoop
 from ddcli.core.schedules import EpochSchedule
 from ddcli.core.seeds import derive_seed
@@ -199,8 +198,10 @@ def train_nets(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     lr_decay: float = 0.1,
+    decay_epoch: int | None = None,
+    reset_momentum: bool = False,
     batched: bool = True,
-    augment: DSA | None = None,
+    augment: Callable[[Tensor, int], Tensor] | None = None,
     progress: Progress | None = None,
 ) -> Iterator[tuple[range, Params]]:
     """Train each init on a small image set with SGD; yield the trained weights by group.
@@ -209,14 +210,16 @@ def train_nets(
     drawn from ``torch.Generator().manual_seed(seeds[j])``), in batches of
     ``batch_size``; SGD has momentum and weight decay exactly as ``torch.optim.SGD``
     (the ``SGD`` rule of the step map), and the lr is multiplied by ``lr_decay`` once
-    half the epochs are done (0.1: the DC/DSA/MTT protocol).
+    ``decay_epoch`` epochs are done (default half; 0.1: the DC/DSA/MTT protocol). With
+    ``reset_momentum`` the momentum starts again from zero there, as a new
+    ``torch.optim.SGD`` does (DC's code makes one at the decay).
 
     Args:
         x: (M, C, H, W) shared by every net, or (N, M, C, H, W), one set per net.
         y: (M,) or (N, M) labels matching ``x`` (or soft labels with a class dim).
         batched: vmap over groups of nets; False trains one net at a time.
-        augment: DSA on every batch, net j's draws seeded by (seeds[j], step), so a
-            net trains the same batched or alone.
+        augment: ``augment(x, seed)`` on every batch (``DSA``, ``DCAugment``), net j's
+            draws seeded by (seeds[j], step), so a net trains the same batched or alone.
         progress: called as ``progress(done, total)`` in net-epochs, once an epoch.
 
     Yields:
@@ -236,22 +239,31 @@ def train_nets(
         return lambda t, _: (t and t % per_epoch == 0 and
                              progress(first * epochs + nets * (t // per_epoch), total))
 
+    def run(step, p0, xs, ys, schedule, observe) -> Params:
+        if not reset_momentum:
+            return unroll(step, p0, xs, ys, rates, create_graph=False, schedule=schedule,
+                          observe=observe).params
+        # Two runs of the same schedule: the second starts with a fresh rule state.
+        first = unroll(step, p0, xs, ys, rates, create_graph=False, schedule=schedule,
+                       stop=schedule.decay_step, observe=observe).params
+        return unroll(step, first, xs, ys, rates, create_graph=False, schedule=schedule,
+                      start=schedule.decay_step, observe=observe).params
+
     if not batched:
         for j, p0 in enumerate(inits):
             schedule = EpochSchedule(m, batch_size, epochs, [seeds[j]], batched=False,
-                                     augment=augment)
-            final = unroll(one, p0, x[j] if per_net else x, y[j] if per_net else y, rates,
-                           create_graph=False, schedule=schedule,
-                           observe=epochs_done(j, 1)).params
+                                     augment=augment, decay_epoch=decay_epoch)
+            final = run(one, p0, x[j] if per_net else x, y[j] if per_net else y, schedule,
+                        epochs_done(j, 1))
             yield range(j, j + 1), {k: v[None] for k, v in final.items()}
         return
     act = activation_floats(model, x.shape[-3:])
     many = one.batched_like(per_net_data=True)  # every net draws its own batches
     for group in _groups(len(inits), _group_size(act, min(batch_size, m), len(inits))):
         schedule = EpochSchedule(m, batch_size, epochs, [seeds[j] for j in group],
-                                 batched=True, per_net=per_net, augment=augment)
+                                 batched=True, per_net=per_net, augment=augment,
+                                 decay_epoch=decay_epoch)
         xg, yg = (x[group.start:group.stop], y[group.start:group.stop]) if per_net else (x, y)
-        final = unroll(many, stack_params([inits[j] for j in group], x.device), xg, yg, rates,
-                       create_graph=False, schedule=schedule,
-                       observe=epochs_done(group.start, len(group))).params
+        final = run(many, stack_params([inits[j] for j in group], x.device), xg, yg, schedule,
+                    epochs_done(group.start, len(group)))
         yield group, final

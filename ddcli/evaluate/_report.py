@@ -17,7 +17,8 @@ from ddcli.errors import ConfigError
 from ddcli.core.augment import parse_augment
 from ddcli.evaluate._baselines import check_baselines
 
-PROTOCOLS = ("replay", "train")
+PROTOCOLS = ("replay", "train", "dc", "dsa", "mtt")
+NAMED = ("dc", "dsa", "mtt")  # the papers' own evaluations (ddcli.evaluate.protocols)
 #: EvalConfig.batching -> the ``batched`` argument of the _batched routines
 BATCHING = {"auto": None, "vmap": True, "loop": False}
 FRESH = "fresh nets"  # the train protocol's nets (the replay's groups: ddcli.evaluate.nets)
@@ -29,19 +30,29 @@ class EvalConfig:
     """How to evaluate: the protocol and its settings (all recorded in every report).
 
     Attributes:
-        protocol: "replay" (the paper's: apply the learned steps and rates) or "train"
-            (the later papers': SGD on the images for ``train_epochs``). None picks
-            replay for bundles and train for other image sets.
+        protocol: "replay" (the paper's: apply the learned steps and rates), "train"
+            (the later papers': SGD on the images for ``train_epochs``), or one paper's
+            own evaluation with every knob set: "dc", "dsa" or "mtt"
+            (``ddcli.evaluate.protocols``). None picks replay for bundles and train for
+            other image sets.
         n_nets: fresh nets per row (random inits; baseline draws for a fixed init).
         seed: seeds every fresh init, shuffle and baseline draw.
         per_step: replay: measure after every GD step, not only after each epoch.
         baselines: names from ``BASELINES``.
         candidates: ``optimized-real``: random draws to pick the best of.
         model: train protocol: any registered model (default: the set's own).
-        train_lr: train protocol: the SGD rate (default: the mean learned GD rate, else 0.01).
-        train_epochs, batch_size, momentum, weight_decay: train protocol SGD settings.
-        lr_decay: train protocol: the lr is multiplied by it once half the epochs are done
+        train_lr: train protocol: the SGD rate (default 0.01, the field's; mtt: the set's
+            learned rate).
+        train_epochs: epochs (default: 300 for train; the named protocol's otherwise).
+        batch_size, momentum, weight_decay: train protocol SGD settings.
+        lr_decay: train protocol: the lr is multiplied by it after ``decay_epoch`` epochs
             (0.1, the DC/DSA/MTT protocol's step).
+        decay_epoch: epochs at the first rate (default: half; the named protocols: DC's
+            ``Epoch // 2 + 2``).
+        reset_momentum: start a fresh optimiser (momentum from zero) at the decay, as
+            DC's code does (the named protocols always do).
+        augment: train protocol: none, dsa[:FAMILIES] or dc[:OPS] on every SGD batch
+            (default none; the named protocols: the paper's).
         baseline_labels: sets with learned soft labels: the baselines train on their real
             images' classes ("hard") or on the set's labels slot by slot ("set").
         init_scheme: weight init of fresh nets (default: the bundle's, else xavier).
@@ -59,16 +70,18 @@ class EvalConfig:
     candidates: int = 10
     model: str | None = None
     train_lr: float | None = None
-    train_epochs: int = 300
+    train_epochs: int | None = None  # train: 300; dc, dsa, mtt: the paper's
     batch_size: int = 256
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_decay: float = 0.1
+    decay_epoch: int | None = None
+    reset_momentum: bool = False
     baseline_labels: str = "hard"  # soft-label sets: baselines on hard labels, or "set"
     init_scheme: str | None = None
     device: str = "auto"
     batching: str = "auto"
-    augment: str = "none"  # train protocol: "dsa" augments every SGD batch (DSA's protocol)
+    augment: str | None = None  # train: none; dc, dsa, mtt: the paper's
     ddranking: bool = False  # train protocol: DD-Ranking's IOR, HLR and LRS (adds random-real)
     full_data_epochs: int = 20  # the full-data reference net's epochs (HLR); cached on disk
 
@@ -76,11 +89,16 @@ class EvalConfig:
         if self.batching not in BATCHING:
             raise ConfigError(f"--batching must be auto, vmap or loop, got {self.batching!r}")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
-            raise ConfigError(f"--protocol must be replay or train, got {self.protocol!r}")
+            raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, "
+                              f"got {self.protocol!r}")
         if self.ddranking and self.protocol == "replay":
-            raise ConfigError("--ddranking scores the train protocol: pass --protocol train")
-        for flag in ("n_nets", "candidates", "train_epochs", "batch_size", "full_data_epochs"):
+            raise ConfigError("--ddranking scores the train protocol: pass --protocol train "
+                              "(or dc, dsa, mtt)")
+        for flag in ("n_nets", "candidates", "train_epochs", "batch_size", "full_data_epochs",
+                     "decay_epoch"):
             value = getattr(self, flag)
+            if value is None and flag in ("train_epochs", "decay_epoch"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(
                     f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -96,7 +114,8 @@ class EvalConfig:
         try:
             parse_augment(self.augment)
         except ValueError as exc:
-            raise ConfigError(f"--augment: {exc} (none, dsa or dsa:FAMILY_...)") from None
+            raise ConfigError(f"--augment: {exc} (none, dsa, dsa:FAMILY_..., dc or "
+                              "dc:OP_...)") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,11 +193,12 @@ class EvalReport:
         kind: "bundle", "pt", "npz" or "imagefolder".
         dataset: the dataset whose test set was used.
         test_size: test images (the full test set).
-        protocol: "replay" or "train".
+        protocol: "replay", "train", "dc", "dsa" or "mtt".
         model: the model spec the nets were built from.
         settings: ``EvalConfig.to_dict()`` plus resolved values (lr, steps, init scheme).
         rows: distilled rows first, then baselines, then knn rows.
         notes: things the user should know (re-normalisation, default lr, fallbacks).
+        warnings: results the user must not miss (a row at chance), one line each.
         elapsed_s: total wall time.
         provenance: {"set": how the set was made (the bundle's last record, if any),
             "eval": this evaluation's own record} (``ddcli.infra.provenance``).
@@ -195,6 +215,7 @@ class EvalReport:
     settings: dict[str, Any]
     rows: list[EvalRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
     ddranking: dict[str, Any] | None = None  # IOR, HLR, LRS and the full-data reference
@@ -220,7 +241,7 @@ class EvalReport:
             "test_size": self.test_size, "protocol": self.protocol, "model": self.model,
             "settings": self.settings, "rows": [r.to_dict() for r in self.rows],
             "margin_over_random_real": self.margin_over_random_real,
-            "notes": self.notes, "elapsed_s": round(self.elapsed_s, 3),
+            "notes": self.notes, "warnings": self.warnings, "elapsed_s": round(self.elapsed_s, 3),
             "provenance": self.provenance, "ddranking": self.ddranking,
         }
 

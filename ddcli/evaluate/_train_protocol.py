@@ -1,11 +1,12 @@
-"""The train protocol (DC, DSA, DM, MTT): fresh nets trained on the images with SGD.
+"""The train protocols (train, dc, dsa, mtt): fresh nets trained on the images with SGD.
 
 Each of ``n_nets`` fresh nets (net j seeded ``derive_seed(seed, "eval", j)``) trains on
 the set's images for ``train_epochs`` epochs: a new shuffle each epoch (net j's order
 from ``derive_seed(seed, "shuffle", j)``), batches of 256, SGD with momentum 0.9 and
-weight decay 5e-4, the lr halved once half the epochs are done. The lr defaults to the
-mean of the set's learned rates. Only the images, labels, rates, model and seed enter,
-so a bundle and its ``.pt``/``.npz``/ImageFolder exports score the same.
+weight decay 5e-4, the lr times ``lr_decay`` after ``decay_epoch`` epochs, augmentation
+if the protocol has it. ``ddcli.evaluate.protocols`` resolves every knob before this
+runs. Only the images, labels, rates, model and seed enter, so a bundle and its
+``.pt``/``.npz``/ImageFolder exports score the same.
 
 Baseline evaluation i trains net i on draw i. ``optimized-real`` scores each candidate
 by training a separate scoring net on it for ``score_epochs(train_epochs)`` epochs and
@@ -38,11 +39,14 @@ def run_train(job: Job, lr: float) -> list[EvalRow]:
     augment = parse_augment(cfg.augment)
 
     def train(inits, xs: Tensor, ys: Tensor, net_seeds, test_x, test_y, epochs) -> Tensor:
+        # the protocol's decay epoch for its own length; a scoring run decays at its half
+        decay = cfg.decay_epoch if epochs == cfg.train_epochs else None
         return train_accuracies(
             job.model, inits, xs, ys, test_x, test_y, lr=lr, epochs=epochs, seeds=net_seeds,
             batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            lr_decay=cfg.lr_decay, batched=job.batched, augment=augment, progress=job.progress("training nets",
-                                                                       "net-epochs"),
+            lr_decay=cfg.lr_decay, decay_epoch=decay, reset_momentum=cfg.reset_momentum,
+            batched=job.batched, augment=augment,
+            progress=job.progress("training nets", "net-epochs"),
         )
 
     with job.stage(f"distilled · {FRESH}") as timer:
