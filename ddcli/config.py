@@ -28,6 +28,7 @@ OBJECTIVES = ("distill", "adapt", "attack", "distribution")  # ddcli.core.object
 META_OPTIMIZERS = ("adam", "sgd")
 WINDOW_SAMPLING = ("last", "random")
 INNER_OPTIMIZERS = ("gd", "sgd")
+INIT_IMAGES = ("noise", "real")
 AUGMENTS = ("none", "crop-flip", "dsa")  # and dsa:FAMILY_FAMILY... (ddcli.core.augment)
 
 # The paper's model for each named dataset; other inputs default to ConvNet.
@@ -96,6 +97,10 @@ class SynthConfig(Section):
     epochs: int = _flag(3, "Passes over the steps, each with its own rates.", SYNTH)
     images_per_class: int = _flag(1, "Images per class in each step.", SYNTH,
                                   name="--images-per-class-per-step", aliases=("--ipc",))
+    # real: DM's and MTT's default start, random training images of each slot's class.
+    init_images: str = _flag("noise", "Start from N(0, 1) noise or from real training "
+                             "images of each slot's class.", SYNTH, choices=INIT_IMAGES,
+                             metavar="FROM")
     # The rate itself, not raw: every learned GD rate starts here.
     step_lr: float = _flag(0.02, "Initial value of the learned rates.", SYNTH,
                            aliases=("--distill-lr",))

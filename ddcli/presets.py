@@ -147,14 +147,15 @@ PRESETS.update({
 # Distribution matching (DM; Zhao & Bilen 2023), as its main_DM.py runs it: a fresh
 # ConvNet-128 (PyTorch's default init) every iteration, a real batch of 256 per class,
 # DSA applied Siamese, SGD with lr 1 and momentum 0.5 on the images, 20,000 iterations,
-# no decay. The rates are not learned: --step-lr 0.01 is stored as every rate, the SGD
-# rate of the train protocol DM evaluates with (its lr_net). Departures: the images start
-# from N(0, 1) noise (DM's --init noise; its default starts from real images), and the
-# class batches are epoch-wise shuffles seeded by (seed, class), so a run resumes exactly.
+# no decay, images initialised from random real ones. The rates are not learned:
+# --step-lr 0.01 is stored as every rate, the SGD rate of the train protocol DM
+# evaluates with (its lr_net). Departure: the class batches are epoch-wise shuffles
+# seeded by (seed, class), and DSA seeds derive from the run's, so a run resumes exactly.
 _DM = {
     "data": {"batch_size": 256, "augment": "dsa"},
     "model": {"name": "convnet", "init_scheme": "default"},
-    "synth": {"steps": 1, "epochs": 1, "images_per_class": 10, "step_lr": 0.01},
+    "synth": {"steps": 1, "epochs": 1, "images_per_class": 10, "step_lr": 0.01,
+              "init_images": "real"},
     "init": {"mode": "random", "n_nets": 1, "sample_n_nets": 1},
     "objective": {"kind": "distribution"},
     "optim": {"meta_optimizer": "sgd", "meta_lr": 1.0, "meta_momentum": 0.5,

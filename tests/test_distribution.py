@@ -17,6 +17,7 @@ from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
 from ddcli.core.seeds import derive_seed
 from ddcli.core.steps import StepFn
 from ddcli.engine.batches import ClassBatchSampler
+from ddcli.engine.inits import real_initial_images
 from ddcli.errors import ConfigError
 from ddcli.evaluate import evaluate_bundle
 from ddcli.models import create_model
@@ -206,6 +207,7 @@ def test_presets_follow_dm():
         o = cfg.optim
         assert (o.meta_optimizer, o.meta_lr, o.meta_momentum, o.iterations) == ("sgd", 1.0, 0.5, 20000)
         assert cfg.synth.step_lr == 0.01 and o.decay_factor == 1.0
+        assert cfg.synth.init_images == "real"
 
 
 def test_cli_refuses_distribution_with_a_fixed_init(tmp_path):
@@ -227,3 +229,30 @@ def test_dry_run_says_distribution_matching_unrolls_nothing(tmp_path, fixture_ro
     err = one_line_error(run("distill", "mnist", "--preset", "dm-mnist-ipc10", "--dry-run",
                              "--data-root", fixture_root), 2)
     assert "unrolls nothing" in err
+
+
+def test_init_images_real_gives_every_slot_a_distinct_training_image_of_its_class():
+    data = toy_data(n_train=30)
+    labels = torch.arange(3).repeat_interleave(2).expand(2, 6)  # 2 steps, 3 classes x 2
+    images = real_initial_images(data.train_x, data.train_y, labels, seed=5)
+    assert images.shape == (2, 6, 1, 8, 8)
+    flat = images.flatten(0, 1)
+    rows = [int(torch.nonzero((data.train_x == im).flatten(1).all(1))[0]) for im in flat]
+    assert [int(data.train_y[r]) for r in rows] == labels.flatten().tolist()
+    assert len(set(rows)) == 12
+    assert torch.equal(images, real_initial_images(data.train_x, data.train_y, labels, seed=5))
+    assert not torch.equal(images, real_initial_images(data.train_x, data.train_y, labels, 6))
+    with pytest.raises(ConfigError, match="needs 11 training images of class 0; there are 10"):
+        real_initial_images(data.train_x, data.train_y, torch.zeros(1, 11, dtype=torch.long), 0)
+
+
+def test_a_run_starts_from_real_images_when_asked(tmp_path):
+    data = toy_data()
+    c = toy_config(DM, synth={"init_images": "real"}, optim={"iterations": 1, "meta_lr": 1e-12})
+    b = distill(c, out=tmp_path / "r.safetensors", data=data).bundle
+    labels = torch.arange(3).repeat_interleave(2).expand(1, 6)
+    torch.testing.assert_close(b.images, real_initial_images(data.train_x, data.train_y, labels,
+                                                             c.init.seed))
+    err = one_line_error(run("visualize", tmp_path / "r.safetensors", "--change",
+                             "-o", tmp_path / "v"), 2)
+    assert "started from real images" in err

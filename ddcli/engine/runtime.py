@@ -22,7 +22,8 @@ from ddcli.core.schedules import Schedule
 from ddcli.core.objectives import CLASS_BATCHES, REAL_BATCH, OuterBatch, make_objective
 from ddcli.data import RealData, load_dataset, resolve_data_root, zca_dataset
 from ddcli.engine.batches import BatchSampler, ClassBatchSampler, augment_batch
-from ddcli.engine.inits import FixedInit, InitSource, initial_images, make_init_source
+from ddcli.engine.inits import (FixedInit, InitSource, initial_images, make_init_source,
+                                real_initial_images)
 from ddcli.engine.state import RunState
 from ddcli.errors import ConfigError
 from ddcli.evaluate._nets import replay_accuracies
@@ -90,17 +91,21 @@ class Runtime:
 
     # --- state --------------------------------------------------------------------------------
     def fresh_state(self, out) -> RunState:
-        """Iteration 0: N(0, 1) images from the seed, every rate at ``step_lr``."""
+        """Iteration 0: N(0, 1) images from the seed (or real ones, ``--init-images
+        real``), every rate at ``step_lr``."""
         cfg, d = self.cfg, self.data
         s = cfg.synth
         shape = (s.steps, d.num_classes * s.images_per_class, d.in_channels, d.image_size,
                  d.image_size)
         source = make_init_source(cfg, self.model, self.init_device)
+        images = initial_images(shape, cfg.init.seed)
+        if s.init_images == "real":
+            images = real_initial_images(self.train_x, self.train_y, self.labels, cfg.init.seed)
         soft = None
         if s.learn_labels:  # one-hot, so the run starts exactly where hard labels would
             soft = F.one_hot(self.labels.cpu(), d.num_classes).float()  # (S, n, classes)
         return RunState(
-            iteration=0, images=initial_images(shape, cfg.init.seed), labels=self.labels.cpu(),
+            iteration=0, images=images, labels=self.labels.cpu(),
             raw_lrs=initial_raw_lrs(s.step_lr, cfg.total_steps), optimizer={}, scheduler={},
             aug_rng=torch.Generator().manual_seed(derive_seed(cfg.init.seed, "augment")).get_state(),
             config=cfg.to_dict(), out=str(out.absolute()), total_iterations=self.total,
