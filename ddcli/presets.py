@@ -148,9 +148,10 @@ PRESETS.update({
 # ConvNet-128 (PyTorch's default init) every iteration, a real batch of 256 per class,
 # DSA applied Siamese, SGD with lr 1 and momentum 0.5 on the images, 20,000 iterations,
 # no decay, images initialised from random real ones. The rates are not learned:
-# --step-lr 0.01 is stored as every rate, the SGD rate of the train protocol DM
-# evaluates with (its lr_net). Departure: the class batches are epoch-wise shuffles
-# seeded by (seed, class), and DSA seeds derive from the run's, so a run resumes exactly.
+# --step-lr 0.01 (DM's lr_net) is stored as every rate; dd eval trains fresh nets on the
+# set (--protocol dsa is DM's evaluation). Departure: the class batches are epoch-wise
+# shuffles seeded by (seed, class), and DSA seeds derive from the run's, so a run
+# resumes exactly.
 _DM = {
     "data": {"batch_size": 256, "augment": "dsa"},
     "model": {"name": "convnet", "init_scheme": "default"},

@@ -12,11 +12,12 @@ strengths to every image of R_c and of S_c. The loss of one network is
 
 and its gradient with respect to S (the only learned tensor) is ordinary backprop
 through phi and A_c; the real side is a constant (computed without a graph). theta is a
-fresh random network every iteration (``--init-mode random``, the only mode allowed), so the set matches
-the real data's mean embedding under the distribution of initialisations, not under
-one net. Nothing is unrolled: there is no inner loop, and the inner rates are not
-learned (``learns_rates = False``): the bundle keeps ``--step-lr`` as every rate, which
-is what the train protocol then uses as its SGD rate (the DM preset sets DM's 0.01).
+fresh random network every iteration (``--init-mode random``, the only mode allowed),
+so the set matches the real data's mean embedding under the distribution of
+initialisations, not under one net. Nothing is unrolled: there is no inner loop, and
+the inner rates are not learned (``learns_rates = False``): the bundle keeps
+``--step-lr`` as every rate and records ``learned_rates: False``, so ``dd eval`` trains
+fresh nets on the set (at the train protocol's own rate) instead of replaying it.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class DistributionMatching(Objective):
     def describe(self) -> dict:
         return {"kind": self.kind, "embedding": "input of the model's last linear layer",
                 "augment": "dsa, siamese per class" if self.augment else "none",
-                # The rates are --step-lr, unchanged: the train protocol's SGD rate.
+                # The rates are --step-lr, unchanged: dd eval trains, never replays.
                 "learned_rates": False}
 
 
