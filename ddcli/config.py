@@ -24,9 +24,11 @@ from .infra.sections import Flag, Section, collect_flags, flag, load_config_file
 INIT_MODES = ("fixed", "random", "pretrained-fixed", "pretrained-random")
 UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
 PRECISIONS = ("fp32", "bf16-outer")  # ddcli.core.nets
-OBJECTIVES = ("distill", "adapt", "attack")
+OBJECTIVES = ("distill", "adapt", "attack", "distribution")  # ddcli.core.objectives
+META_OPTIMIZERS = ("adam", "sgd")
 WINDOW_SAMPLING = ("last", "random")
 INNER_OPTIMIZERS = ("gd", "sgd")
+INIT_IMAGES = ("noise", "real")
 AUGMENTS = ("none", "crop-flip", "dsa")  # and dsa:FAMILY_FAMILY... (ddcli.core.augment)
 
 # The paper's model for each named dataset; other inputs default to ConvNet.
@@ -42,7 +44,7 @@ DEFAULT_MODELS = {
 DATA, MODEL, SYNTH = "Data", "Model and init", "Synthetic set"
 INNER = "Inner loop (RaT-BPTT, momentum)"
 BUDGET, SCALE, OUTPUT = "Budget and meta-optimiser", "Memory and scale", "Output"
-POOLS = "Pretrained pools, adapt, attack"
+POOLS = "Objectives and pretrained pools"
 
 
 def _flag(default: Any, help: str, panel: str, **kw: Any) -> Any:
@@ -60,7 +62,8 @@ class DataConfig(Section):
     data_root: str | None = _flag(None, "Datasets in torchvision's layout.", DATA,
                                   metavar="DIR", resumable=True,
                                   default_text="$DDCLI_DATA_ROOT, else ~/.cache/ddcli/data")
-    batch_size: int = _flag(1024, "Real images per outer iteration.", DATA)
+    batch_size: int = _flag(1024, "Real images per outer iteration (distribution: per "
+                            "class).", DATA)
     # crop-flip: reflect-pad 4, random crop and horizontal flip of the real batches, as
     # the reference does for CIFAR. dsa: DSA's ops on the real batch and on the synthetic
     # images of every inner step; dsa:flip_rotate (etc.) for some of its op families.
@@ -94,6 +97,10 @@ class SynthConfig(Section):
     epochs: int = _flag(3, "Passes over the steps, each with its own rates.", SYNTH)
     images_per_class: int = _flag(1, "Images per class in each step.", SYNTH,
                                   name="--images-per-class-per-step", aliases=("--ipc",))
+    # real: DM's and MTT's default start, random training images of each slot's class.
+    init_images: str = _flag("noise", "Start from N(0, 1) noise or from real training "
+                             "images of each slot's class.", SYNTH, choices=INIT_IMAGES,
+                             metavar="FROM")
     # The rate itself, not raw: every learned GD rate starts here.
     step_lr: float = _flag(0.02, "Initial value of the learned rates.", SYNTH,
                            aliases=("--distill-lr",))
@@ -121,8 +128,12 @@ class SynthConfig(Section):
 
 @dataclass
 class OptimConfig(Section):
-    meta_lr: float = _flag(0.01, "The meta-optimiser's (Adam's) step size.", BUDGET,
+    # adam: the paper's. sgd with momentum: DM's (lr 1, momentum 0.5 on the images).
+    meta_optimizer: str = _flag("adam", "adam, or sgd with --meta-momentum.", BUDGET,
+                                choices=META_OPTIMIZERS, metavar="OPT")
+    meta_lr: float = _flag(0.01, "The meta-optimiser's step size.", BUDGET,
                            aliases=("--lr",), resumable=True)
+    meta_momentum: float = _flag(0.5, "sgd meta-optimiser: momentum.", BUDGET)
     beta1: float = 0.5
     beta2: float = 0.999
     decay_every: float = _flag(40.0, "StepLR period, in real-data epochs.", BUDGET)
@@ -153,7 +164,8 @@ class InitConfig(Section):
 
 @dataclass
 class ObjectiveConfig(Section):
-    kind: str = _flag("distill", "distill, adapt or attack.", POOLS, name="--objective",
+    kind: str = _flag("distill", "distill, adapt, attack or distribution (DM).", POOLS,
+                      name="--objective",
                       choices=OBJECTIVES, metavar="KIND")
     source_dataset: str | None = _flag(None, "adapt: the dataset the pool was trained on.",
                                        POOLS, metavar="NAME")
@@ -226,7 +238,10 @@ class DistillConfig(Section):
         return self.total_steps // self.synth.steps
 
     def model_name(self, dataset: str | None = None) -> str:
-        return self.model.name or DEFAULT_MODELS.get(dataset or self.data.dataset, "convnet")
+        """--model, else the paper's model for the dataset; DM's ConvNet for distribution."""
+        if self.model.name or self.objective.kind == "distribution":
+            return self.model.name or "convnet"
+        return DEFAULT_MODELS.get(dataset or self.data.dataset, "convnet")
 
     def validate(self) -> "DistillConfig":
         """Raise ConfigError for values no run could use. Returns self."""
@@ -255,6 +270,8 @@ class DistillConfig(Section):
             _positive("--iterations", o.iterations)
         if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
             raise ConfigError("Adam betas must be in [0, 1)")
+        if not 0 <= o.meta_momentum < 1:
+            raise ConfigError(f"--meta-momentum must be in [0, 1), got {o.meta_momentum}")
         if i.mode == "random" and i.sample_n_nets > i.n_nets:
             raise ConfigError(
                 f"--sample-n-nets ({i.sample_n_nets}) can't exceed --n-nets ({i.n_nets})"
@@ -301,6 +318,8 @@ class DistillConfig(Section):
         if r.keep_best and not (d.validation and r.eval_every):
             raise ConfigError("--keep-best selects on a validation split: it needs "
                               "--validation N and --eval-every K")
+        from ddcli.core.objectives import make_objective  # the objective checks its settings
+        make_objective(self, None)
 
 
 def _positive(flag: str, value: Any) -> None:

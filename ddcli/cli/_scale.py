@@ -10,6 +10,8 @@ from typing import Any
 import typer
 
 from ddcli.core import memory as _memory
+from ddcli.core.objectives import make_objective
+from ddcli.errors import ConfigError
 from ddcli.infra.device import resolve_device
 from ddcli.config import DistillConfig, apply_real_epochs_rule, load_config_file, merge_dicts
 from ddcli.data import load_dataset
@@ -55,6 +57,10 @@ def resumed_config(run_dir: Path, overrides: dict[str, dict[str, Any]]) -> Disti
 
 def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
     """Estimate each memory mode's peak for ``cfg`` (see ``ddcli.core.memory``) and print it."""
+    if not make_objective(cfg, None).unrolls:
+        raise ConfigError(f"--dry-run estimates an unroll's memory; --objective "
+                          f"{cfg.objective.kind} unrolls nothing (its memory is a few "
+                          "forward passes of the real batches)")
     data = load_dataset(cfg.data.dataset, root=cfg.data.data_root)
     model = create_model(cfg.model_name(data.name), in_channels=data.in_channels,
                          num_classes=data.num_classes, image_size=data.image_size,

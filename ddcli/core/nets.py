@@ -201,8 +201,9 @@ class NetsMetaGradient:
             ``differentiate_unroll``); a batched unroll uses torch's setting.
         inner_onednn: oneDNN's convolutions on (True) or off (False) for one network's
             unroll, the outer loss keeping the setting it found; None leaves it.
-        loss_fn: the outer objective given the final weights (attack relabels inside); a
-            mean over the real images when the batch is chunked.
+        loss_fn: the default ``OuterLoss`` at the final weights, a mean over the real
+            images (the batch may be chunked); each call may pass its own (the run's
+            objective does: ``ddcli.core.objectives``).
         outer_chunk: real images per outer-loss chunk; None: what
             ``OUTER_ACTIVATION_BUDGET`` allows for this model; 0: the whole batch at once.
         precision: "fp32", or "bf16-outer" (the outer loss under bfloat16 autocast).
@@ -237,9 +238,9 @@ class NetsMetaGradient:
 
     def __call__(self, inits: list[Params], learned: dict[str, Tensor], real_x: Tensor,
                  real_y: Tensor, *, labels: Tensor | None = None,
-                 schedule: Schedule | None = None,
-                 window: tuple[int, int] | None = None) -> MetaGradient:
-        model = self.step.model
+                 schedule: Schedule | None = None, window: tuple[int, int] | None = None,
+                 loss_fn: OuterLoss | None = None) -> MetaGradient:
+        model, loss_fn = self.step.model, loss_fn or self.loss_fn
         common = dict(labels=labels, schedule=schedule, mode=self.mode, window=window)
         options = dict(chunk=self.chunk_for(real_x), precision=self.precision,
                        nhwc=self.real_nhwc and real_x.dim() == 4)
@@ -247,7 +248,7 @@ class NetsMetaGradient:
             try:
                 # N nets make every op N times larger: worth all the threads
                 # (docs/performance.md, "Several networks at once").
-                outer = batched_outer(model, self.loss_fn, real_x, real_y, **options)
+                outer = batched_outer(model, loss_fn, real_x, real_y, **options)
                 return differentiate_unroll(self.step.batched_like(), outer,
                                             stack_params(inits), learned, **common)
             except (RuntimeError, NotImplementedError) as exc:
@@ -259,7 +260,7 @@ class NetsMetaGradient:
                     RuntimeWarning, stacklevel=2,
                 )
         total = None
-        outer = real_batch_adjoint(model, self.loss_fn, real_x, real_y, **options)
+        outer = real_batch_adjoint(model, loss_fn, real_x, real_y, **options)
         outside = torch.backends.mkldnn.enabled if self.inner_onednn is not None else None
 
         def outer_as_before(final: Params):

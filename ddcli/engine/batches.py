@@ -1,10 +1,14 @@
-"""Real-data batches for the outer loss: epoch-wise shuffles and batch augmentation."""
+"""Real-data batches for the outer loss: epoch-wise shuffles, one batch per class, and
+batch augmentation."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ddcli.core.seeds import derive_seed
+from ddcli.errors import ConfigError
 
 
 class BatchSampler:
@@ -26,6 +30,28 @@ class BatchSampler:
             g = torch.Generator().manual_seed((self.seed + 1_000_003 * epoch) % (1 << 63))
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
         return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+class ClassBatchSampler:
+    """A real batch of every class at each iteration (distribution matching).
+
+    Each class walks its own epoch-wise shuffles (a ``BatchSampler`` over its images,
+    seeded by (seed, class)), so batch ``i`` is again a pure function of (seed, i).
+    """
+
+    def __init__(self, labels: Tensor, num_classes: int, batch_size: int, seed: int) -> None:
+        self.members = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+        empty = [c for c, m in enumerate(self.members) if m.numel() == 0]
+        if empty:
+            raise ConfigError(f"class {empty[0]} has no training images; distribution "
+                              "matching needs real images of every class")
+        self.samplers = [BatchSampler(m.numel(), batch_size, derive_seed(seed, "class", c))
+                         for c, m in enumerate(self.members)]
+        self.iterations_per_epoch = min(s.iterations_per_epoch for s in self.samplers)
+
+    def indices(self, iteration: int) -> list[Tensor]:
+        """Indices into the training set, one tensor per class."""
+        return [m[s.indices(iteration)] for m, s in zip(self.members, self.samplers)]
 
 
 def augment_batch(x: Tensor, gen: torch.Generator, pad: int = 4) -> Tensor:

@@ -35,7 +35,7 @@ class IterationInfo:
     lr_min: float
     lr_mean: float
     lr_max: float
-    meta_lr: float  # Adam's current (decayed) step size
+    meta_lr: float  # the meta-optimiser's current (decayed) step size
     elapsed: float  # seconds in this process
 
 

@@ -23,6 +23,27 @@ def initial_images(shape: tuple[int, ...] | torch.Size, seed: int) -> torch.Tens
     return torch.randn(tuple(shape), generator=gen)
 
 
+def real_initial_images(train_x: torch.Tensor, train_y: torch.Tensor, labels: torch.Tensor,
+                        seed: int) -> torch.Tensor:
+    """``--init-images real``: every slot gets a distinct random training image of its
+    class, drawn from a generator seeded by ``seed``; (S, n, C, H, W) on the CPU.
+
+    ``labels`` (S, n) are the slots' classes; ``train_x`` excludes any validation split.
+    """
+    g = torch.Generator().manual_seed(derive_seed(seed, "real-images"))
+    flat_labels, ys = labels.flatten().cpu(), train_y.cpu()
+    out = torch.empty(flat_labels.numel(), *train_x.shape[1:], dtype=train_x.dtype)
+    for c in flat_labels.unique().tolist():
+        slots = torch.nonzero(flat_labels == c).flatten()
+        members = torch.nonzero(ys == c).flatten()
+        if members.numel() < slots.numel():
+            raise ConfigError(f"--init-images real needs {slots.numel()} training images of "
+                              f"class {c}; there are {members.numel()}")
+        pick = members[torch.randperm(members.numel(), generator=g)[: slots.numel()]]
+        out[slots] = train_x[pick.to(train_x.device)].cpu()
+    return out.view(*labels.shape, *train_x.shape[1:])
+
+
 class InitSource(abc.ABC):
     """Yields the list of theta_0 used at one outer iteration."""
 

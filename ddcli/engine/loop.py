@@ -165,20 +165,22 @@ class _Run:
     def outer_step(self, it: int, stop: bool) -> torch.Tensor:
         """One meta step on the synthetic set; returns the iteration's record (on device)."""
         rt = self.rt
-        # 1. A real batch, relabelled by the objective (attack), augmented if asked.
-        x, y = rt.real_batch(it, self.aug_gen)
+        # 1. What the objective needs from the real data: a batch (augmented if asked),
+        #    a batch of every class, or nothing.
+        batch = rt.outer_batch(it, self.aug_gen)
         # 2. This iteration's initial weights: every rank draws all, each uses its share.
         inits = self.source.sample(it)
         mine = [_device.to_device(p, rt.device) for p in rt.dist.share(inits)]
         # 3. The inner loop of this iteration: its schedule (minibatches of the pool,
         #    augmentation seeds) and the window of steps to differentiate.
         schedule, window = rt.inner_plan(it)
-        # 4. The meta-gradient, summed over this rank's nets.
-        mg = rt.nets(mine, self.learned, x, y, labels=rt.labels, schedule=schedule,
-                     window=window)
+        # 4. The objective's loss and its gradient for the learned tensors it trains,
+        #    summed over this rank's nets (through the unroll, for the unrolled family).
+        mg = rt.objective.meta_gradient(rt.nets, mine, self.learned, batch, labels=rt.labels,
+                                        schedule=schedule, window=window)
         # 5. One buffer, one all-reduce: [loss, stop flag, every gradient], summed over
         #    ranks, then divided by the number of nets of the iteration.
-        names = list(self.learned)
+        names = [k for k, v in self.learned.items() if v.requires_grad]
         stop_flag = torch.full((1,), float(stop), dtype=mg.loss.dtype, device=rt.device)
         flat = rt.dist.all_reduce_sum_(torch.cat(
             [mg.loss.reshape(1), stop_flag, *(mg.grads[k].flatten() for k in names)]))
@@ -186,7 +188,7 @@ class _Run:
         finite = torch.isfinite(flat).all()
         if rt.sync_every == 1 and not finite:  # CPU: stop before stepping on a NaN
             raise DivergedError(self._diverged_message(it, flat[0].item() / n))
-        # 6. Adam on the synthetic set, then the meta step size's decay; learned labels
+        # 6. The meta-optimiser on the synthetic set, then its step size's decay; learned labels
         #    are projected back onto >= 0 (a label's mass weighs its image's gradient).
         offset = 2
         for k in names:

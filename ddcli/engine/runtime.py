@@ -19,10 +19,11 @@ from ddcli.core.nets import NetsMetaGradient
 from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
 from ddcli.core.seeds import derive_seed
 from ddcli.core.schedules import Schedule
-from ddcli.core.objectives import make_objective
+from ddcli.core.objectives import CLASS_BATCHES, REAL_BATCH, OuterBatch, make_objective
 from ddcli.data import RealData, load_dataset, resolve_data_root, zca_dataset
-from ddcli.engine.batches import BatchSampler, augment_batch
-from ddcli.engine.inits import FixedInit, InitSource, initial_images, make_init_source
+from ddcli.engine.batches import BatchSampler, ClassBatchSampler, augment_batch
+from ddcli.engine.inits import (FixedInit, InitSource, initial_images, make_init_source,
+                                real_initial_images)
 from ddcli.engine.state import RunState
 from ddcli.errors import ConfigError
 from ddcli.evaluate._nets import replay_accuracies
@@ -73,12 +74,16 @@ class Runtime:
             self.train_x, self.train_y = self.train_x[train], self.train_y[train]
         self.test_x, self.test_y = d.test_x.to(self.device), d.test_y.to(self.device)
         self.real_dsa = self.inner.augment  # DSA on the real batch too
-        self.sampler = BatchSampler(self.train_x.shape[0], cfg.data.batch_size,
-                                    derive_seed(cfg.init.seed, "batches"))
+        self.objective = make_objective(cfg, d.num_classes)
+        if self.objective.needs == CLASS_BATCHES:
+            self.sampler = ClassBatchSampler(self.train_y, d.num_classes, cfg.data.batch_size,
+                                             derive_seed(cfg.init.seed, "class-batches"))
+        else:
+            self.sampler = BatchSampler(self.train_x.shape[0], cfg.data.batch_size,
+                                        derive_seed(cfg.init.seed, "batches"))
         o, ipe = cfg.optim, self.sampler.iterations_per_epoch
         self.total = o.iterations if o.iterations is not None else max(1, round(o.real_epochs * ipe))
         self.decay_iters = max(1, round(o.decay_every * ipe))
-        self.objective = make_objective(cfg, d.num_classes)
         # Class-major labels inside each step: [0]*k + [1]*k + ...
         labels = torch.arange(d.num_classes).repeat_interleave(k)
         self.labels = labels.expand(cfg.synth.steps, d.num_classes * k).contiguous().to(
@@ -86,35 +91,45 @@ class Runtime:
 
     # --- state --------------------------------------------------------------------------------
     def fresh_state(self, out) -> RunState:
-        """Iteration 0: N(0, 1) images from the seed, every rate at ``step_lr``."""
+        """Iteration 0: N(0, 1) images from the seed (or real ones, ``--init-images
+        real``), every rate at ``step_lr``."""
         cfg, d = self.cfg, self.data
         s = cfg.synth
         shape = (s.steps, d.num_classes * s.images_per_class, d.in_channels, d.image_size,
                  d.image_size)
         source = make_init_source(cfg, self.model, self.init_device)
+        images = initial_images(shape, cfg.init.seed)
+        if s.init_images == "real":
+            images = real_initial_images(self.train_x, self.train_y, self.labels, cfg.init.seed)
         soft = None
         if s.learn_labels:  # one-hot, so the run starts exactly where hard labels would
             soft = F.one_hot(self.labels.cpu(), d.num_classes).float()  # (S, n, classes)
         return RunState(
-            iteration=0, images=initial_images(shape, cfg.init.seed), labels=self.labels.cpu(),
+            iteration=0, images=images, labels=self.labels.cpu(),
             raw_lrs=initial_raw_lrs(s.step_lr, cfg.total_steps), optimizer={}, scheduler={},
             aug_rng=torch.Generator().manual_seed(derive_seed(cfg.init.seed, "augment")).get_state(),
             config=cfg.to_dict(), out=str(out.absolute()), total_iterations=self.total,
             fixed_params=source.fixed_params, soft_labels=soft)
 
     def restore(self, state: RunState) -> tuple[dict[str, Tensor], Any, Any]:
-        """The learned tensors (on the device, requiring grad), Adam and StepLR."""
+        """The learned tensors (on the device; those the objective trains require grad),
+        the meta-optimiser (Adam or SGD) and StepLR. An objective that learns no rates
+        leaves ``raw_lrs`` out of the optimiser: they stay at ``--step-lr``."""
         o = self.cfg.optim
         learned = {
             "images": state.images.to(self.device).requires_grad_(True),  # (S, n, C, H, W)
-            "raw_lrs": state.raw_lrs.to(self.device).requires_grad_(True),  # (T,)
+            "raw_lrs": state.raw_lrs.to(self.device).requires_grad_(  # (T,)
+                self.objective.learns_rates),
         }
-        groups = [{"params": list(learned.values())}]
+        groups = [{"params": [v for v in learned.values() if v.requires_grad]}]
         if state.soft_labels is not None:
             learned["labels"] = state.soft_labels.to(self.device).requires_grad_(True)
             groups.append({"params": [learned["labels"]], "lr": o.label_lr or o.meta_lr})
         self.dist.broadcast_(list(learned.values()))
-        optimizer = torch.optim.Adam(groups, lr=o.meta_lr, betas=(o.beta1, o.beta2))
+        if o.meta_optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=o.meta_lr, momentum=o.meta_momentum)
+        else:
+            optimizer = torch.optim.Adam(groups, lr=o.meta_lr, betas=(o.beta1, o.beta2))
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.decay_iters,
                                                     gamma=o.decay_factor)
         if state.optimizer:  # a checkpoint
@@ -148,9 +163,20 @@ class Runtime:
                                   preset=preset)
 
     # --- per iteration --------------------------------------------------------------------------
+    def outer_batch(self, it: int, aug_gen: torch.Generator) -> OuterBatch:
+        """What the objective needs from the real data at iteration ``it``."""
+        batch = OuterBatch(seed=derive_seed(self.cfg.init.seed, "outer", it))
+        if self.objective.needs == REAL_BATCH:
+            batch.x, batch.y = self.real_batch(it, aug_gen)
+        elif self.objective.needs == CLASS_BATCHES:
+            batch.per_class = [self.train_x[_device.to_device(idx, self.device)]
+                               for idx in self.sampler.indices(it)]
+        return batch
+
     def real_batch(self, it: int, aug_gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Real batch ``it`` with its real labels, augmented as ``--augment`` says."""
         idx = _device.to_device(self.sampler.indices(it), self.device)
-        x, y = self.train_x[idx], self.objective.relabel(self.train_y[idx])
+        x, y = self.train_x[idx], self.train_y[idx]
         if self.cfg.data.augment == "crop-flip":
             x = augment_batch(x, aug_gen)
         elif self.real_dsa is not None:

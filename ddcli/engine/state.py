@@ -33,7 +33,7 @@ class RunState:
     images: Tensor  # (S, n, C, H, W), normalised
     labels: Tensor  # (S, n) int64, the slots' classes (class-major in each step)
     raw_lrs: Tensor  # (T,), the learned GD rates before ``lrs_from_raw``
-    optimizer: dict[str, Any]  # Adam's state_dict
+    optimizer: dict[str, Any]  # the meta-optimiser's (Adam's or SGD's) state_dict
     scheduler: dict[str, Any]  # StepLR's state_dict
     aug_rng: Tensor  # the real-batch augmentation generator's state
     config: dict[str, Any]  # DistillConfig.to_dict()

@@ -127,7 +127,8 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
                       data_root: str | os.PathLike | None = None,
                       callbacks: Any = None) -> EvalReport:
     t0 = time.perf_counter()
-    protocol = cfg.protocol or ("replay" if s.kind == "bundle" else "train")
+    # A set whose rates were not learned (distribution matching) has no inner loop to replay.
+    protocol = cfg.protocol or ("replay" if s.kind == "bundle" and _rates_learned(s) else "train")
     cfg = dataclasses.replace(cfg, protocol=protocol)
     if protocol == "replay" and s.bundle is None:
         raise ConfigError(f"a {s.kind} set carries no init or model to replay; "
@@ -358,3 +359,8 @@ def chance_warnings(rows, num_classes: int, rate: str) -> list[str]:
     return [f"{row.label}: {100 * row.mean:.2f} % is within {100 * CHANCE_MARGIN:.0f} points "
             f"of chance ({100 * chance:.0f} %) at {rate}"
             for row in rows if row.name != "knn" and abs(row.mean - chance) <= CHANCE_MARGIN]
+
+
+def _rates_learned(s: ImageSet) -> bool:
+    """False for a bundle whose objective kept its rates at --step-lr (its record says so)."""
+    return s.bundle is None or s.bundle.extra.get("objective", {}).get("learned_rates", True)

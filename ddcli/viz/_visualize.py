@@ -144,12 +144,16 @@ def starting_images(bundle: Bundle) -> Tensor:
     """The images ``bundle``'s run started from, rebuilt from its recorded seed.
 
     Raises:
-        ConfigError: the bundle wasn't made by ``dd distill`` (no recorded init seed).
+        ConfigError: the bundle wasn't made by ``dd distill`` (no recorded init seed), or
+            its run started from real images.
     """
     init = bundle.config.get("init") if isinstance(bundle.config, dict) else None
     if not isinstance(init, dict) or "seed" not in init:
         raise ConfigError("--change needs a bundle made by `dd distill`: this one doesn't "
                           "record the seed its images started from")
+    if bundle.config.get("synth", {}).get("init_images", "noise") != "noise":
+        raise ConfigError("--change subtracts the starting noise; this bundle's run started "
+                          "from real images (--init-images real)")
     return initial_images(bundle.images.shape, int(init["seed"]))
 
 
