@@ -27,7 +27,7 @@ from torch import Tensor
 from ddcli._version import __version__
 from ddcli.bundle import Bundle
 from ddcli.data._realdata import normalized_space
-from ddcli.errors import ExportError
+from ddcli.errors import UnsupportedExportError
 
 # What each evaluator normalises with, by ddcli dataset name (sources: module docstring).
 _CIFAR = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -74,14 +74,14 @@ def evaluator_set(bundle: Bundle, fmt: str, *,
     """Convert ``bundle`` for evaluator ``fmt`` (``ddranking``, ``mtt`` or ``dc``).
 
     Raises:
-        ExportError: DD-Ranking can't evaluate the bundle's dataset or channel count.
+        UnsupportedExportError: DD-Ranking can't evaluate the bundle's dataset or channel count.
         ZCAError: a ZCA bundle must be un-whitened for DC and its data can't be found.
     """
     name = bundle.dataset.strip().lower()
     warnings: list[str] = []
     if fmt == "ddranking" and (name not in EVALUATOR_STATS["ddranking"]
                                or bundle.input_shape[0] != 3):
-        raise ExportError(
+        raise UnsupportedExportError(
             f"DD-Ranking evaluates only CIFAR-10/100, TinyImageNet and ImageNet, with 3-channel "
             f"images; this bundle is {bundle.dataset} with {bundle.input_shape[0]}-channel "
             "images: export it as dc, mtt, pt or npz instead")

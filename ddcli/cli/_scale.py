@@ -14,6 +14,7 @@ from ddcli.infra.device import resolve_device
 from ddcli.config import DistillConfig, apply_real_epochs_rule, load_config_file, merge_dicts
 from ddcli.data import load_dataset
 from ddcli.models import create_model
+from ddcli.infra.text import count
 
 
 def forward_args(ctx: typer.Context) -> list[str]:
@@ -79,9 +80,9 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
     fmt = _memory.format_bytes
     typer.echo(
         f"memory estimate per process: {data.name} / {cfg.model_name(data.name)}, "
-        f"T = {est.steps} GD steps, {est.nets} net(s) at once, real batch "
+        f"T = {count(est.steps, 'GD step')}, {count(est.nets, 'net')} at once, real batch "
         f"{est.real_batch // (data.in_channels * data.image_size ** 2 * 4)}, "
-        f"{nproc} process(es), on {device}")
+        f"{count(nproc, 'process')}, on {device}")
     header = f"  {'mode':10s} {'graphs':>12s} {'tensors':>12s}"
     header += f" {'peak RSS':>12s}" if baseline else ""
     typer.echo(header)

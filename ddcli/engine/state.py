@@ -79,6 +79,10 @@ def load_checkpoint(run_dir: str | Path) -> RunState:
     path = run_dir / CHECKPOINT_NAME
     if not run_dir.is_dir():
         raise CheckpointError(f"no run folder at {run_dir}")
+    if not path.exists() and not (run_dir / "config.json").exists():
+        raise CheckpointError(
+            f"{run_dir} is not a run folder (it has no config.json or {CHECKPOINT_NAME}); "
+            "give --resume the folder `dd distill` wrote, <bundle>.run by default")
     if not path.exists():
         raise CheckpointError(
             f"{run_dir} has no {CHECKPOINT_NAME} (the run stopped before its first checkpoint); "

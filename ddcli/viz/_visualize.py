@@ -17,6 +17,7 @@ from ddcli.viz._canvas import CAPTION_SEP, labelled_grid, save_gif, save_png
 from ddcli.viz._chart import line_chart
 from ddcli.viz._pixels import denormalize
 from ddcli.viz._snapshots import Snapshot, load_snapshots
+from ddcli.infra.text import count
 
 LAYOUTS = ("auto", "rows", "columns")
 MAX_SCALE = 32
@@ -132,8 +133,8 @@ def step_grid(bundle: Bundle, step: int, *, scale: int = 4, layout: str = "auto"
 def overview(bundle: Bundle, *, scale: int = 4) -> Image.Image:
     """Every image of the bundle: a row per step, a column per image, grouped by class."""
     lrs = bundle.lrs
-    title = (f"{bundle.dataset} · {bundle.steps} steps x {bundle.images.shape[1]} images · "
-             f"{bundle.epochs} passes · lr {lrs.min().item():.2g} to {lrs.max().item():.2g}")
+    title = (f"{bundle.dataset} · {count(bundle.steps, 'step')} x "
+             f"{count(bundle.images.shape[1], 'image')} · {count(bundle.epochs, 'pass')} · lr {lrs.min().item():.2g} to {lrs.max().item():.2g}")
     if bundle.has_soft_labels:
         title += " · captions: top soft labels, class:probability"
     return _overview_image(bundle, bundle.images, scale=scale, title=title,
@@ -176,7 +177,7 @@ def lr_chart(bundle: Bundle, *, size: tuple[int, int] = (640, 360)) -> Image.Ima
     marks = [(p * s - 0.5, f"pass {p + 1}") for p in range(1, e)]
     return line_chart(
         {"lr": bundle.lrs.tolist()}, size=size, marks=marks, y_min=0.0,
-        title=f"learned lr per GD step · {e} pass{'es' if e > 1 else ''} x {s} steps",
+        title=f"learned lr per GD step · {count(e, 'pass')} x {count(s, 'step')}",
         x_label=f"GD step t (uses the images of step t mod {s})", y_label="lr",
     )
 
