@@ -257,7 +257,7 @@ class Bundle:
             raise BundleFormatError(f"{path} is a folder, not a bundle file") from None
         except OSError as exc:
             raise BundleFormatError(f"can't read {path}: {exc.strerror or exc}") from None
-        if not _has_safetensors_header(data):
+        if len(data) >= 9 and not _has_safetensors_header(data):
             raise BundleFormatError(f"{path} is not a ddcli bundle (not a safetensors file at "
                                     "all: a bundle is the .safetensors that dd distill writes)")
         try:
@@ -336,4 +336,4 @@ def _has_safetensors_header(data: bytes) -> bool:
     """Whether ``data`` starts as every safetensors file does: an 8-byte little-endian
     header length, then that JSON header's opening brace (a text file never does; a
     truncated bundle still does, and is reported as truncated)."""
-    return len(data) >= 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") > 1
+    return data[8:9] == b"{" and int.from_bytes(data[:8], "little") > 1
