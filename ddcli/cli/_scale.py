@@ -12,7 +12,7 @@ import typer
 from ddcli.core import memory as _memory
 from ddcli.infra.device import resolve_device
 from ddcli.config import DistillConfig, apply_real_epochs_rule, load_config_file, merge_dicts
-from ddcli.data import load_dataset
+from ddcli.data import load_dataset, resumed_data_root
 from ddcli.models import create_model
 from ddcli.infra.text import count
 
@@ -51,6 +51,8 @@ def resumed_config(run_dir: Path, overrides: dict[str, dict[str, Any]]) -> Disti
     # Through from_dict first: run folders from earlier versions use older key names.
     stored = DistillConfig.from_dict(load_config_file(path)).to_dict()
     merged = merge_dicts(stored, apply_real_epochs_rule(overrides))
+    merged["data"]["data_root"] = resumed_data_root(
+        stored["data"]["data_root"], overrides.get("data", {}).get("data_root"))
     return DistillConfig.from_dict(merged).validate()
 
 
