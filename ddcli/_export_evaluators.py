@@ -27,7 +27,7 @@ from torch import Tensor
 from ddcli._version import __version__
 from ddcli.bundle import Bundle
 from ddcli.data._realdata import normalized_space
-from ddcli.errors import ExportError
+from ddcli.errors import UnsupportedExportError
 
 # What each evaluator normalises with, by ddcli dataset name (sources: module docstring).
 _CIFAR = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -67,6 +67,8 @@ class EvaluatorSet:
     lr: float  # the mean learned rate: these evaluators train with one lr
     soft: bool
     warnings: list[str] = field(default_factory=list)
+    # (N,) each soft label's sum, which the logits drop (softmax gives rows summing to 1)
+    label_mass: Tensor | None = None
 
 
 def evaluator_set(bundle: Bundle, fmt: str, *,
@@ -74,14 +76,14 @@ def evaluator_set(bundle: Bundle, fmt: str, *,
     """Convert ``bundle`` for evaluator ``fmt`` (``ddranking``, ``mtt`` or ``dc``).
 
     Raises:
-        ExportError: DD-Ranking can't evaluate the bundle's dataset or channel count.
+        UnsupportedExportError: DD-Ranking can't evaluate the bundle's dataset or channel count.
         ZCAError: a ZCA bundle must be un-whitened for DC and its data can't be found.
     """
     name = bundle.dataset.strip().lower()
     warnings: list[str] = []
     if fmt == "ddranking" and (name not in EVALUATOR_STATS["ddranking"]
                                or bundle.input_shape[0] != 3):
-        raise ExportError(
+        raise UnsupportedExportError(
             f"DD-Ranking evaluates only CIFAR-10/100, TinyImageNet and ImageNet, with 3-channel "
             f"images; this bundle is {bundle.dataset} with {bundle.input_shape[0]}-channel "
             "images: export it as dc, mtt, pt or npz instead")
@@ -99,9 +101,25 @@ def evaluator_set(bundle: Bundle, fmt: str, *,
                         "export (ddranking, mtt, pt and npz carry them)")
     labels = (bundle.flat_label_logits()[order].float() if soft
               else bundle.labels.reshape(-1)[order].long())
+    mass = _label_mass(bundle, fmt, order, warnings) if soft else None
     return EvaluatorSet(images=images.contiguous(), labels=labels.contiguous(), order=order,
                         space=target, lr=float(bundle.lrs.detach().mean()), soft=soft,
-                        warnings=warnings)
+                        warnings=warnings, label_mass=mass)
+
+
+def _label_mass(bundle: Bundle, fmt: str, order: Tensor, warnings: list[str]) -> Tensor:
+    """Each soft label's sum in the export's order: (N,). ddcli trains on the label vectors
+    as learned, and a row's mass scales its image's gradient (``core.steps.inner_loss``);
+    the evaluator's logits keep only the normalised rows, so say what that drops."""
+    mass = bundle.soft_labels.detach().float().sum(-1).reshape(-1)[order]
+    if not torch.allclose(mass, torch.ones_like(mass), atol=1e-3):
+        warnings.append(
+            f"the learned labels' mass (rows sum to {mass.min().item():.2f} to "
+            f"{mass.max().item():.2f}) scales each image's gradient in ddcli's training, and "
+            f"{fmt}'s labels hold normalised rows: {fmt}'s own code trains without it, at a "
+            "rate (lr) learned with it; manifest.json's label_mass has it, and `dd eval` of "
+            "this export puts it back")
+    return mass
 
 
 def _target_space(bundle: Bundle, fmt: str, name: str, src: dict[str, Any],
@@ -153,8 +171,10 @@ def evaluator_manifest(bundle: Bundle, fmt: str, es: EvaluatorSet, files: dict[s
         "images_per_class_per_step": bundle.images_per_class,
         "epochs": bundle.epochs,
         "labels": ("soft: float32 (N, classes) logits, log of the normalised learned label "
-                   "vectors (softmax gives them back)" if es.soft else "hard: int64 (N,)"),
+                   "vectors (softmax gives them back); times label_mass[i] they are the "
+                   "vectors ddcli trains on" if es.soft else "hard: int64 (N,)"),
         "soft_labels": es.soft,
+        "label_mass": None if es.label_mass is None else es.label_mass.tolist(),
         "lr": es.lr,
         "lrs": bundle.lrs.detach().tolist(),
         "lr_note": ("lr is the mean of the bundle's learned rates (these evaluators train with "

@@ -257,6 +257,9 @@ class Bundle:
             raise BundleFormatError(f"{path} is a folder, not a bundle file") from None
         except OSError as exc:
             raise BundleFormatError(f"can't read {path}: {exc.strerror or exc}") from None
+        if len(data) >= 9 and not _has_safetensors_header(data):
+            raise BundleFormatError(f"{path} is not a ddcli bundle (not a safetensors file at "
+                                    "all: a bundle is the .safetensors that dd distill writes)")
         try:
             tensors = st_load(data)
             meta = _read_metadata(data)
@@ -327,3 +330,10 @@ def _read_metadata(data: bytes) -> dict[str, str]:
         raise ValueError("header length exceeds file size")
     header = json.loads(data[8 : 8 + n])
     return header.get("__metadata__", {}) or {}
+
+
+def _has_safetensors_header(data: bytes) -> bool:
+    """Whether ``data`` starts as every safetensors file does: an 8-byte little-endian
+    header length, then that JSON header's opening brace (a text file never does; a
+    truncated bundle still does, and is reported as truncated)."""
+    return data[8:9] == b"{" and int.from_bytes(data[:8], "little") > 1

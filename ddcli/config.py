@@ -274,7 +274,8 @@ class DistillConfig(Section):
             raise ConfigError(f"--meta-momentum must be in [0, 1), got {o.meta_momentum}")
         if i.mode == "random" and i.sample_n_nets > i.n_nets:
             raise ConfigError(
-                f"--sample-n-nets ({i.sample_n_nets}) can't exceed --n-nets ({i.n_nets})"
+                f"--sample-n-nets ({i.sample_n_nets}) can't exceed --n-nets ({i.n_nets}), the "
+                f"inits drawn per iteration; pass --n-nets {i.sample_n_nets} too"
             )
         if i.mode.startswith("pretrained") and not i.pool:
             raise ConfigError(f"--init-mode {i.mode} needs --pool POOL_DIR (made by `dd pretrain`)")

@@ -57,6 +57,12 @@ class ExportError(DDError):
     """An export could not be written."""
 
 
+class UnsupportedExportError(ExportError):
+    """The export format can't hold this bundle (a usage error: exit 2)."""
+
+    exit_code = 2
+
+
 class Interrupted(DDError):
     """The run was stopped by a signal after writing a checkpoint: exit 128 + N (130 for
     Ctrl-C, 143 for SIGTERM, 129 for SIGHUP)."""

@@ -75,7 +75,7 @@ def export(bundle: Bundle | str | os.PathLike, fmt: str, path: str | os.PathLike
     Files are written atomically; a folder format is built beside ``path`` and renamed
     into place, and replaces ``path`` only if that is empty or an earlier ddcli export.
     ``ddranking``, ``mtt`` and ``dc`` hold every step, class-major, in the evaluator's
-    pixel space, with a manifest (for ``dc``, ``PATH`` with suffix ``.manifest.json``,
+    pixel space, with a manifest (for ``dc``, ``PATH.manifest.json`` beside ``PATH``,
     and the same dict under the file's ``"ddcli_manifest"`` key).
 
     Args:
@@ -195,6 +195,13 @@ def _write_npz(bundle: Bundle, path: Path) -> None:
     _io.write_with(path, writer)
 
 
+def dc_manifest_path(path: str | os.PathLike) -> Path:
+    """Where ``--format dc`` puts its manifest beside ``PATH``: ``PATH.manifest.json``
+    (``tiny.dc.manifest.json``), the full name kept so ``c.pt`` and ``c.dc`` don't share one."""
+    path = Path(path)
+    return path.with_name(path.name + ".manifest.json")
+
+
 def _write_evaluator(bundle: Bundle, fmt: str, es, path: Path,
                      source: dict[str, Any]) -> dict[str, Any]:
     tensors = evaluator_tensors(es)
@@ -204,7 +211,7 @@ def _write_evaluator(bundle: Bundle, fmt: str, es, path: Path,
         manifest = evaluator_manifest(bundle, fmt, es, files, source)
         _io.torch_save(path, {"data": [[tensors["images"], tensors["labels"]]],
                               "ddcli_manifest": manifest})
-        _io.write_json(path.with_name(path.stem + ".manifest.json"), manifest)
+        _io.write_json(dc_manifest_path(path), manifest)
         return manifest
     names = FILES[fmt]
     manifest = evaluator_manifest(bundle, fmt, es, dict(names), source)

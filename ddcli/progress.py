@@ -40,6 +40,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ddcli.infra.text import count
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -162,7 +163,7 @@ class DistillProgress(_Display):
         verb = "resuming" if info.start_iteration else "distilling"
         self.print(
             f"{verb} {info.config.data.dataset} with {info.model} ({info.num_params:,} params) "
-            f"on {info.device}: {info.total_iterations} iterations "
+            f"on {info.device}: {count(info.total_iterations, 'iteration')} "
             f"({info.iterations_per_epoch}/real epoch), run folder {info.run_dir}")
         if self.live:
             self._bar = self._add_bar("distill", info.total_iterations, info.start_iteration)
@@ -205,9 +206,10 @@ class PretrainProgress(_Display):
         self.total = len(info.to_train) * info.steps_per_net
         kept = info.n_nets - len(info.to_train)
         self.print(
-            f"pretraining {len(info.to_train)} {info.model} nets ({info.num_params:,} params) "
+            f"pretraining {count(len(info.to_train), info.model + ' net')} "
+            f"({info.num_params:,} params) "
             f"on {info.dataset}, {info.nets_per_batch} at a time, on {info.device}, "
-            f"{info.steps_per_net} steps each" + (f"; keeping {kept} already in {info.pool}"
+            f"{count(info.steps_per_net, 'step')} each" + (f"; keeping {kept} already in {info.pool}"
                                                   if kept else f", into {info.pool}"))
         self._bar = self._add_bar("pretrain", self.total) if self.live and self.total else None
 

@@ -75,7 +75,7 @@ def test_truncated_file(tmp_path, cut):
 def test_garbage_and_missing_files(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"this is not a bundle at all" * 10)
-    with pytest.raises(BundleFormatError, match="not a readable"):
+    with pytest.raises(BundleFormatError, match="not a ddcli bundle"):
         Bundle.load(junk)
     with pytest.raises(BundleFormatError, match="no such bundle"):
         Bundle.load(tmp_path / "missing.safetensors")

@@ -1,6 +1,9 @@
 """Docs stay true: every command documented with help text, the README's flag table
 generated from the config, the README's test command the one CI runs."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,21 @@ def test_readme_commands_match_ci():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "<!-- test-command -->" in README and "test-command" in ci
     assert "pytest" in README.split("<!-- test-command -->")[1].split("<!-- /test-command -->")[0]
+
+
+def test_pytest_prints_its_closing_summary(tmp_path):
+    # CI and people read the closing "N passed" line; pytest drops it from -qq on, so
+    # addopts and the README's test command together may hold at most one -q.
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    command = README.split("<!-- test-command -->")[1].split("<!-- /test-command -->")[0]
+    quiet = [w for w in command.split() + re.findall(r'addopts\s*=\s*"([^"]*)"', pyproject)
+             if re.fullmatch(r"-q+|--quiet", w)]
+    assert sum(w.count("q") if w != "--quiet" else 1 for w in quiet) <= 1, quiet
+    # and with this project's pytest settings, `pytest -q` ends with it
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
+         str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), str(tmp_path / "test_one.py")],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"\b1 passed\b", out.stdout.strip().splitlines()[-1]), out.stdout

@@ -107,7 +107,7 @@ def test_dc_layout_and_manifest(tmp_path):
     order = b.class_major_order()
     torch.testing.assert_close(images, eval_space(b.flat()[0][order]), atol=1e-5, rtol=0)
     assert labels.dtype == torch.int64 and labels.tolist() == b.flat()[1][order].tolist()
-    sidecar = json.loads((tmp_path / "res.manifest.json").read_text())
+    sidecar = json.loads((tmp_path / "res.pt.manifest.json").read_text())
     assert sidecar == obj["ddcli_manifest"] == report.manifest
     assert sidecar["format"] == "ddcli-dc" and sidecar["soft_labels"] is False
     assert sidecar["source"] == {"path": None, "sha256": None}  # an in-memory bundle
@@ -144,7 +144,7 @@ def test_ddranking_refuses_what_it_cannot_evaluate(tmp_path, changes):
         export(b, "ddranking", tmp_path / "d")
     assert not (tmp_path / "d").exists()
     r = runner.invoke(app, ["export", str(b.save(tmp_path / "b.safetensors")), "-f", "ddranking"])
-    assert r.exit_code == 1 and r.stderr.startswith("error: DD-Ranking evaluates only")
+    assert r.exit_code == 2 and r.stderr.startswith("error: DD-Ranking evaluates only")
     assert len(r.stderr.strip().splitlines()) == 1
 
 

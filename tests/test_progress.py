@@ -102,7 +102,7 @@ def test_pretrain_progress_on_request(tmp_path, capsys):
     pretrain(toy_data(), out=tmp_path / "pool", n_nets=1, model="mlp",
              model_kwargs={"hidden": [8]}, progress=True,
              recipe=PretrainRecipe(real_epochs=1, batch_size=32))
-    assert "pretraining 1 mlp nets" in capsys.readouterr().err
+    assert "pretraining 1 mlp net (" in capsys.readouterr().err
 
 
 def test_eval_display_draws_stages_and_progress_events():

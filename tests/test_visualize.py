@@ -343,9 +343,10 @@ def test_change_needs_a_recorded_seed(tmp_path):
 def test_top_labels_text():
     from ddcli.viz import top_labels
 
-    assert top_labels(torch.tensor([0.05, 0.0, 0.04, 0.71, 0.0, 0.20])) == "3 .71 / 5 .20"
-    assert top_labels(torch.tensor([1.0, 0.0, 0.0])) == "0 1.00"  # a zero runner-up is left out
-    assert top_labels(torch.tensor([0.5, 0.3, 0.2]), k=3) == "0 .50 / 1 .30 / 2 .20"
+    # class:probability, so "0.60 / 9.14" can't be read for class 0 at .60, class 9 at .14
+    assert top_labels(torch.tensor([0.05, 0.0, 0.04, 0.71, 0.0, 0.20])) == "3:.71  5:.20"
+    assert top_labels(torch.tensor([1.0, 0.0, 0.0])) == "0:1.00"  # a zero runner-up is left out
+    assert top_labels(torch.tensor([0.5, 0.3, 0.2]), k=3) == "0:.50  1:.30  2:.20"
 
 
 def soft_bundle(**kw):
@@ -364,8 +365,8 @@ def test_soft_labels_caption_every_image(tmp_path):
     b = soft_bundle(ipc=2)
     caps = _captions_by_class(b, 0)
     assert len(caps) == 4 and all(len(row) == 2 for row in caps)
-    assert caps[0][0] == "0 .73 / 1 .23"  # (.70, .22, .02, .02) / .96
-    assert caps[1][0].startswith("1 .94")
+    assert caps[0][0] == "0:.73  1:.23"  # (.70, .22, .02, .02) / .96
+    assert caps[1][0].startswith("1:.94")
     plain = make_bundle(hw=32, channels=3, classes=4, ipc=2)
     paths = visualize(b, tmp_path / "soft", scale=4)
     visualize(plain, tmp_path / "plain", scale=4)

@@ -74,6 +74,19 @@ def _print_help(command: Any, ctx: Any) -> None:
 class _Command(TyperCommand):
     """Every dd subcommand: its --help laid out by ``ddcli.cli._docs``."""
 
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        # Typer writes a required argument as "{path}"; the usage line names it as the
+        # argument table and the error lines do, in capitals: "dd eval [OPTIONS] PATH".
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces += param.get_usage_pieces(ctx)
+                continue
+            name = param.metavar or param.name.upper()
+            name = name if param.required else f"[{name}]"
+            pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _print_help(self, ctx)
 

@@ -14,8 +14,9 @@ from ddcli.core.objectives import make_objective
 from ddcli.errors import ConfigError
 from ddcli.infra.device import resolve_device
 from ddcli.config import DistillConfig, apply_real_epochs_rule, load_config_file, merge_dicts
-from ddcli.data import load_dataset
+from ddcli.data import load_dataset, resumed_data_root
 from ddcli.models import create_model
+from ddcli.infra.text import count
 
 
 def forward_args(ctx: typer.Context) -> list[str]:
@@ -52,6 +53,8 @@ def resumed_config(run_dir: Path, overrides: dict[str, dict[str, Any]]) -> Disti
     # Through from_dict first: run folders from earlier versions use older key names.
     stored = DistillConfig.from_dict(load_config_file(path)).to_dict()
     merged = merge_dicts(stored, apply_real_epochs_rule(overrides))
+    merged["data"]["data_root"] = resumed_data_root(
+        stored["data"]["data_root"], overrides.get("data", {}).get("data_root"))
     return DistillConfig.from_dict(merged).validate()
 
 
@@ -85,9 +88,9 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
     fmt = _memory.format_bytes
     typer.echo(
         f"memory estimate per process: {data.name} / {cfg.model_name(data.name)}, "
-        f"T = {est.steps} GD steps, {est.nets} net(s) at once, real batch "
+        f"T = {count(est.steps, 'GD step')}, {count(est.nets, 'net')} at once, real batch "
         f"{est.real_batch // (data.in_channels * data.image_size ** 2 * 4)}, "
-        f"{nproc} process(es), on {device}")
+        f"{count(nproc, 'process')}, on {device}")
     header = f"  {'mode':10s} {'graphs':>12s} {'tensors':>12s}"
     header += f" {'peak RSS':>12s}" if baseline else ""
     typer.echo(header)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import textwrap
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,6 +18,7 @@ from ddcli.cli._app import app
 from ddcli.cli._options import Json, Quiet, config_options
 from ddcli.cli._progress import DistillProgress
 from ddcli.cli._scale import forward_args, print_dry_run, resumed_config
+from ddcli.infra.text import count
 
 Opt = typer.Option
 START = "Start from"
@@ -46,8 +49,7 @@ def distill_command(
     Settings come from the defaults, then --preset, then --config, then the flags.
     """
     if list_presets:
-        for name, description in presets.list_presets():
-            typer.echo(f"{name:22s} {description}")
+        typer.echo(preset_listing(shutil.get_terminal_size().columns))
         return
     if flags["nproc"] is None and _distributed.inside_launcher():
         flags["nproc"] = _distributed.env_world()[1]  # recorded, so --resume relaunches alike
@@ -84,6 +86,16 @@ def distill_command(
         print_result(result, json_out)
 
 
+def preset_listing(width: int = 80) -> str:
+    """Each preset's name and its description, wrapped to ``width`` columns under it."""
+    names = presets.list_presets()
+    indent = max(len(name) for name, _ in names) + 2
+    return "\n".join(
+        textwrap.fill(description, max(width, indent + 30), initial_indent=f"{name:{indent}s}",
+                      subsequent_indent=" " * indent, break_on_hyphens=False)
+        for name, description in names)
+
+
 def print_result(result: _engine.DistillResult, json_out: bool) -> None:
     b = result.bundle
     record = {
@@ -108,8 +120,9 @@ def print_result(result: _engine.DistillResult, json_out: bool) -> None:
     last = result.evals[-1] if result.evals else None
     acc = f", replay {last.split} acc {last.mean:.2%}" if last else ""
     typer.echo(
-        f"{result.bundle_path}: {record['images']} images ({b.steps} steps x "
-        f"{b.images.shape[1]}), {b.lrs.numel()} lrs, {b.dataset}/{record['model']} "
-        f"{b.init_mode} init, {result.iterations} iterations in {result.elapsed:.0f}s, "
+        f"{result.bundle_path}: {count(record['images'], 'image')} "
+        f"({count(b.steps, 'step')} x {b.images.shape[1]}), {count(b.lrs.numel(), 'lr')}, "
+        f"{b.dataset}/{record['model']} {b.init_mode} init, "
+        f"{count(result.iterations, 'iteration')} in {result.elapsed:.0f}s, "
         f"loss {result.final_loss:.4f}{acc}"
     )

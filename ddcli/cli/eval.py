@@ -22,6 +22,7 @@ from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
 from ddcli.evaluate.pool_report import pool_report_lines
 from ddcli.cli._progress import EvalProgress, stderr
 from ddcli.infra.signals import rearm_interrupt
+from ddcli.infra.text import count
 
 Opt = typer.Option
 
@@ -103,12 +104,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _threads(n) -> str:
+    return count(n, "thread") if isinstance(n, int) else "? threads"
+
+
 def print_report(report: EvalReport, console: Console) -> None:
     """The header line, the results table, the replay curve and the notes."""
     s = report.settings
-    what = (f"{s['steps']} steps x {s['images_per_step']} images"
-            + (f", {s['gd_steps']} GD steps" if report.protocol == "replay" else
-               f", {s['train_epochs']} epochs, lr {s['train_lr']:.4g}, batch {s['batch_size']}"
+    what = (f"{count(s['steps'], 'step')} x {count(s['images_per_step'], 'image')}"
+            + (f", {count(s['gd_steps'], 'GD step')}" if report.protocol == "replay" else
+               f", {count(s['train_epochs'], 'epoch')}, lr {s['train_lr']:.4g}, "
+               f"batch {s['batch_size']}"
                + (f", augment {s['augment']}" if s.get("augment", "none") != "none" else "")))
     console.print(f"{report.source}: {report.protocol} protocol · {report.model['name']} · "
                   f"{report.dataset} test set ({report.test_size:,} images) · {what} · "
@@ -119,7 +125,7 @@ def print_report(report: EvalReport, console: Console) -> None:
         commit = f" ({made['git_commit'][:12]})" if made.get("git_commit") else ""
         console.print(f"made {made.get('date', '?')} with ddcli {v.get('ddcli', '?')}{commit}, "
                       f"torch {v.get('torch', '?')} on {made.get('device', '?')} "
-                      f"({made.get('threads', '?')} threads)"
+                      f"({_threads(made.get('threads'))})"
                       + (f", preset {made['preset']}" if made.get("preset") else ""),
                       soft_wrap=True)
     table = Table(box=box.SIMPLE_HEAD, title_justify="left")

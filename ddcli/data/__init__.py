@@ -29,6 +29,7 @@ from ddcli.data._api import (
     load_dataset,
     register_dataset,
     resolve_data_root,
+    resumed_data_root,
 )
 from ddcli.data._realdata import RealData, check_pixel_space, normalized_space
 
@@ -60,6 +61,7 @@ __all__ = [
     "normalized_space",
     "register_dataset",
     "resolve_data_root",
+    "resumed_data_root",
     "zca_dataset",
     "zca_from_record",
 ]

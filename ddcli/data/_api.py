@@ -116,6 +116,21 @@ def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
     return user_cache_dir("data", env=DATA_ROOT_ENV).absolute()
 
 
+def resumed_data_root(recorded: str | None, given: str | None = None) -> str | None:
+    """The data root a resumed run reads from (None: ``resolve_data_root``'s rules).
+
+    ``given`` (the resume's ``--data-root``) wins; else the root the run recorded, if
+    that folder is here; else this machine's ``$DDCLI_DATA_ROOT`` or user cache. A run
+    folder may come from another machine (committed under ``runs/``), where its
+    recorded root is a path that doesn't exist on this one.
+    """
+    if given is not None and str(given) != "":
+        return str(given)
+    if recorded and Path(recorded).expanduser().is_dir():
+        return recorded
+    return None
+
+
 def load_dataset(
     name: str,
     *,

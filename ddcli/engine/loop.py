@@ -14,7 +14,7 @@ import torch
 
 from ddcli.config import DistillConfig, apply_real_epochs_rule, flag_name, resumable_settings
 from ddcli.core.rates import lrs_from_raw
-from ddcli.data import RealData
+from ddcli.data import RealData, resumed_data_root
 from ddcli.engine._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending
 from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, StartInfo
 from ddcli.engine.outputs import RunFolder, default_out, default_run_dir, make_bundle
@@ -117,6 +117,10 @@ def resume(
                     )
                 continue
             cfg_dict.setdefault(section, {})[key] = value
+    # A run folder from another machine records a data root that isn't here (resumed_data_root)
+    given = (overrides or {}).get("data", {}).get("data_root")
+    recorded = DistillConfig.from_dict(state.config).data.data_root
+    cfg_dict.setdefault("data", {})["data_root"] = resumed_data_root(recorded, given)
     cfg = DistillConfig.from_dict(cfg_dict).validate()
     out = Path(out) if out is not None else _resumed_out(Path(state.out), run_dir)
     if out.exists() and not force:

@@ -99,7 +99,7 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
         soft_labels=chosen.get("labels"), dataset=d.name, classes=list(d.classes),
         mean=tuple(d.mean), std=tuple(d.std), model=dict(rt.model.ddcli_spec),
         init_scheme=cfg.model.init_scheme, init_mode=cfg.init.mode, seed=cfg.init.seed,
-        epochs=cfg.passes, config=cfg.to_dict(), summary=summary,
+        epochs=cfg.passes, config=_portable(cfg), summary=summary,
         pixel_space=d.pixel_space,
         # how it was made: the last process that ran it, and those before (resumes)
         provenance={**state.provenance[-1], "earlier": state.provenance[:-1]},
@@ -109,3 +109,11 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
         init_params=({k: v.cpu() for k, v in source.fixed_params.items()}
                      if source.fixed_params is not None else None),
     )
+
+
+def _portable(cfg: DistillConfig) -> dict[str, Any]:
+    """The config a bundle records: where the data was on this machine is left out (the
+    run folder keeps it for resuming; provenance hashes the data)."""
+    out = cfg.to_dict()
+    out["data"]["data_root"] = None
+    return out

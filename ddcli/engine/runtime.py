@@ -20,7 +20,7 @@ from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
 from ddcli.core.seeds import derive_seed
 from ddcli.core.schedules import Schedule
 from ddcli.core.objectives import CLASS_BATCHES, REAL_BATCH, OuterBatch, make_objective
-from ddcli.data import RealData, load_dataset, resolve_data_root, zca_dataset
+from ddcli.data import RealData, load_dataset, zca_dataset
 from ddcli.engine.batches import BatchSampler, ClassBatchSampler, augment_batch
 from ddcli.engine.inits import (FixedInit, InitSource, initial_images, make_init_source,
                                 real_initial_images)
@@ -156,11 +156,7 @@ class Runtime:
 
     def provenance(self, *, preset: str | None = None) -> dict[str, Any]:
         """This process's record: versions, command, code, device, threads, data."""
-        root = None
-        if not self.cfg.data.dataset.startswith("folder:"):
-            root = str(resolve_data_root(self.cfg.data.data_root))
-        return provenance.collect(device=str(self.device), data=self.data, data_root=root,
-                                  preset=preset)
+        return provenance.collect(device=str(self.device), data=self.data, preset=preset)
 
     # --- per iteration --------------------------------------------------------------------------
     def outer_batch(self, it: int, aug_gen: torch.Generator) -> OuterBatch:

@@ -79,6 +79,10 @@ def load_checkpoint(run_dir: str | Path) -> RunState:
     path = run_dir / CHECKPOINT_NAME
     if not run_dir.is_dir():
         raise CheckpointError(f"no run folder at {run_dir}")
+    if not path.exists() and not (run_dir / "config.json").exists():
+        raise CheckpointError(
+            f"{run_dir} is not a run folder (it has no config.json or {CHECKPOINT_NAME}); "
+            "give --resume the folder `dd distill` wrote, <bundle>.run by default")
     if not path.exists():
         raise CheckpointError(
             f"{run_dir} has no {CHECKPOINT_NAME} (the run stopped before its first checkpoint); "
@@ -86,7 +90,9 @@ def load_checkpoint(run_dir: str | Path) -> RunState:
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+    # any of these from bytes that aren't a torch file (unpickling garbage raises KeyError)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, IndexError,
+            TypeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable: {exc}".splitlines()[0]) from None
     if not isinstance(state, dict) or state.get("checkpoint_version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} is not a checkpoint this ddcli version can read")

@@ -3,7 +3,9 @@
 They are flat, class-major sets (one "step") in the evaluator's pixel space; their
 ``manifest.json`` (for DC, the file's ``"ddcli_manifest"``) gives that space, the class
 names and the dataset, so ``dd eval`` converts them like any other set. Without one, the
-set's pixel space is unknown and loading it warns (``PixelSpaceWarning``).
+set's pixel space is unknown and loading it warns (``PixelSpaceWarning``). Soft labels
+come back as ddcli trains on them: the normalised rows times the manifest's
+``label_mass``, the rows' sums that the evaluators' logits can't hold.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ def _from_manifest(path, kind, images, labels, lr, manifest) -> ImageSet:
     soft = None
     if isinstance(labels, Tensor) and labels.dim() == 2 and labels.is_floating_point():
         soft = labels.float().softmax(-1)  # soft labels are stored as logits
+        mass = manifest.get("label_mass")
+        if isinstance(mass, list) and len(mass) == soft.shape[0]:
+            # the rows' sums as learned, which the logits drop: back to ddcli's targets
+            soft = soft * torch.tensor(mass, dtype=torch.float32)[:, None]
         # the slots' classes: class-major, ipc per class (the argmax may differ)
         classes = soft.shape[1]
         labels = (torch.arange(classes).repeat_interleave(soft.shape[0] // classes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ddcli.evaluate.nets import HELD_OUT, RANDOM, STORED
 from ddcli.evaluate.pool import PHASES, PoolEvalReport
+from ddcli.infra.text import count
 
 _HEAD = {"before": "before", "after": "after (distilled)", "baseline": "random real"}
 _GROUP = {HELD_OUT: "held-out pool nets", STORED: "stored init net", RANDOM: "fresh random nets"}
@@ -20,7 +21,7 @@ def pool_report_lines(r: PoolEvalReport) -> list[str]:
     where = "" if r.objective == "adapt" else f" on {r.dataset}"
     out = [f"{r.bundle or 'bundle'}: {what}{where}, {r.init_mode} init"
            + (f" from pool {r.pool}" if r.pool else "")
-           + f", {r.steps} steps x {r.epochs} epochs, {r.images} images"]
+           + f", {count(r.steps, 'step')} x {count(r.epochs, 'epoch')}, {count(r.images, 'image')}"]
     out += [f"note: {n}" for n in r.notes]
     groups = [g for g in (HELD_OUT, RANDOM, STORED) if r.values("before", "accuracy", g)]
     names = {"accuracy": "accuracy", "other_accuracy": f"accuracy, classes != {r.attack_class}",

@@ -2,8 +2,9 @@
 
 A rerun that differs can then be explained: ``collect`` records the torch, torchvision
 and ddcli versions, the command line and preset, ddcli's git commit when it runs from
-a checkout, the date, the device and thread count, the resolved data root and a hash of
-the data the run saw. ``differences`` compares a stored record with this process.
+a checkout, the date, the device and thread count, and a hash of the data the run saw.
+Where the data was is left out (a `--data-root` value in the command too): it names a
+folder of one machine, and the hash says which data it was. ``differences`` compares a stored record with this process.
 """
 
 from __future__ import annotations
@@ -57,12 +58,12 @@ def versions() -> dict[str, str]:
             "torchvision": str(torchvision.__version__), "python": platform.python_version()}
 
 
-def collect(*, device: str, data=None, data_root: str | None = None,
-            preset: str | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+def collect(*, device: str, data=None, preset: str | None = None,
+            argv: list[str] | None = None) -> dict[str, Any]:
     """This process's provenance record (JSON-ready)."""
     record: dict[str, Any] = {
         "versions": versions(),
-        "command": list(sys.argv if argv is None else argv),
+        "command": portable_command(sys.argv if argv is None else argv),
         "preset": preset,
         "git_commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -72,9 +73,23 @@ def collect(*, device: str, data=None, data_root: str | None = None,
     }
     if data is not None:
         record["data"] = {"name": data.name, "sha256": data_sha256(data),
-                          "root": data_root, "train": int(data.train_y.shape[0]),
+                          "train": int(data.train_y.shape[0]),
                           "test": int(data.test_y.shape[0])}
     return record
+
+
+def portable_command(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--data-root`` value replaced by ``DIR``: a machine's folder."""
+    out, hide = [], False
+    for arg in map(str, argv):
+        if hide:
+            out.append("DIR")
+        elif arg.startswith("--data-root="):
+            out.append("--data-root=DIR")
+        else:
+            out.append(arg)
+        hide = arg == "--data-root"
+    return out
 
 
 def differences(stored: dict[str, Any] | None, data=None) -> list[str]:

@@ -169,12 +169,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"can't read config file {path}: {exc.strerror or exc}") from None
+    kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"config file {path} must be TOML (.toml) or JSON (.json), "
+                          f"named for its format; got {path.suffix or 'no suffix'}")
     try:
-        if path.suffix.lower() == ".toml":
-            return tomllib.loads(text.decode())
-        return json.loads(text)
+        return tomllib.loads(text.decode()) if kind == "TOML" else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid {path.suffix[1:] or 'JSON'}: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid {kind}: {exc}") from None
 
 
 def merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

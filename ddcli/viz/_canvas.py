@@ -14,6 +14,8 @@ from ddcli.errors import ExportError
 from ddcli.viz._pixels import to_uint8
 
 INK = "black"
+# between the parts of a cell caption ("3:.71  5:.20"); fit_caption drops parts at it
+CAPTION_SEP = "  "
 PAPER = "white"
 
 
@@ -36,11 +38,11 @@ def fit_text(draw: ImageDraw.ImageDraw, text: str, fnt, width: float) -> str:
 
 
 def fit_caption(draw: ImageDraw.ImageDraw, text: str, fnt, width: float) -> str:
-    """Drop trailing `` / ``-separated parts until ``text`` fits, then shorten the first."""
-    parts = text.split(" / ")
-    while len(parts) > 1 and draw.textlength(" / ".join(parts), font=fnt) > width:
+    """Drop trailing ``CAPTION_SEP``-separated parts until ``text`` fits, then shorten the first."""
+    parts = text.split(CAPTION_SEP)
+    while len(parts) > 1 and draw.textlength(CAPTION_SEP.join(parts), font=fnt) > width:
         parts.pop()
-    return fit_text(draw, " / ".join(parts), fnt, width)
+    return fit_text(draw, CAPTION_SEP.join(parts), fnt, width)
 
 
 def labelled_grid(

@@ -13,10 +13,11 @@ from torch import Tensor
 from ddcli.engine.inits import initial_images
 from ddcli.bundle import Bundle
 from ddcli.errors import CheckpointError, ConfigError, ExportError
-from ddcli.viz._canvas import labelled_grid, save_gif, save_png
+from ddcli.viz._canvas import CAPTION_SEP, labelled_grid, save_gif, save_png
 from ddcli.viz._chart import line_chart
 from ddcli.viz._pixels import denormalize
 from ddcli.viz._snapshots import Snapshot, load_snapshots
+from ddcli.infra.text import count
 
 LAYOUTS = ("auto", "rows", "columns")
 MAX_SCALE = 32
@@ -46,7 +47,7 @@ def visualize(
     (see ``change_overview``).
     Pixels are de-normalised with the bundle's mean/std (ZCA bundles: un-whitened with
     the ZCA re-fitted on the dataset under ``data_root``, a cached fit) and clipped to
-    [0, 1]. Soft-label bundles caption every image with its top labels ("3 .71 / 5 .20").
+    [0, 1]. Soft-label bundles caption every image with its top labels ("3:.71  5:.20", class:probability).
     Equal inputs give byte-identical files.
 
     Args:
@@ -132,10 +133,10 @@ def step_grid(bundle: Bundle, step: int, *, scale: int = 4, layout: str = "auto"
 def overview(bundle: Bundle, *, scale: int = 4) -> Image.Image:
     """Every image of the bundle: a row per step, a column per image, grouped by class."""
     lrs = bundle.lrs
-    title = (f"{bundle.dataset} · {bundle.steps} steps x {bundle.images.shape[1]} images · "
-             f"{bundle.epochs} passes · lr {lrs.min().item():.2g} to {lrs.max().item():.2g}")
+    title = (f"{bundle.dataset} · {count(bundle.steps, 'step')} x "
+             f"{count(bundle.images.shape[1], 'image')} · {count(bundle.epochs, 'pass')} · lr {lrs.min().item():.2g} to {lrs.max().item():.2g}")
     if bundle.has_soft_labels:
-        title += " · captions: top soft labels (class index, probability)"
+        title += " · captions: top soft labels, class:probability"
     return _overview_image(bundle, bundle.images, scale=scale, title=title,
                            captions=bundle.has_soft_labels)
 
@@ -180,7 +181,7 @@ def lr_chart(bundle: Bundle, *, size: tuple[int, int] = (640, 360)) -> Image.Ima
     marks = [(p * s - 0.5, f"pass {p + 1}") for p in range(1, e)]
     return line_chart(
         {"lr": bundle.lrs.tolist()}, size=size, marks=marks, y_min=0.0,
-        title=f"learned lr per GD step · {e} pass{'es' if e > 1 else ''} x {s} steps",
+        title=f"learned lr per GD step · {count(e, 'pass')} x {count(s, 'step')}",
         x_label=f"GD step t (uses the images of step t mod {s})", y_label="lr",
     )
 
@@ -220,15 +221,16 @@ def _overview_image(bundle: Bundle, images: Tensor, *, scale: int, title: str,
 
 
 def top_labels(probs: Tensor, k: int = 2, min_prob: float = 0.01) -> str:
-    """A label distribution (C,) as its top classes, e.g. ``"3 .71 / 5 .20"``.
+    """A label distribution (C,) as its top classes, e.g. ``"3:.71 5:.20"``.
 
-    Classes are label indices; probabilities below ``min_prob`` are left out (the top one
-    always shows).
+    Classes are label indices, each joined to its probability by a colon, so that a
+    caption can't read as decimals ("3 .71 / 5 .20" looked like 3.71 and 5.20);
+    probabilities below ``min_prob`` are left out (the top one always shows).
     """
     p, idx = probs.float().topk(min(k, probs.numel()))
-    parts = [f"{int(i)} {_prob(float(v))}" for j, (v, i) in enumerate(zip(p, idx))
+    parts = [f"{int(i)}:{_prob(float(v))}" for j, (v, i) in enumerate(zip(p, idx))
              if j == 0 or float(v) >= min_prob]
-    return " / ".join(parts)
+    return CAPTION_SEP.join(parts)
 
 
 def _prob(p: float) -> str:
