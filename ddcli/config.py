@@ -113,17 +113,18 @@ class SynthConfig(Section):
                                  choices=WINDOW_SAMPLING, metavar="HOW")
     # RaT-BPTT's published code: K of every class per inner step, drawn afresh each step.
     inner_batch_per_class: int | None = _flag(
-        None, "Images of every class per inner step, drawn from all of them.", INNER,
-        metavar="K", default_text="--inner-batch's draw")
+        None, "K images of each class per inner step, drawn anew.", INNER, metavar="K")
     # adam: the learned rates are its step sizes (initially --step-lr); no weight decay,
     # as torch.optim.Adam's default and RaT-BPTT's inner Adam.
     inner_optimizer: str = _flag("gd", "gd, sgd with momentum and weight decay, or adam.",
                                  INNER, choices=INNER_OPTIMIZERS, metavar="RULE")
     inner_momentum: float = _flag(0.9, "sgd: momentum.", INNER)
     inner_weight_decay: float = _flag(5e-4, "sgd: weight decay.", INNER)
-    inner_beta1: float = _flag(0.9, "adam: beta1.", INNER)
-    inner_beta2: float = _flag(0.999, "adam: beta2.", INNER)
-    inner_eps: float = _flag(1e-8, "adam: eps.", INNER)
+    # adam's betas and eps (torch's defaults, RaT-BPTT's): config files only, as the
+    # meta-optimiser's betas are.
+    inner_beta1: float = 0.9
+    inner_beta2: float = 0.999
+    inner_eps: float = 1e-8
 
     RENAMED = {"distill_lr": "step_lr"}
 
@@ -145,9 +146,8 @@ class OptimConfig(Section):
     # RaT-BPTT: the meta-gradient's norm is capped at K x a moving average of its norms
     # (ddcli.engine.clipping); K = 2, decay 0.9 in the published code.
     clip_ema_factor: float | None = _flag(None, "Cap the meta-gradient norm at K x its "
-                                          "moving average.", BUDGET, metavar="K",
-                                          default_text="no clipping")
-    clip_ema_decay: float = _flag(0.9, "Decay of that moving average.", BUDGET)
+                                          "moving average.", BUDGET, metavar="K")
+    clip_ema_decay: float = _flag(0.9, "Decay of that moving average.", BUDGET, metavar="D")
 
     RENAMED = {"lr": "meta_lr"}
 
@@ -306,8 +306,8 @@ class DistillConfig(Section):
                     f"--inner-batch-per-class {s.inner_batch_per_class} exceeds the "
                     f"{s.steps * s.images_per_class} images of each class")
         if not (0 <= s.inner_beta1 < 1 and 0 <= s.inner_beta2 < 1 and s.inner_eps > 0):
-            raise ConfigError("--inner-beta1 and --inner-beta2 must be in [0, 1) and "
-                              "--inner-eps > 0")
+            raise ConfigError("synth.inner_beta1 and synth.inner_beta2 must be in [0, 1) "
+                              "and synth.inner_eps > 0")
         if o.clip_ema_factor is not None and not (
                 math.isfinite(o.clip_ema_factor) and o.clip_ema_factor > 0):
             raise ConfigError(

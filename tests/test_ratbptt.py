@@ -207,3 +207,17 @@ def test_replay_in_eval_uses_the_sets_balanced_draws_and_adam(tmp_path):
     want = accuracy(model, final, data.test_x, data.test_y)
     report = evaluate_bundle(tmp_path / "b.safetensors", data=data, n_nets=1)
     assert report.rows[0].accuracies[0] == pytest.approx(want)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--clip-ema-factor", "-1"], "--clip-ema-factor must be a positive number"),
+    (["--clip-ema-decay", "1"], "--clip-ema-decay must be in [0, 1)"),
+    (["--steps", "1", "--ipc", "2", "--inner-batch-per-class", "3"], "exceeds the 2 images of each class"),
+    (["--inner-batch", "4", "--inner-batch-per-class", "1"], "give one"),
+    (["--inner-optimizer", "rmsprop"], "--inner-optimizer"),
+])
+def test_bad_ratbptt_flags_are_one_line_usage_errors(tmp_path, args, needle):
+    from tests._cli import one_line_error, run
+
+    err = one_line_error(run("distill", "mnist", "--dry-run", *args), 2)
+    assert needle in err
