@@ -207,6 +207,15 @@ def test_replay_in_eval_uses_the_sets_balanced_draws_and_adam(tmp_path):
     want = accuracy(model, final, data.test_x, data.test_y)
     report = evaluate_bundle(tmp_path / "b.safetensors", data=data, n_nets=1)
     assert report.rows[0].accuracies[0] == pytest.approx(want)
+    # Nets stacked under vmap replay as they do one by one (Adam's state stacks too).
+    from ddcli.core.params import init_params
+    from ddcli.evaluate._nets import replay_accuracies
+
+    inits = [init_params(model, "default", s) for s in (1, 2, 3)]
+    args = (model, inits, b.images, b.labels, b.lrs, data.test_x, data.test_y)
+    stacked = replay_accuracies(*args, batched=True, inner=inner)
+    looped = replay_accuracies(*args, batched=False, inner=inner)
+    torch.testing.assert_close(stacked, looped)
 
 
 @pytest.mark.parametrize("args, needle", [
