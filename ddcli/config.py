@@ -27,7 +27,7 @@ PRECISIONS = ("fp32", "bf16-outer")  # ddcli.core.nets
 OBJECTIVES = ("distill", "adapt", "attack", "distribution")  # ddcli.core.objectives
 META_OPTIMIZERS = ("adam", "sgd")
 WINDOW_SAMPLING = ("last", "random")
-INNER_OPTIMIZERS = ("gd", "sgd")
+INNER_OPTIMIZERS = ("gd", "sgd", "adam")
 INIT_IMAGES = ("noise", "real")
 AUGMENTS = ("none", "crop-flip", "dsa")  # and dsa:FAMILY_FAMILY... (ddcli.core.augment)
 
@@ -118,10 +118,20 @@ class SynthConfig(Section):
     # random: RaT-BPTT's N ~ U[W, T] per iteration, the outer loss taken at step N.
     window_sampling: str = _flag("last", "last (unroll T) or random (N in [W, T]).", INNER,
                                  choices=WINDOW_SAMPLING, metavar="HOW")
-    inner_optimizer: str = _flag("gd", "gd, or sgd with momentum and weight decay.", INNER,
-                                 choices=INNER_OPTIMIZERS, metavar="RULE")
+    # RaT-BPTT's published code: K of every class per inner step, drawn afresh each step.
+    inner_batch_per_class: int | None = _flag(
+        None, "K images of each class per inner step, drawn anew.", INNER, metavar="K")
+    # adam: the learned rates are its step sizes (initially --step-lr); no weight decay,
+    # as torch.optim.Adam's default and RaT-BPTT's inner Adam.
+    inner_optimizer: str = _flag("gd", "gd, sgd with momentum and weight decay, or adam.",
+                                 INNER, choices=INNER_OPTIMIZERS, metavar="RULE")
     inner_momentum: float = _flag(0.9, "sgd: momentum.", INNER)
     inner_weight_decay: float = _flag(5e-4, "sgd: weight decay.", INNER)
+    # adam's betas and eps (torch's defaults, RaT-BPTT's): config files only, as the
+    # meta-optimiser's betas are.
+    inner_beta1: float = 0.9
+    inner_beta2: float = 0.999
+    inner_eps: float = 1e-8
 
     RENAMED = {"distill_lr": "step_lr"}
 
@@ -144,6 +154,11 @@ class OptimConfig(Section):
                                    "--real-epochs).", BUDGET, resumable=True)
     label_lr: float | None = _flag(None, "Adam's step size for learned labels.", BUDGET,
                                    default_text="--meta-lr")
+    # RaT-BPTT: the meta-gradient's norm is capped at K x a moving average of its norms
+    # (ddcli.engine.clipping); K = 2, decay 0.9 in the published code.
+    clip_ema_factor: float | None = _flag(None, "Cap the meta-gradient norm at K x its "
+                                          "moving average.", BUDGET, metavar="K")
+    clip_ema_decay: float = _flag(0.9, "Decay of that moving average.", BUDGET, metavar="D")
 
     RENAMED = {"lr": "meta_lr"}
 
@@ -296,9 +311,27 @@ class DistillConfig(Section):
             if s.unroll_steps % s.steps:
                 raise ConfigError(f"--unroll-steps {s.unroll_steps} is not a multiple of "
                                   f"--steps {s.steps}")
-        for name, value in (("--inner-batch", s.inner_batch), ("--window", s.window)):
+        for name, value in (("--inner-batch", s.inner_batch), ("--window", s.window),
+                            ("--inner-batch-per-class", s.inner_batch_per_class)):
             if value is not None:
                 _positive(name, value)
+        if s.inner_batch_per_class is not None:
+            if s.inner_batch is not None:
+                raise ConfigError("--inner-batch and --inner-batch-per-class are two ways to "
+                                  "draw the inner minibatches: give one")
+            if s.inner_batch_per_class > s.steps * s.images_per_class:
+                raise ConfigError(
+                    f"--inner-batch-per-class {s.inner_batch_per_class} exceeds the "
+                    f"{s.steps * s.images_per_class} images of each class")
+        if not (0 <= s.inner_beta1 < 1 and 0 <= s.inner_beta2 < 1 and s.inner_eps > 0):
+            raise ConfigError("synth.inner_beta1 and synth.inner_beta2 must be in [0, 1) "
+                              "and synth.inner_eps > 0")
+        if o.clip_ema_factor is not None and not (
+                math.isfinite(o.clip_ema_factor) and o.clip_ema_factor > 0):
+            raise ConfigError(
+                f"--clip-ema-factor must be a positive number, got {o.clip_ema_factor}")
+        if not 0 <= o.clip_ema_decay < 1:
+            raise ConfigError(f"--clip-ema-decay must be in [0, 1), got {o.clip_ema_decay}")
         if s.window is not None and s.window > self.total_steps:
             raise ConfigError(f"--window {s.window} exceeds the {self.total_steps} inner steps")
         if not (0 <= s.inner_momentum < 1 and s.inner_weight_decay >= 0):

@@ -18,6 +18,13 @@ METHODS = {
                            "inner_batch": 4, "window": 3, "window_sampling": "random"}},
     "momentum": {"synth": {"inner_optimizer": "sgd", "inner_momentum": 0.5}},
     "dsa": {"data": {"augment": "dsa"}},
+    # RaT-BPTT's published recipe: inner Adam, class-balanced draws, clipping (every
+    # iteration clips at a factor of 0.5, so the stored average matters).
+    "rat-bptt-paper": {"synth": {"steps": 1, "images_per_class": 2, "unroll_steps": 4,
+                                 "inner_batch_per_class": 1, "window": 2,
+                                 "window_sampling": "random", "inner_optimizer": "adam",
+                                 "step_lr": 0.01},
+                       "optim": {"clip_ema_factor": 0.5}},
     "all": {"synth": {"steps": 1, "images_per_class": 2, "unroll_steps": 4, "inner_batch": 3,
                       "window": 2, "window_sampling": "random", "learn_labels": True,
                       "inner_optimizer": "sgd"},
@@ -130,7 +137,10 @@ def test_bad_method_settings_are_usage_errors():
     for bad in ({"synth": {"unroll_steps": 5}},  # not a multiple of steps
                 {"synth": {"window": 9}},  # more than T
                 {"synth": {"window_sampling": "middle"}},
-                {"synth": {"inner_optimizer": "adam"}},
+                {"synth": {"inner_optimizer": "rmsprop"}},
+                {"synth": {"inner_beta2": 1.0}},
+                {"optim": {"clip_ema_factor": 0.0}},
+                {"optim": {"clip_ema_decay": 1.0}},
                 {"data": {"augment": "dsa:zoom"}},
                 {"data": {"augment": "sparkles"}},
                 {"optim": {"label_lr": -1.0}}):

@@ -40,6 +40,25 @@ def test_method_presets_are_their_methods():
     assert cifar.synth.learn_labels and cifar.data.augment == "crop-flip"
 
 
+def test_ratbptt_paper_presets_follow_the_published_code_and_say_where_they_depart():
+    for name, dataset in (("ratbptt-paper-mnist-ipc10", "mnist"),
+                          ("ratbptt-paper-cifar10-ipc10", "cifar10")):
+        cfg = build_config(preset=name)
+        s, o = cfg.synth, cfg.optim
+        assert cfg.data.dataset == dataset and cfg.data.zca == (dataset == "cifar10")
+        assert (s.steps, s.images_per_class, s.inner_batch_per_class) == (1, 10, 10)
+        assert (cfg.total_steps, s.window, s.window_sampling) == (200, 60, "random")
+        assert (s.inner_optimizer, s.step_lr, s.inner_beta1, s.inner_beta2) == (
+            "adam", 0.001, 0.9, 0.999)
+        assert not s.learn_labels and cfg.data.augment == "dsa:flip_rotate"
+        assert (o.meta_lr, o.beta1, o.beta2, o.decay_factor) == (0.001, 0.9, 0.999, 1.0)
+        assert (o.clip_ema_factor, o.clip_ema_decay) == (2.0, 0.9)
+        assert cfg.model.name == "convnet" and cfg.init.mode == "random"
+        description = dict(list_presets())[name]
+        for departure in ("width 32", "5,000", "rates"):
+            assert departure in description, (name, departure)
+
+
 def test_paper_mnist_presets_match_the_paper():
     fixed = build_config(preset="paper-mnist-fixed")
     random = build_config(preset="paper-mnist-random")

@@ -13,15 +13,18 @@ from typing import Any
 from torch import nn
 
 from ddcli.core.augment import DSA, parse_augment
-from ddcli.core.schedules import CyclicSchedule, PoolSchedule, Schedule
+import torch
+
+from ddcli.core.schedules import BalancedSchedule, CyclicSchedule, PoolSchedule, Schedule
 from ddcli.core.seeds import derive_seed
-from ddcli.core.steps import GD, SGD, StepFn, UpdateRule
+from ddcli.core.steps import GD, SGD, Adam, StepFn, UpdateRule
 
 
 @dataclass(frozen=True)
 class InnerLoop:
     """The inner loop of a set: S ordered steps cycled (the paper) or minibatches of a
-    pool (``inner_batch``), T steps in all, one update rule, optional DSA."""
+    pool (``inner_batch`` images, or ``inner_batch_per_class`` of every class), T steps
+    in all, one update rule, optional DSA."""
 
     steps: int  # S
     images_per_step: int  # n
@@ -29,6 +32,8 @@ class InnerLoop:
     rule: UpdateRule
     inner_batch: int | None = None
     augment: DSA | None = None
+    inner_batch_per_class: int | None = None
+    images_per_class: int = 1  # k: a step's n slots are class-major, k of each class
 
     @classmethod
     def from_config(cls, cfg: Any, images_per_step: int) -> "InnerLoop":
@@ -38,11 +43,23 @@ class InnerLoop:
         if isinstance(cfg, dict):
             cfg = DistillConfig.from_dict(cfg)
         s = cfg.synth
-        rule = GD() if s.inner_optimizer == "gd" else SGD(momentum=s.inner_momentum,
-                                                          weight_decay=s.inner_weight_decay)
+        rule: UpdateRule = GD()
+        if s.inner_optimizer == "sgd":
+            rule = SGD(momentum=s.inner_momentum, weight_decay=s.inner_weight_decay)
+        elif s.inner_optimizer == "adam":
+            rule = Adam(betas=(s.inner_beta1, s.inner_beta2), eps=s.inner_eps)
         augment = parse_augment(cfg.data.augment) if cfg.data.augment.startswith("dsa") else None
         return cls(steps=s.steps, images_per_step=images_per_step, length=cfg.total_steps,
-                   rule=rule, inner_batch=s.inner_batch, augment=augment)
+                   rule=rule, inner_batch=s.inner_batch, augment=augment,
+                   inner_batch_per_class=s.inner_batch_per_class,
+                   images_per_class=s.images_per_class)
+
+    @property
+    def batch_size(self) -> int:
+        """Synthetic images in one inner step."""
+        if self.inner_batch_per_class is not None:
+            return self.inner_batch_per_class * (self.images_per_step // self.images_per_class)
+        return self.inner_batch or self.images_per_step
 
     def step_fn(self, model: nn.Module) -> StepFn:
         return StepFn(model, self.rule)
@@ -56,6 +73,12 @@ class InnerLoop:
 
             def aug(x, t):
                 return dsa(x, derive_seed(seed, "dsa", t))
+        if self.inner_batch_per_class is not None:
+            pool = torch.arange(self.steps * self.images_per_step)
+            slot_classes = pool % self.images_per_step // self.images_per_class  # (S x n,)
+            return BalancedSchedule(slot_classes, self.inner_batch_per_class, self.length,
+                                    derive_seed(seed, "inner-batches"), per_net=per_net,
+                                    augment=aug)
         if self.inner_batch is None:
             return CyclicSchedule(self.steps, self.length, per_net=per_net, augment=aug)
         return PoolSchedule(self.steps * self.images_per_step, self.inner_batch, self.length,

@@ -8,6 +8,8 @@ step t again, in reverse order, and must get the same inputs):
 - ``PoolSchedule``, RaT-BPTT's set-structured loop: the S x n images are one pool;
   step t uses a minibatch of K of them, from a fresh shuffle of the pool on every pass
   over it, and rate t.
+- ``BalancedSchedule``, the published RaT-BPTT code's draw: the same pool, but step t
+  uses K images of every class, drawn afresh for each step.
 - ``EpochSchedule``, the train protocol's: SGD epochs over the images in minibatches,
   each net in its own shuffled order; forward only (it draws each epoch's order as it
   reaches it).
@@ -91,15 +93,46 @@ class PoolSchedule:
             for t in range(length)])
 
     def inputs(self, t: int, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        idx = self.indices[t].to(images.device)
-        if self.per_net:  # (N, S, n, C, H, W): every net its own pool, the same slots
-            x = images.flatten(1, 2)[:, idx]  # (N, K, C, H, W)
-        else:
-            x = images.flatten(0, 1)[idx]  # (K, C, H, W)
-        y = labels.flatten(0, 1)[idx.to(labels.device)]  # (K,) or (K, classes)
-        if self.augment is not None:
-            x = self.augment(x, t)
-        return x, y
+        return _pool_inputs(self.indices[t], images, labels, self.per_net, self.augment, t)
+
+    def rate_index(self, t: int) -> int:
+        return t
+
+
+class BalancedSchedule:
+    """Step t uses K images of every class of the pool (S x n images, flattened), K of
+    each class's m drawn without replacement for that step alone, as RaT-BPTT's published
+    code draws its inner minibatches (``randperm(m)[:K]`` per class, sorted). Every draw
+    comes from one generator seeded by ``seed``, so a schedule is a pure function of
+    (seed, t); a step's images are class-major, each class's in pool order.
+
+    Args:
+        slot_classes: (M,) the class of each pool slot; every class has the same m >= K.
+        per_class: K.
+        length: T inner steps.
+        seed: e.g. derived from (run seed, outer iteration).
+        per_net: images carry a leading net dimension, (N, S, n, C, H, W).
+        augment: optional, applied to each step's images.
+    """
+
+    def __init__(self, slot_classes: Tensor, per_class: int, length: int, seed: int, *,
+                 per_net: bool = False, augment: Augment | None = None) -> None:
+        classes = slot_classes.unique()
+        # (C, m): the pool slots of each class, in pool order.
+        slots = torch.stack([(slot_classes == c).nonzero().flatten() for c in classes])
+        if not 0 < per_class <= slots.shape[1]:
+            raise ValueError(f"{per_class} images per class per step, but a class has "
+                             f"{slots.shape[1]} in the pool")
+        self.length, self.seed, self.augment, self.per_net = length, seed, augment, per_net
+        g = torch.Generator().manual_seed(derive_seed(seed, "balanced-draws"))
+        # Uniform keys, argsorted: a uniformly random permutation of each class's m slots
+        # for every step, of which the first K are kept.
+        picks = torch.rand(length, *slots.shape, generator=g).argsort(-1)[..., :per_class]
+        picks = picks.sort(-1).values  # (T, C, K) positions within each class
+        self.indices = slots[torch.arange(slots.shape[0])[:, None], picks].flatten(1)  # (T, C*K)
+
+    def inputs(self, t: int, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        return _pool_inputs(self.indices[t], images, labels, self.per_net, self.augment, t)
 
     def rate_index(self, t: int) -> int:
         return t
@@ -161,3 +194,17 @@ class EpochSchedule:
 
     def rate_index(self, t: int) -> int:
         return 0 if t // self.per_epoch < self.half else 1
+
+
+def _pool_inputs(idx: Tensor, images: Tensor, labels: Tensor, per_net: bool,
+                 augment: Augment | None, t: int) -> tuple[Tensor, Tensor]:
+    """The pool slots ``idx`` (K,) of images (S, n, ...) and their labels."""
+    idx = idx.to(images.device)
+    if per_net:  # (N, S, n, C, H, W): every net its own pool, the same slots
+        x = images.flatten(1, 2)[:, idx]  # (N, K, C, H, W)
+    else:
+        x = images.flatten(0, 1)[idx]  # (K, C, H, W)
+    y = labels.flatten(0, 1)[idx.to(labels.device)]  # (K,) or (K, classes)
+    if augment is not None:
+        x = augment(x, t)
+    return x, y

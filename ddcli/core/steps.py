@@ -98,32 +98,53 @@ class SGD:
 
 @dataclass(frozen=True)
 class Adam:
-    """Adam with L2 weight decay, as ``torch.optim.Adam`` computes it (for pretraining;
-    a float rate only, and not meant to be differentiated)."""
+    """Adam with L2 weight decay, as ``torch.optim.Adam`` computes it:
+
+        d = g + wd * theta;  m = b1 m + (1 - b1) d;  v = b2 v + (1 - b2) d^2  (m, v start at 0)
+        theta - eta / (1 - b1^n) * m / (sqrt(v) / sqrt(1 - b2^n) + eps)      (step n = 1, 2, ..)
+
+    With a float rate the arithmetic is torch's, op for op; a learned (tensor) rate
+    multiplies instead, so the step is differentiable in eta as in theta, m, v and the
+    inputs (the inner optimiser of RaT-BPTT's published code). Where v is exactly 0 (a
+    weight whose every gradient so far was 0, a dead ReLU's) sqrt's derivative is taken
+    as 0: the step m / (sqrt(v) + eps) is differentiable there all the same, and the
+    infinite derivative times dv/dg = 0 would make the whole meta-gradient NaN.
+    """
 
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
 
     def init(self, params: Params) -> State:
-        state = {"step": torch.zeros(())}
+        state = {"step": torch.zeros((), dtype=torch.float64)}
         for k, p in params.items():
             state[f"m.{k}"], state[f"v.{k}"] = torch.zeros_like(p), torch.zeros_like(p)
         return state
 
     def update(self, params, grads, state, lr):
         b1, b2 = self.betas
-        step = state["step"] + 1
-        n = float(step)
+        step = state["step"] + 1  # a count: only its value (n) enters the step
+        n = float(step.detach())
         correction1, correction2_sqrt = 1 - b1**n, (1 - b2**n) ** 0.5
         new_params, new_state = {}, {"step": step}
         for k, p in params.items():
             g = grads[k].add(p, alpha=self.weight_decay) if self.weight_decay else grads[k]
             m = new_state[f"m.{k}"] = state[f"m.{k}"].lerp(g, 1 - b1)
             v = new_state[f"v.{k}"] = state[f"v.{k}"].mul(b2).addcmul(g, g, value=1 - b2)
-            denom = (v.sqrt() / correction2_sqrt).add(self.eps)
-            new_params[k] = p.addcdiv(m, denom, value=-lr / correction1)
+            denom = (_sqrt(v) / correction2_sqrt).add(self.eps)
+            if isinstance(lr, float):
+                new_params[k] = p.addcdiv(m, denom, value=-lr / correction1)
+            else:
+                new_params[k] = p - (lr / correction1) * (m / denom)
         return new_params, new_state
+
+
+def _sqrt(v: Tensor) -> Tensor:
+    """sqrt(v) for v >= 0, bit for bit, whose derivative at v = 0 is 0 (not inf)."""
+    if not v.requires_grad:
+        return v.sqrt()
+    positive = v > 0
+    return torch.where(positive, torch.where(positive, v, 1.0).sqrt(), 0.0)
 
 
 class StepFn:

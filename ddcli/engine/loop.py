@@ -16,6 +16,7 @@ from ddcli.config import DistillConfig, apply_real_epochs_rule, flag_name, resum
 from ddcli.core.rates import lrs_from_raw
 from ddcli.data import RealData, resumed_data_root
 from ddcli.engine._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending
+from ddcli.engine.clipping import clip_to_average_, initial_average
 from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, StartInfo
 from ddcli.engine.outputs import RunFolder, default_out, default_run_dir, make_bundle
 from ddcli.engine.runtime import Runtime
@@ -162,6 +163,9 @@ class _Run:
         self.source = rt.init_source(self.state)
         self.aug_gen = torch.Generator()
         self.aug_gen.set_state(self.state.aug_rng)
+        stored = self.state.clip_average
+        self.clip_average = (initial_average(rt.device) if stored is None
+                             else stored.to(rt.device))
         self.folder.start(cfg, iteration=self.state.iteration,
                           provenance=self.state.provenance[-1])
 
@@ -192,13 +196,20 @@ class _Run:
         finite = torch.isfinite(flat).all()
         if rt.sync_every == 1 and not finite:  # CPU: stop before stepping on a NaN
             raise DivergedError(self._diverged_message(it, flat[0].item() / n))
-        # 6. The meta-optimiser on the synthetic set, then its step size's decay; learned labels
-        #    are projected back onto >= 0 (a label's mass weighs its image's gradient).
         offset = 2
         for k in names:
             size = self.learned[k].numel()
             self.learned[k].grad = flat[offset:offset + size].view_as(self.learned[k]) / n
             offset += size
+        # 6. RaT-BPTT's clipping: the meta-gradient's norm capped at k x its moving average
+        #    (every rank holds the same sum, so every rank clips alike).
+        o = self.cfg.optim
+        if o.clip_ema_factor is not None:
+            _, self.clip_average = clip_to_average_(
+                [self.learned[k].grad for k in names], self.clip_average,
+                factor=o.clip_ema_factor, decay=o.clip_ema_decay)
+        # 7. The meta-optimiser on the synthetic set, then its step size's decay; learned labels
+        #    are projected back onto >= 0 (a label's mass weighs its image's gradient).
         self.optimizer.step()
         self.scheduler.step()
         if "labels" in self.learned:
@@ -326,6 +337,8 @@ class _Run:
             st.soft_labels = self.learned["labels"].detach()
         st.optimizer, st.scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
         st.aug_rng = self.aug_gen.get_state()
+        if self.cfg.optim.clip_ema_factor is not None:
+            st.clip_average = self.clip_average.detach().cpu()
         path = self.folder.checkpoint(st)
         self._emit("on_checkpoint", path)
         return path

@@ -57,9 +57,8 @@ class Runtime:
         k = cfg.synth.images_per_class
         self.inner = InnerLoop.from_config(cfg, d.num_classes * k)
         self.step = self.inner.step_fn(self.model)
-        step_images = self.inner.inner_batch or self.inner.images_per_step
-        step_floats = step_images * activation_floats(self.model, (d.in_channels, d.image_size,
-                                                                   d.image_size))
+        step_floats = self.inner.batch_size * activation_floats(
+            self.model, (d.in_channels, d.image_size, d.image_size))
         self.nets = NetsMetaGradient(self.step, mode=cfg.run.unroll_memory,
                                      batch=cfg.run.batch_nets,
                                      inner_threads=_device.inner_threads(self.device, step_floats),

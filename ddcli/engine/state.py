@@ -49,11 +49,14 @@ class RunState:
     best: dict[str, Any] | None = None
     # One record per process that ran it (the start, then each resume): infra.provenance.
     provenance: list[dict[str, Any]] = field(default_factory=list)
+    # --clip-ema-factor: the moving average of the meta-gradient's norm (0-dim; NaN
+    # before the first iteration), ddcli.engine.clipping.
+    clip_average: Tensor | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """Plain dict for ``torch.save`` (tensors on the CPU)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("images", "labels", "raw_lrs", "soft_labels"):
+        for name in ("images", "labels", "raw_lrs", "soft_labels", "clip_average"):
             if out[name] is not None:
                 out[name] = out[name].detach().cpu()
         if self.fixed_params is not None:
