@@ -80,3 +80,7 @@ class ImageSetError(DDError):
 
 class OutputError(DDError):
     """A result can't be written where it was asked to go (permissions, a full disk)."""
+
+
+class MissingDependencyError(DDError):
+    """An optional package that a feature needs is not installed (exit 1)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,6 +13,7 @@ import typer
 
 from ddcli import config, presets
 from ddcli.infra import distributed as _distributed
+from ddcli.engine import events as _events
 from ddcli.engine import loop as _engine
 from ddcli.errors import DivergedError, Interrupted
 from ddcli.cli._app import app
@@ -39,6 +41,7 @@ def distill_command(
     out: Annotated[Optional[Path], Opt("--out", "-o", help="Bundle path.", show_default="a descriptive name here", rich_help_panel=config.OUTPUT)] = None,
     run_dir: Annotated[Optional[Path], Opt(help="Checkpoints and metrics.", metavar="DIR", show_default="<bundle>.run", rich_help_panel=config.OUTPUT)] = None,
     force: Annotated[bool, Opt(help="Start afresh despite a checkpoint.", rich_help_panel=config.OUTPUT)] = False,
+    tensorboard: Annotated[Optional[Path], Opt(help="Write TensorBoard logs: loss, rates, label mass, accuracies, image grids (needs tensorboard).", metavar="DIR", show_default=False, rich_help_panel=config.OUTPUT)] = None,
     quiet: Quiet = False,
     json_out: Json = False,
     dry_run: Annotated[bool, Opt("--dry-run", help="Print each memory mode's estimated peak and exit.", rich_help_panel=config.SCALE)] = False,
@@ -70,13 +73,15 @@ def distill_command(
         raise typer.Exit(_distributed.launch(n, forward_args(ctx)))
     main_rank = _distributed.env_world()[0] == 0
     progress = DistillProgress(quiet=quiet or json_out or not main_rank)
-    with progress:
+    board = _tensorboard_logger(tensorboard) if main_rank else None
+    with progress, board or nullcontext():
+        callbacks = _events.Callbacks(progress, board)
         try:
             if resume is not None:
-                result = _engine.resume(resume, overrides=overrides, callbacks=progress,
+                result = _engine.resume(resume, overrides=overrides, callbacks=callbacks,
                                         out=out, force=force)
             else:
-                result = _engine.distill(cfg, out=out, run_dir=run_dir, callbacks=progress,
+                result = _engine.distill(cfg, out=out, run_dir=run_dir, callbacks=callbacks,
                                          force=force, preset=preset)
         except (Interrupted, DivergedError) as exc:
             if main_rank:
@@ -94,6 +99,16 @@ def preset_listing(width: int = 80) -> str:
         textwrap.fill(description, max(width, indent + 30), initial_indent=f"{name:{indent}s}",
                       subsequent_indent=" " * indent, break_on_hyphens=False)
         for name, description in names)
+
+
+def _tensorboard_logger(log_dir: Path | None):
+    """The TensorBoard callbacks for --tensorboard, made before any work (the package is
+    optional: a missing one is one line now, not after the run)."""
+    if log_dir is None:
+        return None
+    from ddcli.tensorboard import TensorBoardLogger
+
+    return TensorBoardLogger(log_dir)
 
 
 def print_result(result: _engine.DistillResult, json_out: bool) -> None:

@@ -12,8 +12,9 @@ import torch
 
 from ddcli.infra import io as _io
 
-# The layout of an iteration's record: one small tensor on the device, read in batches.
-LOSS, FINITE, STOP, LR_MIN, LR_MEAN, LR_MAX = range(6)
+# The layout of an iteration's record: one small tensor on the device, read in batches;
+# runs with learned labels add the label mass's min, mean and max.
+LOSS, FINITE, STOP, LR_MIN, LR_MEAN, LR_MAX, MASS_MIN, MASS_MEAN, MASS_MAX = range(9)
 
 
 class Pending:

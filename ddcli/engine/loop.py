@@ -1,7 +1,7 @@
 """The distillation outer loop: one iteration top to bottom, checkpoints, resume, events.
 
 The engine never draws anything. It reports through callbacks (``on_start``,
-``on_iteration``, ``on_eval``, ``on_checkpoint``); the CLI renders them.
+``on_iteration``, ``on_eval``, ``on_snapshot``, ``on_checkpoint``); the CLI renders them.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 from ddcli.config import DistillConfig, apply_real_epochs_rule, flag_name, resumable_settings
 from ddcli.core.rates import lrs_from_raw
 from ddcli.data import RealData, resumed_data_root
-from ddcli.engine._loop import FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, STOP, Pending
+from ddcli.engine._loop import (FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, MASS_MAX, MASS_MEAN,
+                                MASS_MIN, STOP, Pending)
 from ddcli.engine.clipping import clip_to_average_, initial_average
-from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, StartInfo
+from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, SnapshotInfo, StartInfo
 from ddcli.engine.outputs import RunFolder, default_out, default_run_dir, make_bundle
 from ddcli.engine.runtime import Runtime
 from ddcli.engine.state import CHECKPOINT_NAME, RunState, load_checkpoint
@@ -53,7 +54,8 @@ def distill(
         run_dir: folder for config.json, checkpoint.pt and metrics.jsonl; default
             ``<out stem>.run`` beside the bundle.
         callbacks: any object with some of ``on_start``, ``on_iteration``, ``on_eval``,
-            ``on_checkpoint``.
+            ``on_snapshot``, ``on_checkpoint`` (several: ``Callbacks(a, b)``), such as
+            ``ddcli.progress.DistillProgress`` or ``ddcli.tensorboard.TensorBoardLogger``.
         data: preloaded real data (skips ``load_dataset``), mainly for tests.
         force: start afresh even if ``run_dir`` holds a checkpoint.
         preset: the preset the config came from, for the provenance record.
@@ -212,12 +214,15 @@ class _Run:
         #    are projected back onto >= 0 (a label's mass weighs its image's gradient).
         self.optimizer.step()
         self.scheduler.step()
+        record = [flat[0] / n, finite.to(flat.dtype), flat[1]]
+        lrs = lrs_from_raw(self.learned["raw_lrs"].detach())
+        record += [lrs.min(), lrs.mean(), lrs.max()]
         if "labels" in self.learned:
             with torch.no_grad():
                 self.learned["labels"].clamp_(min=0)
-        lrs = lrs_from_raw(self.learned["raw_lrs"].detach())
-        return torch.stack([flat[0] / n, finite.to(flat.dtype), flat[1], lrs.min(), lrs.mean(),
-                            lrs.max()])
+                mass = self.learned["labels"].sum(-1)  # (S, n)
+            record += [mass.min(), mass.mean(), mass.max()]
+        return torch.stack([v.to(flat.dtype) for v in record])
 
     # --- the loop -----------------------------------------------------------------------------
     def loop(self) -> DistillResult:
@@ -288,9 +293,11 @@ class _Run:
                 raise DivergedError(self._diverged_message(it - 1, v[LOSS]))
             self.state.last_loss = v[LOSS]
             stop = stop or v[STOP] > 0
+            mass = v[MASS_MIN:MASS_MAX + 1] if len(v) > MASS_MAX else (None,) * 3
             self._after_iteration(IterationInfo(
                 iteration=it, total=self.rt.total, loss=v[LOSS], lr_min=v[LR_MIN],
-                lr_mean=v[LR_MEAN], lr_max=v[LR_MAX], meta_lr=meta_lr, elapsed=elapsed))
+                lr_mean=v[LR_MEAN], lr_max=v[LR_MAX], meta_lr=meta_lr, elapsed=elapsed,
+                label_mass_min=mass[0], label_mass_mean=mass[1], label_mass_max=mass[2]))
         return stop
 
     def _diverged_message(self, it: int, loss: float) -> str:
@@ -307,8 +314,10 @@ class _Run:
         r, it = self.cfg.run, info.iteration
         self._emit("on_iteration", info)
         if r.log_every and (it % r.log_every == 0 or it == self.rt.total):
+            mass = ({"label_mass_mean": info.label_mass_mean}
+                    if info.label_mass_mean is not None else {})
             self.folder.log({"iteration": it, "loss": info.loss, "lr_min": info.lr_min,
-                             "lr_mean": info.lr_mean, "lr_max": info.lr_max,
+                             "lr_mean": info.lr_mean, "lr_max": info.lr_max, **mass,
                              "meta_lr": info.meta_lr, "elapsed": round(info.elapsed, 3)})
         if not self.rt.dist.is_main or it != self.state.iteration:
             return  # evaluate and checkpoint the state the sync point left, on rank 0
@@ -325,6 +334,8 @@ class _Run:
             self._emit("on_eval", ev)
         if r.snapshot_every and (it % r.snapshot_every == 0 or it == self.rt.total):
             self.folder.snapshot(it, self.learned)
+        if (r.snapshot_every and it % r.snapshot_every == 0) or it == self.rt.total:
+            self._emit("on_snapshot", self._snapshot_info(it))
         if r.checkpoint_every and it % r.checkpoint_every == 0 and it < self.rt.total:
             self.save_checkpoint()
 
@@ -351,6 +362,15 @@ class _Run:
                 f"couldn't write the bundle to {self.out} ({exc.strerror or exc}); the run's "
                 f"checkpoint in {self.folder.path} is intact: write the bundle elsewhere with "
                 f"`dd distill --resume {self.folder.path} -o OTHER.safetensors`") from None
+
+    def _snapshot_info(self, it: int) -> SnapshotInfo | None:
+        if self.callbacks is None or not hasattr(self.callbacks, "on_snapshot"):
+            return None  # copying the set to the host costs a sync; nobody listens
+        d, cpu = self.rt.data, {k: v.detach().cpu() for k, v in self.learned.items()}
+        return SnapshotInfo(
+            iteration=it, images=cpu["images"], pixels=d.denormalize(cpu["images"]),
+            lrs=lrs_from_raw(cpu["raw_lrs"]), labels=self.rt.labels.cpu(),
+            soft_labels=cpu.get("labels"), classes=list(d.classes))
 
     def _emit(self, name: str, payload: Any) -> None:
         fn = getattr(self.callbacks, name, None)
