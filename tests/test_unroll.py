@@ -223,10 +223,16 @@ def test_memory_estimate_matches_the_graphs_autograd_keeps():
     assert long.modes["recompute"] < long.modes["full"] / 2
 
 
-def test_dry_run_prints_every_mode_and_trains_nothing(tmp_path, fixture_root):
+def test_dry_run_prints_every_mode_and_trains_nothing(tmp_path, fixture_root, monkeypatch):
     from typer.testing import CliRunner
 
     from ddcli.cli import app
+    from ddcli.engine import timing
+
+    # T = 300 iterations take seconds each; the time estimate has its own tests
+    # (tests/test_dry_run_time.py).
+    monkeypatch.setattr(timing, "estimate_time", lambda cfg, **kw: timing.TimeEstimate(
+        iterations=1, s_per_iteration=1.0, measured=1, evaluations=0, s_per_eval=0.0))
 
     out = tmp_path / "m.safetensors"
     r = CliRunner().invoke(app, ["distill", "mnist", "--data-root", str(fixture_root), "--dry-run",

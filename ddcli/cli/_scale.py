@@ -1,4 +1,5 @@
-"""`dd distill --nproc N` and `--dry-run`: launching torchrun, printing memory estimates."""
+"""`dd distill --nproc N` and `--dry-run`: launching torchrun, printing memory and time
+estimates."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import typer
 from ddcli.core import memory as _memory
 from ddcli.core.objectives import make_objective
 from ddcli.errors import ConfigError
+from ddcli.infra import device as _device
 from ddcli.infra.device import resolve_device
 from ddcli.config import DistillConfig, apply_real_epochs_rule, load_config_file, merge_dicts
 from ddcli.data import load_dataset, resumed_data_root
@@ -59,7 +61,8 @@ def resumed_config(run_dir: Path, overrides: dict[str, dict[str, Any]]) -> Disti
 
 
 def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
-    """Estimate each memory mode's peak for ``cfg`` (see ``ddcli.core.memory``) and print it."""
+    """Estimate each memory mode's peak for ``cfg`` (see ``ddcli.core.memory``) and the
+    run's wall time (``ddcli.engine.timing``), and print them."""
     if not make_objective(cfg, None).unrolls:
         raise ConfigError(f"--dry-run estimates an unroll's memory; --objective "
                           f"{cfg.objective.kind} unrolls nothing (its memory is a few "
@@ -77,12 +80,15 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
     _memory.warm_framework(model)
     baseline = _current_rss() if device.type == "cpu" else 0
     chosen = cfg.run.unroll_memory
+    timing, not_timed = _time_estimate(cfg, data, nproc, est.modes[chosen], device)
     if json_out:
         typer.echo(json.dumps({
             "dry_run": True, "unroll_memory": chosen, "processes": nproc,
             "estimate_bytes": est.to_dict(),
             "peak_rss_bytes": ({m: baseline + v - est.data for m, v in est.modes.items()}
                                if baseline else None),
+            "time_estimate": timing.to_dict() if timing else None,
+            **({"time_not_measured": not_timed} if not_timed else {}),
         }))
         return
     fmt = _memory.format_bytes
@@ -106,6 +112,34 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
         "  estimated by counting the tensors autograd saves for one inner step and for the "
         "outer loss on the meta device (no compute); 'peak RSS' (CPU) adds what this process "
         "holds after loading the data and one tiny step; allocator slack is not counted")
+    typer.echo(_time_line(timing, not_timed, nproc))
+
+
+def _time_estimate(cfg: DistillConfig, data, nproc: int, peak: int, device):
+    """The run's expected wall time, from a few timed iterations; (None, why) when they
+    would not fit in the memory that is free now."""
+    from ddcli.engine.timing import estimate_time
+
+    free = _device.available_memory(device)
+    if free is not None and peak > free:
+        fmt = _memory.format_bytes
+        return None, (f"this run's estimated peak {fmt(peak)} exceeds the {fmt(free)} free "
+                      f"on {device}")
+    return estimate_time(cfg, data=data, nproc=nproc), None
+
+
+def _time_line(t, not_timed: str | None, nproc: int) -> str:
+    if t is None:
+        return f"time estimate: not measured: {not_timed}"
+    from ddcli.engine.timing import format_duration
+
+    share = f" (one process's share of the nets, of {nproc})" if nproc > 1 else ""
+    evals = (f" + {t.evaluations:,} evaluations x {t.s_per_eval:.3g} s"
+             if t.evaluations else "")
+    return (f"time estimate: about {format_duration(t.total_s)} = {t.iterations:,} iterations "
+            f"x {t.s_per_iteration:.3g} s{evals}; timed {t.measured} iteration"
+            f"{'s' if t.measured > 1 else ''} after a warm-up{share}; loading data and "
+            "writing checkpoints not counted")
 
 
 def _current_rss() -> int:

@@ -44,7 +44,7 @@ def distill_command(
     tensorboard: Annotated[Optional[Path], Opt(help="Write TensorBoard logs: loss, rates, label mass, accuracies, image grids (needs tensorboard).", metavar="DIR", show_default=False, rich_help_panel=config.OUTPUT)] = None,
     quiet: Quiet = False,
     json_out: Json = False,
-    dry_run: Annotated[bool, Opt("--dry-run", help="Print each memory mode's estimated peak and exit.", rich_help_panel=config.SCALE)] = False,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Print each memory mode's estimated peak and the run's expected time (a few iterations timed), and exit.", rich_help_panel=config.SCALE)] = False,
     **flags: Any,  # one per config flag (added by config_options); None: not given
 ) -> None:
     """Learn a tiny synthetic training set and its learning rates; write a bundle.

@@ -177,3 +177,20 @@ def retain_freed_memory(device: torch.device) -> Iterator[None]:
         libc.mallopt(_M_MMAP_THRESHOLD, _RESTORE_MMAP)
         libc.mallopt(_M_TRIM_THRESHOLD, _RESTORE_TRIM)
         libc.malloc_trim(0)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation on ``device`` (the CPU: the kernel's MemAvailable);
+    None where it can't be told (MPS, a system without /proc)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
