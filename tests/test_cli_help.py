@@ -5,6 +5,7 @@ default once, no type for plain flags, lines that fit) and exact error lines.
 """
 
 import os
+import shlex
 import subprocess
 import sys
 from enum import Enum
@@ -46,8 +47,10 @@ def panel_titles(lines):
 def test_distill_help_fits_and_groups_the_flags_into_panels(monkeypatch, columns):
     lines = help_lines(monkeypatch, "distill", columns)
     assert max(len(line) for line in lines) <= columns
-    assert panel_titles(lines) == [p for p in PANELS if p in panel_titles(lines)]
-    assert set(panel_titles(lines)) == {f.panel for f in config_flags()} | {"Start from"}
+    *titles, last = panel_titles(lines)
+    assert last == "Examples"
+    assert titles == [p for p in PANELS if p in titles]
+    assert set(titles) == {f.panel for f in config_flags()} | {"Start from"}
     text = "\n".join(lines)
     for param in typer.main.get_command(app).commands["distill"].params:
         for name in _docs.names(param):
@@ -56,6 +59,7 @@ def test_distill_help_fits_and_groups_the_flags_into_panels(monkeypatch, columns
 
 def test_distill_help_is_about_a_screen_with_the_common_case_first(monkeypatch):
     lines = help_lines(monkeypatch, "distill")
+    lines = lines[:next(i for i, x in enumerate(lines) if "─ Examples ─" in x)]  # the flags
     assert len(lines) <= 120  # 198 before the panels; the inner-loop panel adds ~20
     titles = [i for i, line in enumerate(lines) if line.startswith("╭─ ")]
     # Usage, presets, the synthetic set, model and init, and the budget: one screenful.
@@ -203,3 +207,40 @@ def test_a_real_process_prints_one_line_and_exits_2_or_1(tmp_path):
                            capture_output=True, text=True, env=env, timeout=300)
     assert shown.returncode == 0 and "Usage: python -m ddcli distill" in shown.stdout
     assert max(map(len, shown.stdout.splitlines())) <= 80
+
+
+# --- examples ---------------------------------------------------------------------------
+
+def _unknown_flags(example, command):
+    """The flags of an example line that ``command`` doesn't take."""
+    own = {name for p in command.params if p.param_type_name == "option"
+           for name in _docs.names(p)}
+    words = shlex.split(example, comments=True)
+    return [w.split("=", 1)[0] for w in words[2:]
+            if w.startswith("-") and w.split("=", 1)[0] not in own]
+
+
+def test_every_command_ends_its_help_with_examples_whose_flags_exist(monkeypatch):
+    commands = typer.main.get_command(app).commands
+    assert set(COMMANDS) <= set(commands)
+    for name, command in commands.items():
+        lines = help_lines(monkeypatch, name, 200)
+        start = next((i for i, x in enumerate(lines) if "─ Examples ─" in x), None)
+        assert start is not None, f"dd {name} --help has no Examples"
+        assert lines[-1].startswith("╰"), f"dd {name} --help: Examples are not last"
+        shown = [x.strip("│ ") for x in lines[start:]]
+        found = _docs.examples(command)
+        assert 1 <= len(found) <= 4 and all(x in shown for x in found), (name, found)
+        flags_shown = "\n".join(lines[:start])
+        for example in found:
+            assert example.split()[:2] == ["dd", name], example  # its own command's examples
+            assert _unknown_flags(example, command) == [], example
+            for word in shlex.split(example, comments=True):
+                if word.startswith("--"):
+                    assert word in flags_shown, f"{word} is not in dd {name} --help"
+
+
+def test_an_example_with_a_flag_that_does_not_exist_is_caught():
+    export = typer.main.get_command(app).commands["export"]
+    assert _unknown_flags("dd export m.safetensors -f pt --fake 1 --out=x.pt", export) == [
+        "--fake"]

@@ -6,6 +6,9 @@ The screen keeps Typer's look (usage, description, Rich panels) with its own lay
 one name column for every panel, as wide as makes the screen shortest, the rest for
 the description; each default shown once; no type for a flag that takes no value.
 
+A command's epilog is its examples, drawn last in an "Examples" panel: each a
+``# what it does`` line over a ``dd ...`` line (``examples`` reads the commands back).
+
 ``python -m ddcli.cli._docs`` rewrites the README's flag table.
 """
 
@@ -130,7 +133,16 @@ def print_help(command: Any, ctx: Any) -> None:
         lines = _layout(console, panel_rows, width, inner)
         console.print(Panel(Group(*lines), title=title, title_align="left", border_style="dim"))
     if command.epilog:
-        console.print(Padding(Text(" ".join(command.epilog.split())), 1))
+        lines = [Text(line, style="dim") if line.startswith("#") else _highlight(Text(line))
+                 for line in inspect.cleandoc(command.epilog).splitlines() if line.strip()]
+        console.print(Panel(Group(*lines), title="Examples", title_align="left",
+                            border_style="dim"))
+
+
+def examples(command: Any) -> list[str]:
+    """The ``dd ...`` command lines of ``command``'s Examples (its epilog)."""
+    return [line.strip() for line in (command.epilog or "").splitlines()
+            if line.strip().startswith("dd ")]
 
 
 def _layout(console: Console, rows: list[tuple[Text, Text, Text]], width: int,

@@ -30,7 +30,20 @@ PANELS = ("Arguments", START, config.SYNTH, config.MODEL, config.BUDGET, config.
           config.OUTPUT, config.INNER, config.SCALE, config.POOLS)
 
 
-@app.command("distill")
+# The end of --help: "# what it does" over each command (ddcli.cli._docs draws them).
+EXAMPLES = """
+# 300 iterations on MNIST; its run folder is m.run
+dd distill mnist --iterations 300 -o m.safetensors
+# a named setting (see dd distill --list-presets)
+dd distill --preset soft-mnist-10
+# peak memory and time of a long run, before it starts
+dd distill mnist --epochs 30 --dry-run
+# continue an interrupted run from its last checkpoint
+dd distill --resume m.run
+"""
+
+
+@app.command("distill", epilog=EXAMPLES)
 @config_options(PANELS)
 def distill_command(
     ctx: typer.Context,

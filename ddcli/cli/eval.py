@@ -27,7 +27,19 @@ from ddcli.infra.text import count
 Opt = typer.Option
 
 
-@app.command("eval")
+EXAMPLES = """
+# replay the learned steps on fresh nets
+dd eval m.safetensors
+# and real-data baselines: random real, k-means, ...
+dd eval m.safetensors --compare
+# SGD on the images, with another model
+dd eval m.safetensors --protocol train --model convnet
+# any .pt / .npz / ImageFolder set, as one JSON object
+dd eval set.npz --dataset mnist --json
+"""
+
+
+@app.command("eval", epilog=EXAMPLES)
 def eval_command(
     path: Annotated[Path, typer.Argument(help="A bundle (.safetensors), a .pt or .npz set, or an ImageFolder directory.", show_default=False)],
     protocol: Annotated[Optional[str], Opt(help="replay (the paper's: learned steps and rates; bundles only), train (SGD on the images), or a paper's own evaluation with every knob set: dc (300 epochs; MNIST augmented as DC does), dsa (1000 epochs, DSA augmentation), mtt (as dsa, at the set's learned rate). docs/eval.md gives each one's source.", show_default="replay for bundles, train for other sets", rich_help_panel="Protocol")] = None,

@@ -16,7 +16,17 @@ _DEFAULT_SUFFIX = {"imagefolder": "-imagefolder", "pt": ".pt", "npz": ".npz",
                    "ddranking": "-ddranking", "mtt": "-mtt", "dc": "-dc.pt"}
 
 
-@app.command("export")
+EXAMPLES = """
+# every step's images, labels and rates in one .pt
+dd export m.safetensors --format pt -o m.pt
+# PNGs in class folders, for torchvision's ImageFolder
+dd export m.safetensors --format imagefolder -o m-images
+# a CIFAR-10 set as DD-Ranking's files, in its space
+dd export c.safetensors --format ddranking -o c-ddranking
+"""
+
+
+@app.command("export", epilog=EXAMPLES)
 def export_command(
     bundle: Annotated[Path, typer.Argument(help="The bundle (.safetensors) to export.",
                                            show_default=False)],

@@ -18,7 +18,17 @@ from ddcli.infra.signals import rearm_interrupt
 Opt = typer.Option
 
 
-@app.command("pretrain")
+EXAMPLES = """
+# a pool of 10 LeNets, each trained 2 epochs on MNIST
+dd pretrain mnist --n-nets 10 --real-epochs 2 -o mnist-pool
+# grow it to 20 nets (the 10 already there are kept)
+dd pretrain mnist --n-nets 20 --real-epochs 2 -o mnist-pool
+# ConvNets on CIFAR-10, SGD with momentum
+dd pretrain cifar10 --model convnet --optimizer sgd -o cifar-pool
+"""
+
+
+@app.command("pretrain", epilog=EXAMPLES)
 def pretrain_command(
     dataset: Annotated[str, typer.Argument(
         help="mnist, fashion-mnist, cifar10, cifar100, svhn, or folder:PATH.")],

@@ -15,7 +15,17 @@ from ddcli.cli._options import DataRoot, Json
 Opt = typer.Option
 
 
-@app.command("visualize")
+EXAMPLES = """
+# PNGs: a grid per step, an overview, the lr schedule
+dd visualize m.safetensors -o m-png
+# also the images' evolution over the run's snapshots
+dd visualize m.safetensors --run m.run
+# also each image minus its starting noise, larger
+dd visualize m.safetensors --change --scale 8
+"""
+
+
+@app.command("visualize", epilog=EXAMPLES)
 def visualize_command(
     bundle: Annotated[Path, typer.Argument(help="The bundle (.safetensors) to draw.",
                                            show_default=False)],
