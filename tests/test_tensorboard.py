@@ -146,3 +146,9 @@ def test_without_the_package_the_library_raises_and_the_cli_says_one_line(
     assert "tensorboard package" in err and "pip install" in err, err
     # Refused before any work: no run folder, no bundle, no log folder.
     assert not (tmp_path / "m.run").exists() and not (tmp_path / "tb").exists()
+    # and before --nproc starts any process
+    r = run("distill", "mnist", "--data-root", fixture_root, "--iterations", "1", "--nproc", "2",
+            "--init-mode", "random", "--sample-n-nets", "2", "--n-nets", "2",
+            "-o", tmp_path / "m.safetensors", "--tensorboard", tmp_path / "tb")
+    assert "tensorboard package" in one_line_error(r, 1)
+    assert not (tmp_path / "m.run").exists()

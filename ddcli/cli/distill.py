@@ -80,13 +80,13 @@ def distill_command(
             raise typer.BadParameter(f"{resume} has no config.json", param_hint="--resume")
         print_dry_run(cfg, nproc=n, json_out=json_out)
         return
+    main_rank = _distributed.env_world()[0] == 0
+    board = _tensorboard_logger(tensorboard) if main_rank else None
     if n > 1 and not _distributed.inside_launcher():
         if cfg is not None:  # usage errors here, not from N processes
             _distributed.check_config(cfg, n)
         raise typer.Exit(_distributed.launch(n, forward_args(ctx)))
-    main_rank = _distributed.env_world()[0] == 0
     progress = DistillProgress(quiet=quiet or json_out or not main_rank)
-    board = _tensorboard_logger(tensorboard) if main_rank else None
     with progress, board or nullcontext():
         callbacks = _events.Callbacks(progress, board)
         try:
@@ -115,8 +115,8 @@ def preset_listing(width: int = 80) -> str:
 
 
 def _tensorboard_logger(log_dir: Path | None):
-    """The TensorBoard callbacks for --tensorboard, made before any work (the package is
-    optional: a missing one is one line now, not after the run)."""
+    """The TensorBoard callbacks for --tensorboard, made before any work, even before
+    --nproc starts its processes (the package is optional: a missing one is one line now)."""
     if log_dir is None:
         return None
     from ddcli.tensorboard import TensorBoardLogger
