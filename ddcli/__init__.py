@@ -8,6 +8,7 @@ Example:
     torch.Size([10, 10, 1, 28, 28])
 """
 
+from ddcli.engine.events import Callbacks, SnapshotInfo
 from ddcli.engine.loop import DistillResult, EvalInfo, IterationInfo, StartInfo, distill, resume
 from ddcli._version import __version__
 from ddcli.bundle import Bundle
@@ -16,11 +17,13 @@ from ddcli.errors import DDError
 
 __all__ = [
     "Bundle",
+    "Callbacks",
     "DDError",
     "DistillConfig",
     "DistillResult",
     "EvalInfo",
     "IterationInfo",
+    "SnapshotInfo",
     "StartInfo",
     "__version__",
     "distill",

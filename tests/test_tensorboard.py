@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddcli import distill
-from ddcli.engine.events import Callbacks
+from ddcli import Callbacks
 from ddcli.errors import MissingDependencyError
 
 from tests._cli import one_line_error, run

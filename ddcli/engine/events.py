@@ -88,6 +88,7 @@ class Callbacks:
     Example:
         >>> from ddcli.progress import DistillProgress
         >>> from ddcli.tensorboard import TensorBoardLogger
+        >>> from ddcli import Callbacks, distill
         >>> with DistillProgress() as shown, TensorBoardLogger("tb") as tb:  # doctest: +SKIP
         ...     distill(cfg, callbacks=Callbacks(shown, tb))
     """
@@ -96,8 +97,10 @@ class Callbacks:
         self.targets = [t for t in targets if t is not None]
 
     def __getattr__(self, name: str) -> Callable[[Any], None]:
+        if not name.startswith("on_"):
+            raise AttributeError(name)
         fns = [getattr(t, name) for t in self.__dict__.get("targets", ()) if hasattr(t, name)]
-        if not name.startswith("on_") or not fns:
+        if not fns:
             raise AttributeError(name)  # the engine skips events no target takes
 
         def emit(payload: Any) -> None:

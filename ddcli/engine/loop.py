@@ -293,7 +293,7 @@ class _Run:
                 raise DivergedError(self._diverged_message(it - 1, v[LOSS]))
             self.state.last_loss = v[LOSS]
             stop = stop or v[STOP] > 0
-            mass = v[MASS_MIN:MASS_MAX + 1] if len(v) > MASS_MAX else (None,) * 3
+            mass = (v[MASS_MIN], v[MASS_MEAN], v[MASS_MAX]) if len(v) > MASS_MAX else (None,) * 3
             self._after_iteration(IterationInfo(
                 iteration=it, total=self.rt.total, loss=v[LOSS], lr_min=v[LR_MIN],
                 lr_mean=v[LR_MEAN], lr_max=v[LR_MAX], meta_lr=meta_lr, elapsed=elapsed,
