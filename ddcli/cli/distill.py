@@ -54,10 +54,10 @@ def distill_command(
     out: Annotated[Optional[Path], Opt("--out", "-o", help="Bundle path.", show_default="a descriptive name here", rich_help_panel=config.OUTPUT)] = None,
     run_dir: Annotated[Optional[Path], Opt(help="Checkpoints and metrics.", metavar="DIR", show_default="<bundle>.run", rich_help_panel=config.OUTPUT)] = None,
     force: Annotated[bool, Opt(help="Start afresh despite a checkpoint.", rich_help_panel=config.OUTPUT)] = False,
-    tensorboard: Annotated[Optional[Path], Opt(help="Write TensorBoard logs: loss, rates, label mass, accuracies, image grids (needs tensorboard).", metavar="DIR", show_default=False, rich_help_panel=config.OUTPUT)] = None,
+    tensorboard: Annotated[Optional[Path], Opt(help="Write TensorBoard logs (scalars, image grids) here.", metavar="DIR", show_default=False, rich_help_panel=config.OUTPUT)] = None,
     quiet: Quiet = False,
     json_out: Json = False,
-    dry_run: Annotated[bool, Opt("--dry-run", help="Print each memory mode's estimated peak and the run's expected time (a few iterations timed), and exit.", rich_help_panel=config.SCALE)] = False,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Estimate peak memory and run time, then exit.", rich_help_panel=config.SCALE)] = False,
     **flags: Any,  # one per config flag (added by config_options); None: not given
 ) -> None:
     """Learn a tiny synthetic training set and its learning rates; write a bundle.
