@@ -11,13 +11,9 @@ from ddcli.core.nets import NetsMetaGradient
 from ddcli.core.params import init_params
 from ddcli.core.rates import raw_from_lrs
 from ddcli.core.steps import StepFn
-from ddcli.models import create_model, list_models
+from ddcli.models import create_model, list_models, model_info
 
 from tests._toy import toy_data
-
-# (in_channels, image_size, options): small enough for float64 double backward.
-SHAPES = {"alexcifarnet": (3, 32, {}), "lenet": (1, 28, {}),
-          "convnet": (1, 28, {"width": 8, "depth": 2}), "mlp": (1, 8, {"hidden": [16]})}
 
 
 def _problem(model, nets=3, steps=2, epochs=2, classes=3, seed=0, batch=6):
@@ -52,9 +48,11 @@ def batched_meta_gradient(*args, mode="full"):
 
 @pytest.mark.parametrize("name", list_models())
 def test_batched_equals_loop_in_float64_for_every_model(name):
-    c, hw, options = SHAPES.get(name, (1, 28, {}))
-    model = create_model(name, in_channels=c, num_classes=3, image_size=hw, **options)
-    big = name == "alexcifarnet"  # 1.8M weights: one step, two nets
+    # Its smallest size and small variant: small enough for float64 double backward.
+    info = model_info(name)
+    model = create_model(name, in_channels=1, num_classes=3, image_size=min(info.sizes),
+                         **info.small)
+    big = sum(p.numel() for p in model.parameters()) > 10**6  # one step, two nets
     args = _problem(model, nets=2 if big else 3, steps=1 if big else 2, epochs=1 if big else 2,
                     batch=2 if big else 6)
     ref = looped_meta_gradient(*args)

@@ -46,7 +46,7 @@ class AlexCifarNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("alexcifarnet")
+@register_model("alexcifarnet", sizes=(32,))
 def _build_alexcifarnet(*, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     if image_size != 32:
         raise ModelError(f"model 'alexcifarnet' needs 32 px images, got {image_size} px")

@@ -47,7 +47,7 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("convnet")
+@register_model("convnet", sizes=(28, 32), small={"width": 8, "depth": 2})
 def _build_convnet(
     *, in_channels: int, num_classes: int, image_size: int, width: int = 128, depth: int = 3
 ) -> nn.Module:

@@ -42,7 +42,7 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("lenet")
+@register_model("lenet", sizes=(28, 32))
 def _build_lenet(*, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     if image_size not in (28, 32):
         raise ModelError(f"model 'lenet' needs 28 or 32 px images, got {image_size} px")

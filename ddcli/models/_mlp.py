@@ -32,7 +32,7 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-@register_model("mlp")
+@register_model("mlp", sizes=(8, 28, 32), small={"hidden": [16]})
 def _build_mlp(
     *, in_channels: int, num_classes: int, image_size: int, hidden: Sequence[int] = (300, 100)
 ) -> nn.Module:
