@@ -31,15 +31,6 @@ INNER_OPTIMIZERS = ("gd", "sgd", "adam")
 INIT_IMAGES = ("noise", "real")
 AUGMENTS = ("none", "crop-flip", "dsa")  # and dsa:FAMILY_FAMILY... (ddcli.core.augment)
 
-# The paper's model for each named dataset; other inputs default to ConvNet.
-DEFAULT_MODELS = {
-    "mnist": "lenet",
-    "fashion-mnist": "lenet",
-    "cifar10": "alexcifarnet",
-    "cifar100": "alexcifarnet",
-    "svhn": "alexcifarnet",
-}
-
 # The --help panels of the settings (the CLI adds one to start from a preset or a run).
 DATA, MODEL, SYNTH = "Data", "Model and init", "Synthetic set"
 INNER = "Inner loop (RaT-BPTT, momentum)"
@@ -57,8 +48,9 @@ def _flag(default: Any, help: str, panel: str, **kw: Any) -> Any:
 # only (as beta1 and beta2 are).
 @dataclass
 class DataConfig(Section):
-    dataset: str = _flag("mnist", "mnist, fashion-mnist, cifar10, cifar100, svhn or "
-                         "folder:PATH.", "Arguments", argument=True, metavar="DATASET")
+    # {datasets} and {models} in help texts become the registries' names when shown.
+    dataset: str = _flag("mnist", "{datasets} or folder:PATH.", "Arguments", argument=True,
+                         metavar="DATASET")
     data_root: str | None = _flag(None, "Datasets in torchvision's layout.", DATA,
                                   metavar="DIR", resumable=True,
                                   default_text="$DDCLI_DATA_ROOT, else ~/.cache/ddcli/data")
@@ -83,7 +75,8 @@ class DataConfig(Section):
 
 @dataclass
 class ModelConfig(Section):
-    name: str | None = _flag(None, "lenet, alexcifarnet, convnet or mlp.", MODEL,
+    name: str | None = _flag(None, "{models}, or your own as FILE.py:FACTORY or "
+                             "MODULE:FACTORY.", MODEL,
                              name="--model", metavar="NAME",
                              default_text="the paper's for the dataset")
     init_scheme: str = _flag("xavier", "Weight init: xavier, xavier-uniform, kaiming, "
@@ -253,10 +246,15 @@ class DistillConfig(Section):
         return self.total_steps // self.synth.steps
 
     def model_name(self, dataset: str | None = None) -> str:
-        """--model, else the paper's model for the dataset; DM's ConvNet for distribution."""
-        if self.model.name or self.objective.kind == "distribution":
-            return self.model.name or "convnet"
-        return DEFAULT_MODELS.get(dataset or self.data.dataset, "convnet")
+        """--model, else the dataset's default model (its DatasetInfo); DM's ConvNet for
+        distribution."""
+        if self.model.name:
+            return self.model.name
+        if self.objective.kind == "distribution":
+            return "convnet"
+        from ddcli.data import default_model  # the dataset registry (imports torch)
+
+        return default_model(dataset or self.data.dataset)
 
     def validate(self) -> "DistillConfig":
         """Raise ConfigError for values no run could use. Returns self."""

@@ -23,7 +23,7 @@ from ddcli.config import config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-COMMANDS = ("distill", "eval", "pretrain", "export", "visualize")
+COMMANDS = ("distill", "eval", "pretrain", "export", "visualize", "data")
 
 
 def run(*args):
@@ -246,3 +246,16 @@ def test_an_example_with_a_flag_that_does_not_exist_is_caught():
     export = typer.main.get_command(app).commands["export"]
     assert _unknown_flags("dd export m.safetensors -f pt --fake 1 --out=x.pt", export) == [
         "--fake"]
+
+
+def test_help_names_come_from_the_registries(monkeypatch):
+    # {models} and {datasets} in help texts become the registries' names when shown.
+    from ddcli.data import list_datasets
+    from ddcli.models import list_models
+
+    for command in ("distill", "pretrain"):
+        text = " ".join(" ".join(help_lines(monkeypatch, command, 200)).split())
+        assert "{models}" not in text and "{datasets}" not in text
+        assert ", ".join(list_models()) in text, command
+        assert ", ".join(list_datasets()) in text, command
+    assert ", ".join(list_models()) in _docs.distill_flag_table()

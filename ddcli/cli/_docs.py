@@ -105,6 +105,23 @@ def panels(params: list[Any]) -> dict[str, list[Any]]:
     return out
 
 
+def with_names(text: str) -> str:
+    """``text`` with ``{models}`` and ``{datasets}`` replaced by the registries' names.
+
+    Help texts name them this way so that no list is typed by hand; the registries
+    (which import torch) are only imported when a help text asks for them.
+    """
+    if "{models}" in text:
+        from ddcli.models import list_models
+
+        text = text.replace("{models}", ", ".join(list_models()))
+    if "{datasets}" in text:
+        from ddcli.data import list_datasets
+
+        text = text.replace("{datasets}", ", ".join(list_datasets()))
+    return text
+
+
 # --- the help screen -------------------------------------------------------------------
 
 def print_help(command: Any, ctx: Any) -> None:
@@ -189,7 +206,7 @@ def _help_cell(param: Any) -> tuple[Text, Text]:
         tags.append(f"[default: {shown}]")
     if param.required:
         tags.append(" [required]" if tags.plain else "[required]", style="red")
-    return _highlight(Text(" ".join((param.help or "").split()))), tags
+    return _highlight(Text(" ".join(with_names(param.help or "").split()))), tags
 
 
 # --- the README's flag table -----------------------------------------------------------
@@ -201,7 +218,7 @@ def flag_table(command: Any) -> str:
         rows.append(f"| **{title}** | | |")
         for p in params:
             spelled = ", ".join(f"`{n}`" for n in names(p))
-            rows.append(f"| {spelled} | {_md(default(p) or '')} | {_md(p.help or '')} |")
+            rows.append(f"| {spelled} | {_md(default(p) or '')} | {_md(with_names(p.help or ''))} |")
     return "\n".join(rows)
 
 

@@ -24,12 +24,19 @@ def _from_config(section: str, key: str) -> Flag:
 _ROOT = _from_config("data", "data_root")
 _DEVICE = _from_config("run", "device")
 _SEED = _from_config("init", "seed")
+_DATASET = _from_config("data", "dataset")
+_MODEL = _from_config("model", "name")
 DataRoot = Annotated[Optional[Path], typer.Option(
     "--data-root", help=_ROOT.help, metavar=_ROOT.metavar, show_default=_ROOT.default_label)]
 Device = Annotated[Optional[str], typer.Option(
     "--device", help=_DEVICE.help, metavar=_DEVICE.metavar, show_default=_DEVICE.default_label)]
 Seed = Annotated[Optional[int], typer.Option(
     "--seed", help=_SEED.help, show_default=_SEED.default_label)]
+# `dd pretrain`'s DATASET and --model, as `dd distill` words them ({datasets} and
+# {models} become the registries' names in --help).
+DatasetArg = Annotated[str, typer.Argument(help=_DATASET.help, show_default=False)]
+Model = Annotated[Optional[str], typer.Option(
+    "--model", help=_MODEL.help, metavar=_MODEL.metavar, show_default=_MODEL.default_label)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.",
                                      rich_help_panel=OUTPUT)]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.",

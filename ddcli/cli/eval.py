@@ -50,7 +50,7 @@ def eval_command(
     compare: Annotated[bool, Opt(help="Evaluate every baseline.", rich_help_panel="Baselines")] = False,
     baseline_labels: Annotated[str, Opt(help="Soft-label sets: baselines train on their images' own classes (hard) or on the set's labels, slot by slot (set).", metavar="hard|set", rich_help_panel="Baselines")] = "hard",
     candidates: Annotated[int, Opt(help="optimized-real: random draws to pick the best of (scored on training data).", rich_help_panel="Baselines")] = 10,
-    model: Annotated[Optional[str], Opt(help="Train protocol: any registered model (cross-architecture).", show_default="the set's own", rich_help_panel="Protocol")] = None,
+    model: Annotated[Optional[str], Opt(help="Train protocol: any model ({models}) or your own FILE.py:FACTORY, for a cross-architecture row.", metavar="NAME", show_default="the set's own", rich_help_panel="Protocol")] = None,
     train_lr: Annotated[Optional[float], Opt("--train-lr", "--lr", help="Train protocols: the SGD rate (times --lr-decay at half the epochs).", show_default="0.01; mtt: the set's learned rate", rich_help_panel="Train protocol")] = None,
     train_epochs: Annotated[Optional[int], Opt(help="Train protocols: epochs over the images.", show_default="train 300, dc 301, dsa and mtt 1001", rich_help_panel="Train protocol")] = None,
     batch_size: Annotated[int, Opt(help="Train protocol: batch size.", rich_help_panel="Train protocol")] = 256,

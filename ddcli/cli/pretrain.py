@@ -11,7 +11,7 @@ import typer
 
 from ddcli.pool.pretrain import PretrainRecipe, PretrainResult, pretrain
 from ddcli.cli._app import app
-from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
+from ddcli.cli._options import DataRoot, DatasetArg, Device, Json, Model, Quiet, Seed
 from ddcli.cli._progress import PretrainProgress
 from ddcli.infra.signals import rearm_interrupt
 
@@ -30,10 +30,9 @@ dd pretrain cifar10 --model convnet --optimizer sgd -o cifar-pool
 
 @app.command("pretrain", epilog=EXAMPLES)
 def pretrain_command(
-    dataset: Annotated[str, typer.Argument(
-        help="mnist, fashion-mnist, cifar10, cifar100, svhn, or folder:PATH.")],
+    dataset: DatasetArg,
     out: Annotated[Path, Opt("--out", "-o", help="Pool folder (created; nets already in it are kept).", show_default=False, rich_help_panel="Output")],
-    model: Annotated[Optional[str], Opt(help="lenet, alexcifarnet, convnet or mlp.", show_default="the paper's for the dataset")] = None,
+    model: Model = None,
     n_nets: Annotated[int, Opt(help="Networks the pool should hold.")] = 10,
     real_epochs: Annotated[float, Opt(help="Passes over the real training set per network.")] = 2.0,
     optimizer: Annotated[str, Opt(help="adam or sgd (with --momentum).")] = "adam",

@@ -2,15 +2,17 @@
 
 `load_dataset(name)` returns a `RealData` holding the complete train and test
 splits as `(N, C, H, W)` float32 tensors, normalised per channel. Named sets
-(`list_datasets()`: `cifar10`, `cifar100`, `fashion-mnist`, `mnist`, `svhn`) are
-read from torchvision's on-disk layout under the data root (`resolve_data_root`)
-and downloaded there when missing, unless `DDCLI_OFFLINE=1`. `folder:PATH` loads
-any ImageFolder tree with `train/` and `test/` (or `val/`) subfolders.
+(`list_datasets()`, each registered with a `DatasetInfo`: its shape, folders, files and
+default model) are read from torchvision's on-disk layout under the data root
+(`resolve_data_root`) and downloaded there when missing, unless `DDCLI_OFFLINE=1`.
+`ddcli.data.status` says where each is looked for and which files are there
+(`dd data`). `folder:PATH` loads any ImageFolder tree with `train/` and `test/` (or
+`val/`) subfolders.
 
 Example:
     >>> from ddcli.data import load_dataset, list_datasets
-    >>> list_datasets()
-    ['cifar10', 'cifar100', 'fashion-mnist', 'mnist', 'svhn']
+    >>> "mnist" in list_datasets()
+    True
     >>> data = load_dataset("mnist", root="tests/fixtures", download=False)
     >>> data
     RealData(name='mnist', train=600, test=500, image=(1, 28, 28), classes=10)
@@ -23,8 +25,10 @@ which space it is in with `pixel_space_record`.
 from __future__ import annotations
 
 from ddcli.data._api import (
+    DEFAULT_MODEL,
     DatasetInfo,
     dataset_info,
+    default_model,
     list_datasets,
     load_dataset,
     register_dataset,
@@ -49,11 +53,13 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DEFAULT_MODEL",
     "DatasetInfo",
     "RealData",
     "ZCA",
     "check_pixel_space",
     "dataset_info",
+    "default_model",
     "fit_zca",
     "list_datasets",
     "load_dataset",

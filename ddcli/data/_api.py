@@ -19,9 +19,16 @@ FOLDER_PREFIX = "folder:"
 DATA_ROOT_ENV = "DDCLI_DATA_ROOT"
 OFFLINE_ENV = "DDCLI_OFFLINE"
 
+# The model of datasets registered without one, and of folder:PATH sets.
+DEFAULT_MODEL = "convnet"
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a registered dataset looks like, known without reading its files.
+    """What a registered dataset looks like and where its files are, known without reading them.
+
+    `dd data` lists it; `default_model` is the model `dd distill`, `dd eval` and
+    `dd pretrain` use when `--model` isn't given.
 
     Attributes:
         name: The registry name.
@@ -30,7 +37,13 @@ class DatasetInfo:
         num_classes: Number of classes.
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation standard deviation.
-        files: Where the files live under the data root, e.g. `"MNIST/raw/"`.
+        folders: Where the files are looked for, in order: relative to the data root
+            (`"MNIST/raw"`; `"."` is the root itself) or absolute. Downloads go to the first.
+        files: Every file the set needs, each as the names it may have on disk, e.g.
+            `("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")`.
+        default_model: The model its paper distils it with.
+        torchvision: The `torchvision.datasets` class that downloads it, if any.
+        note: Another way to get the files (a distribution package), said by `dd data`.
     """
 
     name: str
@@ -39,7 +52,15 @@ class DatasetInfo:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    files: str
+    folders: tuple[str, ...]
+    files: tuple[tuple[str, ...], ...]
+    default_model: str = DEFAULT_MODEL
+    torchvision: str = ""
+    note: str = ""
+
+    def search_folders(self, root: Path) -> list[Path]:
+        """`folders` as paths, relative ones under the data root `root`."""
+        return [Path(f) if Path(f).is_absolute() else root / f for f in self.folders]
 
 
 _DATASETS: Registry[DatasetBuilder] = Registry("dataset")
@@ -100,6 +121,23 @@ def dataset_info(name: str) -> DatasetInfo | None:
     return _INFO.get(key)
 
 
+def default_model(dataset: str) -> str:
+    """The model used for `dataset` when none is named: its `DatasetInfo.default_model`,
+    `DEFAULT_MODEL` for a set registered without one or not registered (`folder:PATH`)."""
+    info = _INFO.get(str(dataset).strip().lower())
+    return info.default_model if info is not None else DEFAULT_MODEL
+
+
+def data_root_source(root: str | os.PathLike[str] | None = None) -> str:
+    """Which rule of `resolve_data_root` picks the data root: `"--data-root"`,
+    `"$DDCLI_DATA_ROOT"` or `"the default cache"`."""
+    if root is not None and str(root) != "":
+        return "--data-root"
+    if os.environ.get(DATA_ROOT_ENV):
+        return f"${DATA_ROOT_ENV}"
+    return "the default cache"
+
+
 def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The folder datasets are read from and downloaded to, as an absolute path.
 
@@ -140,8 +178,7 @@ def load_dataset(
     """Load a whole dataset into memory, normalised, as a `RealData`.
 
     Args:
-        name: A name from `list_datasets()` (`cifar10`, `cifar100`, `fashion-mnist`,
-            `mnist`, `svhn`; case-insensitive), or `folder:PATH` for an ImageFolder
+        name: A name from `list_datasets()` (case-insensitive), or `folder:PATH` for an ImageFolder
             tree with `train/` and `test/` (or `val/`) subfolders holding one folder
             of square images per class. `PATH` is relative to the working directory
             and `root` does not apply to it.

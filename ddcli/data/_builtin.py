@@ -39,65 +39,70 @@ _STATS = {
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
 
-# Logical file -> accepted names on disk (torchvision keeps the .gz next to the
-# extracted file; Debian ships only the .gz).
-_IDX_FILES = {
-    base: (base, f"{base}.gz")
+# Each file as the names it may have (torchvision keeps the .gz next to the extracted
+# file; Debian ships only the .gz); the first name is the one the readers ask for.
+_IDX_FILES = tuple(
+    (base, f"{base}.gz")
     for base in (
         "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
     )
-}  # fmt: skip
+)  # fmt: skip
 _CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
-_CIFAR10_FILES = {f: (f,) for f in [*_CIFAR10_BATCHES, "test_batch", "batches.meta"]}
-_CIFAR100_FILES = {f: (f,) for f in ("train", "test", "meta")}
-_SVHN_FILES = {f: (f,) for f in ("train_32x32.mat", "test_32x32.mat")}
 
 
-def _info(name: str, channels: int, size: int, classes: int, files: str) -> DatasetInfo:
+def _info(name: str, channels: int, size: int, classes: int, folders: tuple[str, ...],
+          files: tuple[tuple[str, ...], ...], model: str, torchvision: str,
+          note: str = "") -> DatasetInfo:
     mean, std = _STATS[name]
-    return DatasetInfo(name, channels, size, classes, mean, std, files)
+    return DatasetInfo(name, channels, size, classes, mean, std, folders, files,
+                       default_model=model, torchvision=torchvision, note=note)
 
 
-@register_dataset("mnist", info=_info("mnist", 1, 28, 10, "MNIST/raw/"))
+def _single(*names: str) -> tuple[tuple[str, ...], ...]:
+    return tuple((n,) for n in names)
+
+
+MNIST = _info("mnist", 1, 28, 10, ("MNIST/raw",), _IDX_FILES, "lenet", "MNIST")
+FASHION_MNIST = _info("fashion-mnist", 1, 28, 10, ("FashionMNIST/raw", str(DEBIAN_FASHION_DIR)),
+                      _IDX_FILES, "lenet", "FashionMNIST",
+                      note="Debian: apt install dataset-fashion-mnist")
+CIFAR10 = _info("cifar10", 3, 32, 10, ("cifar-10-batches-py",),
+                _single(*_CIFAR10_BATCHES, "test_batch", "batches.meta"),
+                "alexcifarnet", "CIFAR10")
+CIFAR100 = _info("cifar100", 3, 32, 100, ("cifar-100-python",),
+                 _single("train", "test", "meta"), "alexcifarnet", "CIFAR100")
+SVHN = _info("svhn", 3, 32, 10, (".",), _single("train_32x32.mat", "test_32x32.mat"),
+             "alexcifarnet", "SVHN")
+
+
+@register_dataset("mnist", info=MNIST)
 def _build_mnist(*, root: Path, download: bool) -> RealData:
-    files = _require_files(
-        "mnist", [root / "MNIST" / "raw"], _IDX_FILES, download,
-        fetch=lambda: torchvision_download("MNIST", root),
-    )  # fmt: skip
+    files = _require_files(MNIST, root, download, fetch=lambda: torchvision_download("MNIST", root))
     return _from_idx("mnist", files, DIGITS)
 
 
-@register_dataset("fashion-mnist", info=_info("fashion-mnist", 1, 28, 10, "FashionMNIST/raw/"))
+@register_dataset("fashion-mnist", info=FASHION_MNIST)
 def _build_fashion_mnist(*, root: Path, download: bool) -> RealData:
-    files = _require_files(
-        "fashion-mnist", [root / "FashionMNIST" / "raw", DEBIAN_FASHION_DIR], _IDX_FILES, download,
-        fetch=lambda: torchvision_download("FashionMNIST", root),
-        note=" (Debian: apt install dataset-fashion-mnist)",
-    )  # fmt: skip
+    files = _require_files(FASHION_MNIST, root, download,
+                           fetch=lambda: torchvision_download("FashionMNIST", root))
     return _from_idx("fashion-mnist", files, FASHION_CLASSES)
 
 
-@register_dataset("cifar10", info=_info("cifar10", 3, 32, 10, "cifar-10-batches-py/"))
+@register_dataset("cifar10", info=CIFAR10)
 def _build_cifar10(*, root: Path, download: bool) -> RealData:
+    _require_files(CIFAR10, root, download, fetch=lambda: torchvision_download("CIFAR10", root))
     folder = root / "cifar-10-batches-py"
-    _require_files(
-        "cifar10", [folder], _CIFAR10_FILES, download,
-        fetch=lambda: torchvision_download("CIFAR10", root),
-    )  # fmt: skip
     train = read_cifar(folder, _CIFAR10_BATCHES, "labels")
     test = read_cifar(folder, ["test_batch"], "labels")
     classes = read_cifar_names(folder / "batches.meta", "label_names")
     return _assemble("cifar10", train, test, classes)
 
 
-@register_dataset("cifar100", info=_info("cifar100", 3, 32, 100, "cifar-100-python/"))
+@register_dataset("cifar100", info=CIFAR100)
 def _build_cifar100(*, root: Path, download: bool) -> RealData:
+    _require_files(CIFAR100, root, download, fetch=lambda: torchvision_download("CIFAR100", root))
     folder = root / "cifar-100-python"
-    _require_files(
-        "cifar100", [folder], _CIFAR100_FILES, download,
-        fetch=lambda: torchvision_download("CIFAR100", root),
-    )  # fmt: skip
     # The 100 fine labels; the 20 coarse superclasses are not used.
     train = read_cifar(folder, ["train"], "fine_labels")
     test = read_cifar(folder, ["test"], "fine_labels")
@@ -105,7 +110,7 @@ def _build_cifar100(*, root: Path, download: bool) -> RealData:
     return _assemble("cifar100", train, test, classes)
 
 
-@register_dataset("svhn", info=_info("svhn", 3, 32, 10, "train_32x32.mat, test_32x32.mat"))
+@register_dataset("svhn", info=SVHN)
 def _build_svhn(*, root: Path, download: bool) -> RealData:
     def fetch() -> None:
         # Only the missing splits: torchvision re-downloads (overwrites) any file
@@ -114,7 +119,7 @@ def _build_svhn(*, root: Path, download: bool) -> RealData:
             if not (root / f"{split}_32x32.mat").is_file():
                 torchvision_download("SVHN", root, split=split)
 
-    _require_files("svhn", [root], _SVHN_FILES, download, fetch=fetch)
+    _require_files(SVHN, root, download, fetch=fetch)
     train = read_svhn(root / "train_32x32.mat")
     test = read_svhn(root / "test_32x32.mat")
     return _assemble("svhn", train, test, DIGITS)
@@ -131,17 +136,15 @@ def torchvision_download(dataset: str, root: Path, **kwargs: object) -> None:
 
 
 def _require_files(
-    dataset: str,
-    folders: list[Path],
-    files: dict[str, tuple[str, ...]],
-    download: bool,
-    *,
-    fetch: Callable[[], None],
-    note: str = "",
+    info: DatasetInfo, root: Path, download: bool, *, fetch: Callable[[], None]
 ) -> dict[str, Path]:
-    """Find every file in the first folder that has all of them, downloading into `folders[0]` if allowed."""
+    """Find every file in the first folder that has all of them, downloading into the first
+    folder if allowed; keyed by each file's first name."""
+    dataset, folders = info.name, info.search_folders(root)
+    files = {names[0]: names for names in info.files}
+    note = f" ({info.note})" if info.note else ""
     for folder in folders:
-        found = _find(folder, files)
+        found = find_files(folder, files)
         if len(found) == len(files):
             return found
     hint, created = FIX_HINT, []
@@ -157,12 +160,12 @@ def _require_files(
             reason = f"downloading failed: {_reason(exc)}"
             hint = f"retry when online, or {FIX_HINT}"
         else:
-            found = _find(folders[0], files)
+            found = find_files(folders[0], files)
             if len(found) == len(files):
                 return found
             reason = "downloading did not produce them"
-    present = _find(folders[0], files)
-    missing = [_display(alternatives) for key, alternatives in files.items() if key not in present]
+    present = find_files(folders[0], files)
+    missing = [display_name(alternatives) for key, alternatives in files.items() if key not in present]
     if created:
         # Leave no empty (or half-filled) folders behind from a failed download; all
         # they hold came from it. Folders that existed before are left alone.
@@ -193,7 +196,8 @@ def _reason(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _find(folder: Path, files: dict[str, tuple[str, ...]]) -> dict[str, Path]:
+def find_files(folder: Path, files: dict[str, tuple[str, ...]]) -> dict[str, Path]:
+    """The files of ``files`` (key: its names) that ``folder`` holds, by key."""
     found = {}
     for key, alternatives in files.items():
         path = next((folder / a for a in alternatives if (folder / a).is_file()), None)
@@ -202,7 +206,7 @@ def _find(folder: Path, files: dict[str, tuple[str, ...]]) -> dict[str, Path]:
     return found
 
 
-def _display(alternatives: tuple[str, ...]) -> str:
+def display_name(alternatives: tuple[str, ...]) -> str:
     first, *others = alternatives
     return first + "".join(f"[{o[len(first):]}]" if o.startswith(first) else f"|{o}" for o in others)
 

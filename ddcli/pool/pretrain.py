@@ -25,8 +25,7 @@ from ddcli.core.steps import SGD, Adam, StepFn
 from ddcli.infra.device import resolve_device
 from ddcli.infra.io import check_writable
 from ddcli.pool.pool import MANIFEST, Pool, PoolNet, read_net_record
-from ddcli.config import DEFAULT_MODELS
-from ddcli.data import RealData, load_dataset
+from ddcli.data import RealData, default_model, load_dataset
 from ddcli.errors import ConfigError, DivergedError, PoolError
 from ddcli.models import check_functional, create_model
 
@@ -171,7 +170,7 @@ def pretrain(
     if nets_per_batch < 1:
         raise ConfigError(f"--nets-per-batch must be a positive integer, got {nets_per_batch}")
     data = dataset if isinstance(dataset, RealData) else load_dataset(dataset, root=data_root)
-    name = model or DEFAULT_MODELS.get(data.name, "convnet")
+    name = model or default_model(data.name)
     net = create_model(name, in_channels=data.in_channels, num_classes=data.num_classes,
                        image_size=data.image_size, **(model_kwargs or {}))
     check_functional(net)
