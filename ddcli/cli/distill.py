@@ -145,12 +145,14 @@ def print_result(result: _engine.DistillResult, json_out: bool) -> None:
     if json_out:
         typer.echo(json.dumps(record))
         return
+    from ddcli.models import model_label  # your own model by its factory's name
+
     last = result.evals[-1] if result.evals else None
     acc = f", replay {last.split} acc {last.mean:.2%}" if last else ""
     typer.echo(
         f"{result.bundle_path}: {count(record['images'], 'image')} "
         f"({count(b.steps, 'step')} x {b.images.shape[1]}), {count(b.lrs.numel(), 'lr')}, "
-        f"{b.dataset}/{record['model']} {b.init_mode} init, "
+        f"{b.dataset}/{model_label(record['model'])} {b.init_mode} init, "
         f"{count(result.iterations, 'iteration')} in {result.elapsed:.0f}s, "
         f"loss {result.final_loss:.4f}{acc}"
     )

@@ -15,13 +15,15 @@ from ddcli.engine._loop import trim_metrics
 from ddcli.engine.events import EvalInfo
 from ddcli.engine.state import RunState, save_checkpoint
 from ddcli.infra import io as _io
+from ddcli.models import model_label
 
 
 def default_out(cfg: DistillConfig) -> Path:
     dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.data.dataset.split(":")[-1]).strip("_.")
+    model = model_label(cfg.model_name())  # your own model: its factory's name
     s = cfg.synth
     return Path(
-        f"{dataset or 'folder'}-{cfg.model_name()}-{cfg.init.mode}"
+        f"{dataset or 'folder'}-{model}-{cfg.init.mode}"
         f"-s{s.steps}e{s.epochs}k{s.images_per_class}.safetensors"
     )
 

@@ -13,12 +13,11 @@ import torch
 from ddcli.infra import provenance
 from ddcli.infra.device import resolve_device, retain_freed_memory
 from ddcli.bundle import Bundle
-from ddcli.config import DEFAULT_MODELS
-from ddcli.data import RealData, load_dataset, zca_dataset
+from ddcli.data import RealData, default_model, load_dataset, zca_dataset
 from ddcli.core.inner import InnerLoop
 from ddcli.core.steps import GD
 from ddcli.errors import ConfigError, DDError, ModelError
-from ddcli.models import check_functional, create_model
+from ddcli.models import check_functional, create_model, model_label
 from ddcli.evaluate._nets import supports_vmap
 from ddcli.evaluate._job import Job, count_stages
 from ddcli.evaluate._replay_protocol import checkpoints, run_replay
@@ -336,13 +335,15 @@ def _build_model(s: ImageSet, cfg: EvalConfig, protocol: str, data: RealData):
     if protocol == "replay":
         assert own is not None
         if cfg.model is not None and cfg.model != own.get("name"):
-            raise ConfigError(f"--model applies to --protocol train; replay runs the bundle's own "
-                              f"{own.get('name')} (its rates were learned for it)")
+            if not _same_factory(cfg.model, own.get("name")):
+                raise ConfigError(f"--model applies to --protocol train; replay runs the bundle's "
+                                  f"own {own.get('name')} (its rates were learned for it)")
+            own = {**own, "name": cfg.model}  # your model's file, moved since the bundle was made
         model = create_model(**own)
     elif cfg.model is None and own is not None:
         model = create_model(**own)
     else:
-        name = cfg.model or DEFAULT_MODELS.get(data.name, "convnet")
+        name = cfg.model or default_model(data.name)
         c, h = data.in_channels, data.image_size
         try:
             model = create_model(name, in_channels=c, num_classes=data.num_classes, image_size=h)
@@ -351,6 +352,12 @@ def _build_model(s: ImageSet, cfg: EvalConfig, protocol: str, data: RealData):
                              f"{exc}") from None
     check_functional(model)
     return model
+
+
+def _same_factory(given: str, recorded: Any) -> bool:
+    """Both name your own model's factory, by the same name (the file may have moved)."""
+    return (isinstance(recorded, str) and ":" in given and ":" in recorded
+            and model_label(given) == model_label(recorded))
 
 
 def chance_warnings(rows, num_classes: int, rate: str) -> list[str]:
