@@ -16,7 +16,7 @@ Opt = typer.Option
 
 @app.command("data")
 def data_command(
-    names: Annotated[Optional[List[str]], typer.Argument(help="Datasets to look for.", metavar="[DATASET]...", show_default="every registered one")] = None,
+    names: Annotated[Optional[List[str]], typer.Argument(help="Datasets to look for.", metavar="DATASET", show_default="every registered one")] = None,
     check: Annotated[bool, Opt("--check", help="Also read each present set's files, as training would, to check they are valid.")] = False,
     data_root: DataRoot = None,
     json_out: Json = False,
