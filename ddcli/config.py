@@ -83,6 +83,14 @@ class ModelConfig(Section):
                              "kaiming-out, orthogonal, normal or default.", MODEL, metavar="NAME")
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Your own model's file by its absolute path, so that a resume or a bundle's
+        # config finds it from any folder (imported only for such a name: it pulls in torch).
+        if isinstance(self.name, str) and ":" in self.name:
+            from ddcli.models._user import canonical_name
+
+            self.name = canonical_name(self.name)
+
 
 @dataclass
 class SynthConfig(Section):

@@ -165,3 +165,24 @@ def test_cli_errors_are_one_line_with_their_exit_code(nets, tmp_path, fixture_ro
                     ["pretrain", "mnist", "--n-nets", 1, "-o", tmp_path / "pool"]):
         err = one_line_error(run(*command, "--data-root", fixture_root, "--model", spec), code)
         assert needle in err
+
+
+def test_the_config_names_the_file_absolutely_so_a_resume_elsewhere_finds_it(
+        nets, tmp_path, fixture_root, monkeypatch):
+    from ddcli import DistillConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = DistillConfig.from_dict({"model": {"name": "nets.py:Tiny"}})
+    assert cfg.model.name == f"{nets.resolve()}:Tiny"
+    assert DistillConfig.from_dict({"model": {"name": "pkg.mod:Tiny"}}).model.name == "pkg.mod:Tiny"
+    out = tmp_path / "t.safetensors"
+    common = ("--data-root", fixture_root, "--batch-size", 64, "-q")
+    r = run("distill", "mnist", "--model", "nets.py:Tiny", "--iterations", 1, "--steps", 1,
+            "--epochs", 1, "-o", out, *common)
+    assert r.exit_code == 0, r.output
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = tmp_path / "t2.safetensors"
+    r = run("distill", "--resume", tmp_path / "t.run", "--iterations", 2, "-o", again, *common)
+    assert r.exit_code == 0, r.output
+    assert Bundle.load(again).model["name"] == f"{nets.resolve()}:Tiny"
