@@ -75,10 +75,9 @@ class DataConfig(Section):
 
 @dataclass
 class ModelConfig(Section):
-    name: str | None = _flag(None, "{models}, or your own as FILE.py:FACTORY or "
-                             "MODULE:FACTORY.", MODEL,
+    name: str | None = _flag(None, "{models} or FILE.py:FACTORY.", MODEL,
                              name="--model", metavar="NAME",
-                             default_text="the paper's for the dataset")
+                             default_text="the dataset's")
     init_scheme: str = _flag("xavier", "Weight init: xavier, xavier-uniform, kaiming, "
                              "kaiming-out, orthogonal, normal or default.", MODEL, metavar="NAME")
     kwargs: dict[str, Any] = field(default_factory=dict)

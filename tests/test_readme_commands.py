@@ -60,7 +60,8 @@ COMMANDS = readme_commands(README.read_text())
 def test_the_readme_commands_are_found():
     assert len(COMMANDS) >= 30
     assert ["distill", "--resume", "m.run"] in COMMANDS
-    assert {c[0] for c in COMMANDS} == {"distill", "eval", "visualize", "export", "pretrain"}
+    assert {c[0] for c in COMMANDS} == {"distill", "eval", "visualize", "export", "pretrain",
+                                        "data"}
     assert readme_commands("```bash\ndd a \\\n  --b 1  # note\n.venv/bin/dd c && x\n```") == [
         ["a", "--b", "1"], ["c"]]
 
@@ -98,6 +99,10 @@ def inputs(tmp_path_factory, data_root) -> Path:
     finally:
         os.chdir(old)
     shutil.copy(build / "m.safetensors", build / "quick.safetensors")
+    (build / "nets.py").write_text(  # your own model, as `--model nets.py:TinyNet` names it
+        "from torch import nn\n\n"
+        "def TinyNet(*, in_channels, num_classes, image_size):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))\n")
     _cifar_bundle().save(build / "c.safetensors")
     made = build.parent / "inputs"
     build.rename(made)
@@ -164,8 +169,10 @@ def test_readme_command_runs_as_written(args, inputs, data_root, tmp_path, monke
         assert cfg is not None
         return
     written = {a for i, a in enumerate(args) if i and args[i - 1] in ("-o", "--out")}
-    for path in inputs.iterdir():  # what the command reads, never what it writes
-        if path.name in set(args) - written:
+    # What the command reads (a FILE.py:FACTORY model's file too), never what it writes.
+    read = (set(args) | {a.rpartition(":")[0] for a in args if ".py:" in a}) - written
+    for path in inputs.iterdir():
+        if path.name in read:
             copy = shutil.copytree if path.is_dir() else shutil.copy
             copy(path, tmp_path / path.name)
     monkeypatch.chdir(tmp_path)
