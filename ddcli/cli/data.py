@@ -13,8 +13,15 @@ from ddcli.cli._options import DataRoot, Json
 
 Opt = typer.Option
 
+EXAMPLES = """
+# every dataset: where it is looked for, and whether its files are there
+dd data
+# read MNIST's files as training would (exit 1 if they are missing or invalid)
+dd data mnist --check --data-root /data
+"""
 
-@app.command("data")
+
+@app.command("data", epilog=EXAMPLES)
 def data_command(
     names: Annotated[Optional[List[str]], typer.Argument(help="Datasets to look for.", metavar="DATASET", show_default="every registered one")] = None,
     check: Annotated[bool, Opt("--check", help="Also read each present set's files, as training would, to check they are valid.")] = False,

@@ -32,8 +32,8 @@ EXAMPLES = """
 dd eval m.safetensors
 # and real-data baselines: random real, k-means, ...
 dd eval m.safetensors --compare
-# SGD on the images, with another model
-dd eval m.safetensors --protocol train --model convnet
+# SGD on the images, with another model: a cross-architecture row
+dd eval m.safetensors --protocol train --model resnet18
 # any .pt / .npz / ImageFolder set, as one JSON object
 dd eval set.npz --dataset mnist --json
 """
