@@ -64,6 +64,15 @@ def _override(text: str) -> dict[str, Any]:
     return {section: {name: parsed}}
 
 
+def config(preset: str, overrides: list[str], device: str = "cpu"):
+    """``preset`` with ``SECTION.KEY=VALUE`` overrides, run on ``device``."""
+    layer: dict[str, Any] = {"run": {"device": device}}
+    for text in overrides:
+        for section, values in _override(text).items():
+            layer.setdefault(section, {}).update(values)
+    return build_config(preset=preset, overrides=layer)
+
+
 def problem(preset: str, overrides: list[str], device: str = "cpu"):
     """(config, one meta-gradient of iteration 0) for ``preset``, as the engine runs it.
 
@@ -71,11 +80,7 @@ def problem(preset: str, overrides: list[str], device: str = "cpu"):
     training set of two batches), so the meta-gradient has the kernels, threads, chunks
     and precision a real run picks; only its numbers are random.
     """
-    layer: dict[str, Any] = {"run": {"device": device}}
-    for text in overrides:
-        for section, values in _override(text).items():
-            layer.setdefault(section, {}).update(values)
-    cfg = build_config(preset=preset, overrides=layer)
+    cfg = config(preset, overrides, device)
     info = dataset_info(cfg.data.dataset)
     c, hw, classes = info.in_channels, info.image_size, info.num_classes
     g = torch.Generator().manual_seed(0)
@@ -125,7 +130,8 @@ def train_protocol(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                    measure: bool = True) -> dict[str, Any]:
     """FLOPs (and, if ``measure``, seconds) of the train protocol for one fresh net.
 
-    ``x, y`` are the set, ``test_x, test_y`` the test split, all on the model's device.
+    ``x, y`` are the set, ``test_x, test_y`` the test split, all on the device the net
+    trains on; ``model`` gives the structure (its own weights are not used).
     """
     init = {k: v.to(x.device) for k, v in init_params(model, "default", 0).items()}
     train = dict(lr=lr, seeds=[0], batch_size=batch_size, augment=parse_augment(augment))
@@ -153,8 +159,9 @@ def train_problem(dataset: str, model_name: str, width: int | None, ipc: int,
     info = dataset_info(dataset)
     c, hw, classes = info.in_channels, info.image_size, info.num_classes
     kwargs = {"width": width} if width else {}
+    # The structure stays on the CPU, as in `dd eval`: weights move to the device.
     model = create_model(model_name, in_channels=c, num_classes=classes, image_size=hw,
-                         **kwargs).to(device)
+                         **kwargs)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(ipc * classes, c, hw, hw, generator=g)  # (ipc * classes, C, H, W)
     test_x = torch.randn(n_test, c, hw, hw, generator=g)
@@ -254,7 +261,8 @@ def main() -> None:
         print("| " + " | ".join(str(c) for c in cells) + " |")
     for r in rows:
         if "gflop_by_op" in r:
-            ops = ", ".join(f"{k.removeprefix('aten.')} {v:.2f}" for k, v in r["gflop_by_op"].items())
+            ops = ", ".join(f"{k.removeprefix('aten.')} {v:.2f}"
+                            for k, v in r["gflop_by_op"].items())
             print(f"\n{r['name']}: GFLOP by op: {ops}")
         else:
             print(f"\n{r['name']}: GFLOP per epoch {r['gflop_per_epoch']:.4f}, "
