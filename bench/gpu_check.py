@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = {
     "cuda": dict(gemm=4096, batch=512, sets=[], warmup=3, iterations=20, width=128,
                  epochs=300, nets=8, vmap_epochs=100, cli_nets=4),
-    "cpu": dict(gemm=512, batch=32, sets=["synth.steps=2", "synth.epochs=1"], warmup=1,
+    "cpu": dict(gemm=2048, batch=32, sets=["synth.steps=2", "synth.epochs=1"], warmup=1,
                 iterations=2, width=16, epochs=2, nets=3, vmap_epochs=2, cli_nets=2),
 }
 
@@ -185,7 +185,7 @@ def main() -> None:
     budget = BUDGETS["cuda" if device.startswith("cuda") else "cpu"]
     started = time.perf_counter()
     threads = torch.get_num_threads()
-    rate = gemm_gflops(budget["gemm"], threads, torch.float32, 5, device=device)
+    rate = gemm_gflops(budget["gemm"], threads, torch.float32, 3, device=device)
     name = (torch.cuda.get_device_name(device) if device.startswith("cuda")
             else f"{cpu_info()['cpu']}, {threads} thread(s)")
     print(f"gpu_check device: {device} ({name}), torch {torch.__version__}, sgemm "

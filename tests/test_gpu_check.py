@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NUM = r"(\d+(?:\.\d+)?)"
 MIB = r"[\d,]+ MiB"
 LINES = [
-    rf"gpu_check device: cpu \(.+, 1 thread\(s\)\), torch \S+, sgemm 512\^2 {NUM} GFLOP/s",
+    rf"gpu_check device: cpu \(.+, 1 thread\(s\)\), torch \S+, sgemm 2048\^2 {NUM} GFLOP/s",
     r"gpu_check data: .+ \(stand-ins\)",
     *(rf"distill {name}: {preset} \({model}\), T=2, batch 32: {NUM} s/iter, peak GPU memory "
       rf"n/a, peak RSS {MIB}, floor {NUM} s, {NUM}x floor"
