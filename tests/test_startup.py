@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,11 @@ def test_commands_mapping_lists_each_once_in_order():
     assert list(group.commands) == list(COMMANDS) == group.list_commands(None)
     assert len(group.commands) == len(COMMANDS)
     assert group.commands.get("nonesuch") is None
+
+
+def test_every_command_module_is_in_the_table():
+    found = {}
+    for path in sorted((ROOT / "ddcli" / "cli").glob("*.py")):
+        for name in re.findall(r'^@app\.command\("([\w-]+)"', path.read_text(), re.M):
+            found[name] = f"ddcli.cli.{path.stem}"
+    assert found == COMMANDS

@@ -14,7 +14,7 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
-# In the order `dd --help` lists them.
+# In the order `dd --help` lists them; a new command's module goes here.
 COMMANDS = {
     "distill": "ddcli.cli.distill",
     "export": "ddcli.cli.export",
@@ -23,12 +23,6 @@ COMMANDS = {
     "data": "ddcli.cli.data",
     "eval": "ddcli.cli.eval",
 }
-
-
-def mount_all() -> None:
-    """Import every command module, so that each registers itself on the app."""
-    for module in COMMANDS.values():
-        importlib.import_module(module)
 
 
 def summary(name: str) -> str:
