@@ -45,6 +45,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    cuda = torch.cuda.is_available()
     cfg_dict = spec["config"]
     cfg_dict.setdefault("optim", {})["iterations"] = spec["warmup"] + spec["iterations"]
     cfg = DistillConfig.from_dict(cfg_dict)
@@ -66,15 +67,19 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     except OSError:
         reset = False
     start_rss = _status_kib("VmRSS") * 1024
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     marks[0] = (time.perf_counter(), time.process_time())
     with tempfile.TemporaryDirectory() as tmp:
-        result = distill(cfg, out=Path(tmp) / "b.safetensors", data=data, callbacks=Clock())
+        out = Path(spec.get("out") or Path(tmp) / "b.safetensors")
+        result = distill(cfg, out=out, data=data, callbacks=Clock())
     peak = _status_kib("VmHWM") * 1024
     w, n = spec["warmup"], spec["iterations"]
     return {
         "s_per_iter": (marks[w + n][0] - marks[w][0]) / n,
         "cpu_s_per_iter": (marks[w + n][1] - marks[w][1]) / n,
         "peak_rss": peak if reset else None,
+        "peak_gpu": torch.cuda.max_memory_allocated() if cuda else None,
         "start_rss": start_rss,
         "threads": torch.get_num_threads(),
         "nets_batched": result.bundle.summary.get("nets_batched"),
@@ -83,9 +88,11 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(config: dict[str, Any], *, iterations: int, warmup: int = 2,
-            threads: int | None = None) -> dict[str, Any]:
-    """Run one configuration in a fresh process and return its figures."""
-    spec = {"config": config, "iterations": iterations, "warmup": warmup, "threads": threads}
+            threads: int | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Run one configuration in a fresh process and return its figures (``out``: keep
+    the bundle there)."""
+    spec = {"config": config, "iterations": iterations, "warmup": warmup, "threads": threads,
+            "out": str(out) if out else None}
     proc = subprocess.run([sys.executable, str(HERE / "_common.py"), "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:

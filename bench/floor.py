@@ -1,8 +1,10 @@
 """The FLOP floor of one outer iteration: its FLOP count over this machine's sgemm rate.
 
     .venv/bin/python bench/floor.py                                  # the two paper configs
-    .venv/bin/python bench/floor.py --preset paper-cifar10-fixed
-    .venv/bin/python bench/floor.py --preset quick-mnist --set synth.epochs=10 --measure
+    .venv/bin/python bench/floor.py --preset paper-cifar10-fixed --no-measure
+    .venv/bin/python bench/floor.py --preset quick-mnist --set synth.epochs=10
+    .venv/bin/python bench/floor.py --preset ratbptt-mnist-ipc10 --width 32 128 --threads 1
+    .venv/bin/python bench/floor.py --train-protocol --width 128 --epochs 300 --threads 1
 
 The count is taken with ``torch.utils.flop_counter.FlopCounterMode`` over one real
 meta-gradient, called as the engine calls it (its ``Runtime``, built on random images of
@@ -12,9 +14,17 @@ counted (what FlopCounterMode knows); elementwise ops, pooling and the optimiser
 are left out, so the floor is a lower bound. The rate is a 2048^2 float32 matmul
 (``bench/machine.py``), the best case for the same kernels; floor = FLOPs / rate.
 
-``--measure`` also times that meta-gradient in this process (best of ``--repeats``),
-which gives its ratio to the floor without the engine around it;
-``bench/distill_speed.py`` times whole iterations.
+Each row is also timed in this process (best of ``--repeats``; ``--no-measure`` skips
+it), which gives its ratio to the floor without the engine around it;
+``bench/distill_speed.py`` times whole iterations. ``--width`` gives one row per ConvNet
+width (``model.kwargs``), e.g. the RaT-BPTT-style iteration at 32 and 128.
+
+``--train-protocol`` counts `dd eval --protocol train` instead, for one net (a row of
+``n`` nets costs ``n`` times as much): SGD on ``--ipc`` random images per class for
+``--epochs`` epochs, then one pass over ``--n-test`` test images. One epoch is counted
+and multiplied by the epochs (every epoch runs the same batches), the test pass is
+counted on a slice and scaled; DSA's ops (``--augment dsa``) are not matmuls, so they
+add time but no FLOPs. Its timing is one whole training, once.
 """
 
 from __future__ import annotations
@@ -32,9 +42,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from machine import cpu_info, gemm_gflops
 
 from ddcli.config import build_config
+from ddcli.core.augment import parse_augment
+from ddcli.core.metrics import correct_counts
+from ddcli.core.params import init_params, stack_params
 from ddcli.data import RealData, dataset_info
 from ddcli.engine.runtime import Runtime
+from ddcli.evaluate import train_accuracies, train_nets
 from ddcli.infra.device import retain_freed_memory
+from ddcli.models import create_model
 
 DEFAULT_PRESETS = ("paper-mnist-fixed", "paper-cifar10-fixed")
 
@@ -49,18 +64,23 @@ def _override(text: str) -> dict[str, Any]:
     return {section: {name: parsed}}
 
 
-def problem(preset: str, overrides: list[str]):
+def config(preset: str, overrides: list[str], device: str = "cpu"):
+    """``preset`` with ``SECTION.KEY=VALUE`` overrides, run on ``device``."""
+    layer: dict[str, Any] = {"run": {"device": device}}
+    for text in overrides:
+        for section, values in _override(text).items():
+            layer.setdefault(section, {}).update(values)
+    return build_config(preset=preset, overrides=layer)
+
+
+def problem(preset: str, overrides: list[str], device: str = "cpu"):
     """(config, one meta-gradient of iteration 0) for ``preset``, as the engine runs it.
 
     The engine's own ``Runtime`` is built on random images of the dataset's shape (a
     training set of two batches), so the meta-gradient has the kernels, threads, chunks
     and precision a real run picks; only its numbers are random.
     """
-    layer: dict[str, Any] = {"run": {"device": "cpu"}}
-    for text in overrides:
-        for section, values in _override(text).items():
-            layer.setdefault(section, {}).update(values)
-    cfg = build_config(preset=preset, overrides=layer)
+    cfg = config(preset, overrides, device)
     info = dataset_info(cfg.data.dataset)
     c, hw, classes = info.in_channels, info.image_size, info.num_classes
     g = torch.Generator().manual_seed(0)
@@ -89,16 +109,109 @@ def count(once) -> tuple[int, dict[str, int]]:
     return counter.get_total_flops(), by_op
 
 
-def best_time(once, repeats: int) -> float:
+def best_time(once, repeats: int, device: str = "cpu") -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     # With the engine's allocator setting, or page faults on fresh blocks are timed too.
-    with retain_freed_memory(torch.device("cpu")):
+    with retain_freed_memory(torch.device(device)):
         once()
         best = float("inf")
         for _ in range(repeats):
+            sync()
             t = time.perf_counter()
             once()
+            sync()
             best = min(best, time.perf_counter() - t)
     return best
+
+
+def train_protocol(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   test_x: torch.Tensor, test_y: torch.Tensor, *, epochs: int,
+                   augment: str = "none", lr: float = 0.01, batch_size: int = 256,
+                   measure: bool = True) -> dict[str, Any]:
+    """FLOPs (and, if ``measure``, seconds) of the train protocol for one fresh net.
+
+    ``x, y`` are the set, ``test_x, test_y`` the test split, all on the device the net
+    trains on; ``model`` gives the structure (its own weights are not used).
+    """
+    init = {k: v.to(x.device) for k, v in init_params(model, "default", 0).items()}
+    train = dict(lr=lr, seeds=[0], batch_size=batch_size, augment=parse_augment(augment))
+    with FlopCounterMode(display=False) as counter:
+        list(train_nets(model, [init], x, y, epochs=1, batched=False, **train))
+    per_epoch = counter.get_total_flops()
+    part = test_x[:256]  # the forward pass is linear in the batch: count a slice, scale
+    with FlopCounterMode(display=False) as counter:
+        # An explicit chunk: no one-image probe of the activation size is counted.
+        correct_counts(model, stack_params([init], x.device), part, test_y[:256],
+                       vmapped=False, chunk=part.shape[0])
+    test = counter.get_total_flops() * test_x.shape[0] / max(1, part.shape[0])
+    out = {"gflop": (epochs * per_epoch + test) / 1e9, "gflop_per_epoch": per_epoch / 1e9,
+           "gflop_test": test / 1e9}
+    if measure:
+        out["measured_s"] = best_time(lambda: train_accuracies(
+            model, [init], x, y, test_x, test_y, batched=False, epochs=epochs, **train),
+            repeats=1, device=str(x.device))
+    return out
+
+
+def train_problem(dataset: str, model_name: str, width: int | None, ipc: int,
+                  n_test: int, device: str = "cpu"):
+    """(model, x, y, test_x, test_y): random images of ``dataset``'s shape, ``ipc`` per class."""
+    info = dataset_info(dataset)
+    c, hw, classes = info.in_channels, info.image_size, info.num_classes
+    kwargs = {"width": width} if width else {}
+    # The structure stays on the CPU, as in `dd eval`: weights move to the device.
+    model = create_model(model_name, in_channels=c, num_classes=classes, image_size=hw,
+                         **kwargs)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(ipc * classes, c, hw, hw, generator=g)  # (ipc * classes, C, H, W)
+    test_x = torch.randn(n_test, c, hw, hw, generator=g)
+    y, test_y = torch.arange(x.shape[0]) % classes, torch.arange(n_test) % classes
+    return model, *(t.to(device) for t in (x, y, test_x, test_y))
+
+
+def _preset_rows(args, threads: list[int], rates: dict[int, float]) -> list[dict[str, Any]]:
+    rows = []
+    for preset in args.preset or DEFAULT_PRESETS:
+        for width in args.width or [None]:
+            sets = args.set + ([f'model.kwargs={{"width": {width}}}'] if width else [])
+            cfg, once = problem(preset, sets)
+            flops, by_op = count(once)
+            row = {"name": f"{preset} ({cfg.model_name()}{f', width {width}' if width else ''})",
+                   "T": cfg.total_steps, "batch": cfg.data.batch_size, "gflop": flops / 1e9,
+                   "gflop_by_op": {k: v / 1e9 for k, v in by_op.items()}}
+            _time(row, threads, rates, lambda: best_time(once, args.repeats), args.measure)
+            rows.append(row)
+    return rows
+
+
+def _train_rows(args, threads: list[int], rates: dict[int, float]) -> list[dict[str, Any]]:
+    rows = []
+    for width in args.width or [128]:
+        model, x, y, test_x, test_y = train_problem(args.dataset, args.model, width, args.ipc,
+                                                    args.n_test)
+        size = dict(epochs=args.epochs, augment=args.augment)
+        row = train_protocol(model, x, y, test_x, test_y, measure=False, **size)
+        row.update(name=f"train protocol: {args.dataset} {args.model}"
+                   f"{f' width {width}' if width else ''}, {args.ipc}/class, {args.epochs} "
+                   f"epochs, augment {args.augment}, {args.n_test} test images",
+                   T=args.epochs, batch=min(x.shape[0], 256))
+        _time(row, threads, rates, lambda: train_protocol(
+            model, x, y, test_x, test_y, **size)["measured_s"], args.measure)
+        rows.append(row)
+    return rows
+
+
+def _time(row: dict[str, Any], threads: list[int], rates: dict[int, float], timer,
+          measure: bool) -> None:
+    row["floor_s"] = {t: row["gflop"] / r for t, r in rates.items()}
+    if not measure:
+        return
+    row["measured_s"] = {}
+    saved = torch.get_num_threads()
+    for t in threads:
+        torch.set_num_threads(t)
+        row["measured_s"][t] = timer()
+    torch.set_num_threads(saved)
 
 
 def main() -> None:
@@ -106,30 +219,27 @@ def main() -> None:
     ap.add_argument("--preset", action="append", help=f"default: {', '.join(DEFAULT_PRESETS)}")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one config value, e.g. data.batch_size=256")
+    ap.add_argument("--width", type=int, nargs="*", default=None,
+                    help="one row per ConvNet width (train protocol: default 128)")
     ap.add_argument("--threads", type=int, nargs="*", default=None,
                     help="thread counts for the sgemm rate (default 1 and all cores)")
-    ap.add_argument("--measure", action="store_true", help="also time the meta-gradient")
+    ap.add_argument("--measure", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time each row (default on)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    train = ap.add_argument_group("the train protocol (`dd eval --protocol train`)")
+    train.add_argument("--train-protocol", action="store_true",
+                       help="count one net's training and test pass instead of an iteration")
+    train.add_argument("--dataset", default="mnist")
+    train.add_argument("--model", default="convnet")
+    train.add_argument("--ipc", type=int, default=10, help="images per class")
+    train.add_argument("--epochs", type=int, default=300)
+    train.add_argument("--augment", default="none", help="none or dsa (as `dd eval --augment`)")
+    train.add_argument("--n-test", type=int, default=10_000, help="test images")
     args = ap.parse_args()
     threads = args.threads or sorted({1, os.cpu_count() or 1})
     rates = {t: gemm_gflops(2048, t, torch.float32, 10) for t in threads}
-    rows = []
-    for preset in args.preset or DEFAULT_PRESETS:
-        cfg, once = problem(preset, args.set)
-        flops, by_op = count(once)
-        row = {"preset": preset, "model": cfg.model_name(), "T": cfg.total_steps,
-               "batch": cfg.data.batch_size, "gflop": flops / 1e9,
-               "gflop_by_op": {k: v / 1e9 for k, v in by_op.items()},
-               "floor_s": {t: flops / 1e9 / r for t, r in rates.items()}}
-        if args.measure:
-            row["measured_s"] = {}
-            saved = torch.get_num_threads()
-            for t in threads:
-                torch.set_num_threads(t)
-                row["measured_s"][t] = best_time(once, args.repeats)
-            torch.set_num_threads(saved)
-        rows.append(row)
+    rows = (_train_rows if args.train_protocol else _preset_rows)(args, threads, rates)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if args.json:
         print(json.dumps({"sgemm_gflops": rates, "load_average": load, "configs": rows}))
@@ -137,20 +247,26 @@ def main() -> None:
     print(f"{cpu_info()['cpu']}, torch {torch.__version__}; sgemm 2048^2 GFLOP/s: "
           + ", ".join(f"{t} thread(s) {r:.1f}" for t, r in rates.items())
           + f"; load average {load:.1f}\n")
-    head = ["config", "T", "batch", "GFLOP / iter"] + [f"floor, {t} thr" for t in threads]
+    steps = "epochs" if args.train_protocol else "T"
+    head = ["config", steps, "batch", "GFLOP"] + [f"floor, {t} thr" for t in threads]
     if args.measure:
-        head += [f"meta-gradient, {t} thr (x floor)" for t in threads]
+        head += [f"measured, {t} thr (x floor)" for t in threads]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
-        cells = [f"{r['preset']} ({r['model']})", r["T"], r["batch"], f"{r['gflop']:.2f}"]
+        cells = [r["name"], r["T"], r["batch"], f"{r['gflop']:.2f}"]
         cells += [f"{r['floor_s'][t]:.4f} s" for t in threads]
         if args.measure:
             cells += [f"{r['measured_s'][t]:.3f} s ({r['measured_s'][t] / r['floor_s'][t]:.1f}x)"
                       for t in threads]
         print("| " + " | ".join(str(c) for c in cells) + " |")
     for r in rows:
-        ops = ", ".join(f"{k.removeprefix('aten.')} {v:.2f}" for k, v in r["gflop_by_op"].items())
-        print(f"\n{r['preset']}: GFLOP by op: {ops}")
+        if "gflop_by_op" in r:
+            ops = ", ".join(f"{k.removeprefix('aten.')} {v:.2f}"
+                            for k, v in r["gflop_by_op"].items())
+            print(f"\n{r['name']}: GFLOP by op: {ops}")
+        else:
+            print(f"\n{r['name']}: GFLOP per epoch {r['gflop_per_epoch']:.4f}, "
+                  f"test pass {r['gflop_test']:.3f}")
 
 
 if __name__ == "__main__":

@@ -45,22 +45,26 @@ def cpu_info() -> dict[str, Any]:
             "isa_missing": [f for f in ISA_FLAGS if flags and f not in flags]}
 
 
-def gemm_gflops(size: int, threads: int, dtype, repeats: int) -> float:
-    """Best-of-``repeats`` GFLOP/s of a ``size``-square matmul at ``threads`` threads."""
+def gemm_gflops(size: int, threads: int, dtype, repeats: int, device: str = "cpu") -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size``-square matmul at ``threads`` threads
+    (CPU threads; on a GPU ``threads`` changes nothing)."""
     import torch
 
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     try:
         g = torch.Generator().manual_seed(0)
-        a = torch.randn(size, size, generator=g).to(dtype)
-        b = torch.randn(size, size, generator=g).to(dtype)
-        out = torch.empty(size, size, dtype=dtype)
+        a = torch.randn(size, size, generator=g).to(device, dtype)
+        b = torch.randn(size, size, generator=g).to(device, dtype)
+        out = torch.empty(size, size, dtype=dtype, device=device)
         torch.mm(a, b, out=out)  # warm: kernel selection, page faults on out
+        sync()
         best = float("inf")
         for _ in range(repeats):
             t = time.perf_counter()
             torch.mm(a, b, out=out)
+            sync()
             best = min(best, time.perf_counter() - t)
     finally:
         torch.set_num_threads(saved)

@@ -16,6 +16,7 @@ from typer._click import exceptions as click_errors  # typer >= 0.29 vendors Cli
 from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 
+from ddcli.cli._commands import LazyCommands, summary
 from ddcli.errors import DDError
 
 
@@ -99,7 +100,23 @@ class _Typer(typer.Typer):
 
 
 class _Group(TyperGroup):
-    """Maps every error to one line on stderr and its exit code (2 for usage errors)."""
+    """Maps every error to one line on stderr and its exit code (2 for usage errors).
+
+    Its commands are mounted when first looked up (``ddcli.cli._commands``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commands = LazyCommands(self.commands, app)
+
+    def summaries(self) -> list[tuple[str, str]]:
+        """(name, help) of each visible command, without mounting those not yet mounted."""
+        rows = []
+        for name in self.commands:
+            if not self.commands.is_built(name):  # type: ignore[attr-defined]
+                rows.append((name, summary(name)))
+            elif not self.commands[name].hidden:
+                rows.append((name, self.commands[name].help or ""))
+        return rows
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _print_help(self, ctx)
@@ -163,7 +180,6 @@ app = _Typer(
 
 def main() -> None:
     """Console-script entry point (`dd`, `ddcli`, `python -m ddcli`)."""
-    from ddcli.cli import _commands  # noqa: F401  (mounts the subcommands)
     from ddcli.infra.signals import rearm_interrupt
 
     rearm_interrupt()  # Ctrl-C works for every command, even one started with `&` by a script

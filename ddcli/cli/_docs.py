@@ -136,10 +136,9 @@ def print_help(command: Any, ctx: Any) -> None:
     groups = panels(command.get_params(ctx))
     rows = {title: [(_name_cell(p), *_help_cell(p)) for p in params]
             for title, params in groups.items()}
-    if hasattr(command, "list_commands"):  # `dd --help`: the subcommands, a line each
-        subs = [command.get_command(ctx, name) for name in command.list_commands(ctx)]
-        rows["Commands"] = [(Text(sub.name, style="option"), Text(_first_line(sub.help)), Text())
-                            for sub in subs if sub is not None and not sub.hidden]
+    if hasattr(command, "summaries"):  # `dd --help`: the subcommands, a line each
+        rows["Commands"] = [(Text(name, style="option"), Text(_first_line(help)), Text())
+                            for name, help in command.summaries()]
     inner = console.width - 4  # inside the panel's border and padding
     # The name column takes the width that makes the screen shortest: a name longer
     # than it gets a line of its own (as argparse does), the description keeps the rest.
