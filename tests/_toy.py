@@ -65,3 +65,36 @@ def distill_until_ctrl_c(cfg, out, data, at: int) -> None:
 
     with pytest.raises(Interrupted):
         distill(cfg, out=out, data=data, callbacks=CtrlC())
+
+
+def tiny_mlp():
+    """A 16 -> 8 -> 3 MLP for 1x4x4 inputs (the SGD reference tests' model)."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                               torch.nn.Linear(8, 3))
+
+
+def torch_sgd_reference(p0, x, y, *, lr, epochs, batch, seed, decay, decay_epoch,
+                        fresh_optimizer=False):
+    """Train ``tiny_mlp()`` from ``p0`` with torch.optim.SGD (momentum 0.9, wd 5e-4), net
+    order from ``manual_seed(seed)``; after ``decay_epoch`` epochs the lr is multiplied by
+    ``decay``, in the same optimiser (StepLR's way) or a new one (DC's code:
+    ``if ep in lr_schedule: lr *= 0.1; optimizer = SGD(...)``). Returns the module."""
+    ref = tiny_mlp()
+    ref.load_state_dict(p0)
+    opt = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    order = torch.Generator().manual_seed(seed)
+    for ep in range(epochs):
+        perm = torch.randperm(x.shape[0], generator=order)
+        for i in range(0, x.shape[0], batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+            opt.step()
+        if ep + 1 == decay_epoch:
+            lr = lr * decay
+            if fresh_optimizer:
+                opt = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+            else:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+    return ref

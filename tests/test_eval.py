@@ -210,28 +210,17 @@ def test_train_protocol_sgd_equals_torch_sgd_with_step_decay_at_half(decay):
     ``lr_decay`` after half the epochs (DC's x0.1 by default), in the same batch order."""
     from ddcli.evaluate import train_nets
 
+    from tests._toy import tiny_mlp, torch_sgd_reference
+
     g = torch.Generator().manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
-                                torch.nn.Linear(8, 3))
+    model = tiny_mlp()
     x, y = torch.randn(10, 1, 4, 4, generator=g), torch.randint(0, 3, (10,), generator=g)
     p0 = {k: v.detach().clone() for k, v in model.named_parameters()}
     epochs, batch, seed = 4, 4, 7
     (_, got), = list(train_nets(model, [p0], x, y, lr=0.1, epochs=epochs, seeds=[seed],
                                 batch_size=batch, lr_decay=decay, batched=False))
-    ref = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
-                              torch.nn.Linear(8, 3))
-    ref.load_state_dict(p0)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=epochs // 2, gamma=decay)
-    order = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(10, generator=order)
-        for i in range(0, 10, batch):
-            idx = perm[i:i + batch]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
-            opt.step()
-        sched.step()
+    ref = torch_sgd_reference(p0, x, y, lr=0.1, epochs=epochs, batch=batch, seed=seed,
+                              decay=decay, decay_epoch=epochs // 2)
     for k, v in ref.named_parameters():
         torch.testing.assert_close(got[k][0], v.detach(), rtol=1e-6, atol=1e-7)
 

@@ -17,7 +17,7 @@ from ddcli.evaluate import EvalConfig, evaluate_bundle, train_nets
 from ddcli.evaluate.protocols import resolve
 from tests._cli import one_line_error, run
 from tests.test_eval_cli import mnist_bundle  # noqa: F401  (fixture)
-from tests._toy import toy_data
+from tests._toy import tiny_mlp, toy_data, torch_sgd_reference
 
 
 # --- the protocols' knobs ------------------------------------------------------------
@@ -128,31 +128,16 @@ def test_dc_augmentation_draws_dcs_ranges_and_is_seeded():
 
 def test_reset_momentum_equals_a_new_torch_sgd_at_the_decay_epoch():
     g = torch.Generator().manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
-                                torch.nn.Linear(8, 3))
+    model = tiny_mlp()
     x, y = torch.randn(10, 1, 4, 4, generator=g), torch.randint(0, 3, (10,), generator=g)
     p0 = {k: v.detach().clone() for k, v in model.named_parameters()}
     epochs, decay_epoch, batch, seed = 5, 3, 4, 7
+    ref = torch_sgd_reference(p0, x, y, lr=0.1, epochs=epochs, batch=batch, seed=seed,
+                              decay=0.1, decay_epoch=decay_epoch, fresh_optimizer=True)
     for batched in (False, True):
         (_, got), = list(train_nets(model, [p0], x, y, lr=0.1, epochs=epochs, seeds=[seed],
                                     batch_size=batch, decay_epoch=decay_epoch,
                                     reset_momentum=True, batched=batched))
-        ref = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
-                                  torch.nn.Linear(8, 3))
-        ref.load_state_dict(p0)
-        lr = 0.1
-        opt = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-        order = torch.Generator().manual_seed(seed)
-        for ep in range(epochs):
-            perm = torch.randperm(10, generator=order)
-            for i in range(0, 10, batch):
-                idx = perm[i:i + batch]
-                opt.zero_grad()
-                F.cross_entropy(ref(x[idx]), y[idx]).backward()
-                opt.step()
-            if ep + 1 == decay_epoch:  # DC: `if ep in lr_schedule: lr *= 0.1; new SGD`
-                lr *= 0.1
-                opt = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         for k, v in ref.named_parameters():
             torch.testing.assert_close(got[k][0], v.detach(), rtol=1e-5, atol=1e-6)
     # and it is a different run from one that keeps the momentum
