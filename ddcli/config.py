@@ -24,7 +24,8 @@ from .infra.sections import Flag, Section, collect_flags, flag, load_config_file
 INIT_MODES = ("fixed", "random", "pretrained-fixed", "pretrained-random")
 UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
 PRECISIONS = ("fp32", "bf16-outer")  # ddcli.core.nets
-OBJECTIVES = ("distill", "adapt", "attack", "distribution")  # ddcli.core.objectives
+OBJECTIVES = ("distill", "adapt", "attack", "distribution", "trajectory")  # ddcli.core.objectives
+TRAJECTORY_RATES = ("one", "per-step")  # ddcli.core.trajectory
 META_OPTIMIZERS = ("adam", "sgd")
 WINDOW_SAMPLING = ("last", "random")
 INNER_OPTIMIZERS = ("gd", "sgd", "adam")
@@ -179,7 +180,8 @@ class InitConfig(Section):
 
 @dataclass
 class ObjectiveConfig(Section):
-    kind: str = _flag("distill", "distill, adapt, attack or distribution (DM).", POOLS,
+    kind: str = _flag("distill", "distill, adapt, attack, distribution (DM) or trajectory "
+                      "(MTT).", POOLS,
                       name="--objective",
                       choices=OBJECTIVES, metavar="KIND")
     source_dataset: str | None = _flag(None, "adapt: the dataset the pool was trained on.",
@@ -188,6 +190,15 @@ class ObjectiveConfig(Section):
                                      POOLS)
     target_class: int | None = _flag(None, "attack: the class B that A should be taken for.",
                                      POOLS)
+    # MTT: the unroll of --unroll-steps synthetic steps from an expert's weights at epoch
+    # t aims at its weights at epoch t + M; t is drawn from 0..--max-start-epoch.
+    expert_epochs: int = _flag(2, "trajectory: expert epochs M the synthetic steps match.",
+                               POOLS, metavar="M")
+    max_start_epoch: int = _flag(20, "trajectory: latest expert epoch to start from.",
+                                 POOLS, metavar="E")
+    # one: MTT's single learned rate (every step's rate moves together); per-step: T rates.
+    trajectory_rate: str = _flag("one", "trajectory: one learned rate (MTT) or per-step.",
+                                 POOLS, choices=TRAJECTORY_RATES, metavar="HOW")
 
 
 @dataclass

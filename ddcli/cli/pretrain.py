@@ -25,6 +25,8 @@ dd pretrain mnist --n-nets 10 --real-epochs 2 -o mnist-pool
 dd pretrain mnist --n-nets 20 --real-epochs 2 -o mnist-pool
 # ConvNets on CIFAR-10, SGD with momentum
 dd pretrain cifar10 --model convnet --optimizer sgd -o cifar-pool
+# expert trajectories for trajectory matching (MTT): weights after each of 50 epochs
+dd pretrain cifar10 --model convnet --optimizer sgd --lr 0.01 --real-epochs 50 --trajectories -o cifar-experts
 """
 
 
@@ -42,6 +44,7 @@ def pretrain_command(
     weight_decay: Annotated[float, Opt(help="L2 weight decay.")] = 0.0,
     init_scheme: Annotated[str, Opt(help="Weight init of every net (as in dd distill).")] = "xavier",
     nets_per_batch: Annotated[Optional[int], Opt(help="Networks trained together with torch.func.vmap.", show_default="1 on CPU, 16 on a GPU")] = None,
+    trajectories: Annotated[bool, Opt("--trajectories", help="Also keep each net's weights after every epoch (expert trajectories for --objective trajectory).")] = False,
     seed: Seed = None,
     data_root: DataRoot = None,
     device: Device = None,
@@ -51,7 +54,8 @@ def pretrain_command(
     """Train a pool of networks on real data (for --init-mode pretrained-fixed/-random)."""
     rearm_interrupt()  # Ctrl-C works even if started with `&` from a script
     recipe = PretrainRecipe(real_epochs=real_epochs, optimizer=optimizer, lr=lr,
-                            batch_size=batch_size, momentum=momentum, weight_decay=weight_decay)
+                            batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
+                            trajectories=trajectories)
     with PretrainProgress(quiet=quiet or json_out) as progress:
         result = pretrain(dataset, out=out, n_nets=n_nets, model=model, recipe=recipe,
                           init_scheme=init_scheme, seed=seed or 0, nets_per_batch=nets_per_batch,

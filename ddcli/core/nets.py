@@ -57,7 +57,7 @@ from ddcli.core.metrics import activation_floats
 from ddcli.core.params import Params, stack_params
 from ddcli.core.schedules import Schedule
 from ddcli.core.steps import StepFn
-from ddcli.core.unroll import MetaGradient, differentiate_unroll
+from ddcli.core.unroll import MetaGradient, OuterFn, differentiate_unroll
 
 OuterLoss = Callable[[nn.Module, Params, Tensor, Tensor], Tensor]
 PRECISIONS = ("fp32", "bf16-outer")
@@ -241,15 +241,38 @@ class NetsMetaGradient:
                  schedule: Schedule | None = None, window: tuple[int, int] | None = None,
                  loss_fn: OuterLoss | None = None) -> MetaGradient:
         model, loss_fn = self.step.model, loss_fn or self.loss_fn
-        common = dict(labels=labels, schedule=schedule, mode=self.mode, window=window)
         options = dict(chunk=self.chunk_for(real_x), precision=self.precision,
                        nhwc=self.real_nhwc and real_x.dim() == 4)
+
+        one: list[OuterFn] = []  # every net's outer is the same function: build it once
+
+        def outer_for(net: int | None) -> OuterFn:
+            if net is None:
+                return batched_outer(model, loss_fn, real_x, real_y, **options)
+            if not one:
+                one.append(real_batch_adjoint(model, loss_fn, real_x, real_y, **options))
+            return one[0]
+
+        return self.through(inits, learned, outer_for, labels=labels, schedule=schedule,
+                            window=window)
+
+    def through(self, inits: list[Params], learned: dict[str, Tensor],
+                outer_for: Callable[[int | None], OuterFn], *, labels: Tensor | None = None,
+                schedule: Schedule | None = None,
+                window: tuple[int, int] | None = None) -> MetaGradient:
+        """The meta-gradient of any outer loss at the unrolled weights, summed over nets.
+
+        ``outer_for(i)`` is net i's ``OuterFn`` (its loss and a_N at its final weights);
+        ``outer_for(None)`` that of all the nets stacked, the sum of their losses (used
+        when they unroll together). The real-batch loss (``__call__``) and trajectory
+        matching (``ddcli.core.trajectory``) are both this.
+        """
+        common = dict(labels=labels, schedule=schedule, mode=self.mode, window=window)
         if len(inits) > 1 and self.batched:
             try:
                 # N nets make every op N times larger: worth all the threads
                 # (docs/performance.md, "Several networks at once").
-                outer = batched_outer(model, loss_fn, real_x, real_y, **options)
-                return differentiate_unroll(self.step.batched_like(), outer,
+                return differentiate_unroll(self.step.batched_like(), outer_for(None),
                                             stack_params(inits), learned, **common)
             except (RuntimeError, NotImplementedError) as exc:
                 # Nothing was changed (all of it is pure functions): loop from here on.
@@ -257,17 +280,17 @@ class NetsMetaGradient:
                 warnings.warn(
                     f"this model can't be evaluated for several networks at once with "
                     f"torch.func.vmap ({self.fallback_reason}); looping over them instead",
-                    RuntimeWarning, stacklevel=2,
+                    RuntimeWarning, stacklevel=3,
                 )
         total = None
-        outer = real_batch_adjoint(model, loss_fn, real_x, real_y, **options)
         outside = torch.backends.mkldnn.enabled if self.inner_onednn is not None else None
+        for i, params0 in enumerate(inits):
+            outer = outer_for(i)
 
-        def outer_as_before(final: Params):
-            with _onednn(outside):  # the real batch keeps the kernels it had
-                return outer(final)
+            def outer_as_before(final: Params, outer=outer):
+                with _onednn(outside):  # the outer loss keeps the kernels it had
+                    return outer(final)
 
-        for params0 in inits:
             with _onednn(self.inner_onednn):
                 part = differentiate_unroll(self.step, outer_as_before, params0, learned,
                                             inner_threads=self.inner_threads, **common)

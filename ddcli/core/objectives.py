@@ -11,6 +11,8 @@ it knows nothing of any one objective.
 - ``attack``: the same loss with real images of class A relabelled as B.
 - ``distribution`` (``ddcli.core.distribution``): DM, matching mean embeddings of real
   and synthetic images class by class under fresh networks; no unroll.
+- ``trajectory`` (``ddcli.core.trajectory``): MTT, the unroll from an expert's weights
+  at epoch t aims at its weights at epoch t + M.
 
 A new objective is one module: a subclass of ``Objective`` and a builder decorated with
 ``@register_objective(name)`` (imported at the bottom of this file), its name in
@@ -35,7 +37,9 @@ from ddcli.infra.registry import Registry
 REAL_BATCH = "real-batch"  # x, y: a real minibatch, augmented as --augment says
 CLASS_BATCHES = "class-batches"  # per_class: --batch-size real images of each class, as stored
 NOTHING = "nothing"
-# Trajectory matching would add "expert-segment": the init source's start and target.
+# targets: the init source's segment ends, one per net (``InitSource.segments``); its
+# starts are the iteration's inits.
+EXPERT_SEGMENT = "expert-segment"
 
 
 @dataclass
@@ -46,13 +50,14 @@ class OuterBatch:
     x: Tensor | None = None  # (B, C, H, W)
     y: Tensor | None = None  # (B,)
     per_class: list[Tensor] | None = None  # class c's real images, (B_c, C, H, W)
+    targets: list[Params] | None = None  # net i's target weights (EXPERT_SEGMENT)
 
 
 class Objective(abc.ABC):
     """The outer loss of a run and its gradient with respect to the learned tensors.
 
     Class attributes say what the engine must provide: ``needs`` (one of ``REAL_BATCH``,
-    ``CLASS_BATCHES``, ``NOTHING``), ``learns_rates`` (False: the inner rates stay at
+    ``CLASS_BATCHES``, ``EXPERT_SEGMENT``, ``NOTHING``), ``learns_rates`` (False: the inner rates stay at
     ``--step-lr``, outside the optimiser, and the bundle stores them as they began) and
     ``unrolls`` (False: the set's inner loop plays no part, nor ``--dry-run``'s estimate).
     """
@@ -171,4 +176,4 @@ def _attack(cfg, num_classes: int | None) -> Objective:
 
 
 # Objectives in modules of their own register on import.
-from ddcli.core import distribution  # noqa: E402,F401  isort: skip
+from ddcli.core import distribution, trajectory  # noqa: E402,F401  isort: skip

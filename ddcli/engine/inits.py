@@ -1,4 +1,5 @@
-"""Where each outer iteration's initial weights theta_0 come from (the four init modes)."""
+"""Where each outer iteration's initial weights theta_0 come from (the four init modes),
+and, for trajectory matching, the expert segments: a start and a target per net."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ class InitSource(abc.ABC):
     @abc.abstractmethod
     def sample(self, iteration: int) -> list[Params]:
         """The inits for outer iteration ``iteration`` (0-based)."""
+
+    def segments(self, iteration: int) -> tuple[list[Params], list[Params] | None]:
+        """The inits of ``iteration`` and, where the source has them, a target for each
+        (an expert's later weights, ``ExpertSegments``); None otherwise."""
+        return self.sample(iteration), None
 
     def describe(self) -> dict:
         return {"mode": self.mode}
@@ -172,8 +178,72 @@ class PretrainedRandomInit(InitSource):
         return [self._load(i) for i in (self.held_out or self.train)[:n]]
 
 
-def make_init_source(cfg, model: nn.Module, device: torch.device) -> InitSource:
-    """Build the init source named by ``cfg.init.mode``."""
+class ExpertSegments(PretrainedRandomInit):
+    """Trajectory matching's source: at every iteration ``sample_n_nets`` experts of the
+    pool's training part, each with a start epoch t in 0..``max_start_epoch``; the start
+    is the expert's weights after epoch t, the target its weights after t + ``span``.
+
+    Draws are seeded by (seed, iteration), so a resumed run draws the same segments.
+    Trajectories are read once and kept (the ``cache`` most recently used).
+    """
+
+    def __init__(self, pool, sample_n_nets: int, seed: int, holdout: float, span: int,
+                 max_start: int, device: torch.device, names: list[str],
+                 cache: int = 16) -> None:
+        if not pool.has_trajectories:
+            raise PoolError(f"pool {pool.path} keeps no expert trajectories; make one with "
+                            f"`dd pretrain {pool.dataset} --trajectories -o DIR`")
+        epochs = pool.trajectory_epochs
+        if max_start + span > epochs:
+            raise PoolError(
+                f"--max-start-epoch {max_start} + --expert-epochs {span} exceeds the "
+                f"{epochs} epochs of the trajectories in pool {pool.path}")
+        super().__init__(pool, sample_n_nets, seed, holdout, device, names)
+        self.span, self.max_start, self.cache = span, max_start, cache
+        self.info.update(expert_epochs=span, max_start_epoch=max_start,
+                         trajectory_epochs=epochs)
+        self._trajectories: dict[int, Params] = {}
+
+    def draws(self, iteration: int) -> list[tuple[int, int]]:
+        """(pool index, start epoch) of every segment of ``iteration``."""
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "expert", iteration))
+        order = torch.randperm(len(self.train), generator=g)[: self.sample_n_nets].tolist()
+        starts = torch.randint(0, self.max_start + 1, (len(order),), generator=g).tolist()
+        return sorted((self.train[j], t) for j, t in zip(order, starts))
+
+    def _trajectory(self, index: int) -> Params:
+        traj = self._trajectories.pop(index, None)
+        if traj is None:
+            traj = _model_order(self.pool.load_trajectory(index, self.device), self.names)
+            moved = [t for t in range(self.max_start + 1) if not any(
+                (v[t] != v[t + self.span]).any() for v in traj.values())]
+            if moved:  # L would be 0 / 0
+                raise PoolError(f"pool {self.pool.path}: net {index}'s weights do not change "
+                                f"from epoch {moved[0]} to {moved[0] + self.span}")
+            if len(self._trajectories) >= self.cache:
+                self._trajectories.pop(next(iter(self._trajectories)))
+        self._trajectories[index] = traj  # most recently used last
+        return traj
+
+    def segments(self, iteration: int) -> tuple[list[Params], list[Params]]:
+        starts, targets = [], []
+        for index, t in self.draws(iteration):
+            traj = self._trajectory(index)
+            starts.append({k: v[t] for k, v in traj.items()})
+            targets.append({k: v[t + self.span] for k, v in traj.items()})
+        return starts, targets
+
+    def sample(self, iteration: int) -> list[Params]:
+        return self.segments(iteration)[0]
+
+    def eval_inits(self, n: int) -> list[Params] | None:
+        return None  # the set is for training fresh nets (MTT's evaluation)
+
+
+def make_init_source(cfg, model: nn.Module, device: torch.device, *,
+                     segments: bool = False) -> InitSource:
+    """Build the init source named by ``cfg.init.mode``; with ``segments`` (an objective
+    that matches expert trajectories) a pretrained-random one yields expert segments."""
     i = cfg.init
     if i.mode == "fixed":
         params = init_params(model, cfg.model.init_scheme, i.seed)
@@ -194,6 +264,10 @@ def make_init_source(cfg, model: nn.Module, device: torch.device) -> InitSource:
         names = [name for name, _ in model.named_parameters()]
         if i.mode == "pretrained-fixed":
             return PretrainedFixedInit(pool, i.pool_index, i.pool_holdout, device, names)
+        if segments:
+            o = cfg.objective
+            return ExpertSegments(pool, i.sample_n_nets, i.seed, i.pool_holdout,
+                                  o.expert_epochs, o.max_start_epoch, device, names)
         return PretrainedRandomInit(pool, i.sample_n_nets, i.seed, i.pool_holdout, device, names)
     raise ConfigError(f"--init-mode {i.mode} is not supported by this build")
 

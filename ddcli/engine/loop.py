@@ -179,8 +179,11 @@ class _Run:
         #    a batch of every class, or nothing.
         batch = rt.outer_batch(it, self.aug_gen)
         # 2. This iteration's initial weights: every rank draws all, each uses its share.
-        inits = self.source.sample(it)
+        #    Trajectory matching's source also gives each net its target.
+        inits, targets = self.source.segments(it)
         mine = [_device.to_device(p, rt.device) for p in rt.dist.share(inits)]
+        if targets is not None:
+            batch.targets = [_device.to_device(p, rt.device) for p in rt.dist.share(targets)]
         # 3. The inner loop of this iteration: its schedule (minibatches of the pool,
         #    augmentation seeds) and the window of steps to differentiate.
         schedule, window = rt.inner_plan(it)

@@ -19,7 +19,8 @@ from ddcli.core.nets import NetsMetaGradient
 from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
 from ddcli.core.seeds import derive_seed
 from ddcli.core.schedules import Schedule
-from ddcli.core.objectives import CLASS_BATCHES, REAL_BATCH, OuterBatch, make_objective
+from ddcli.core.objectives import (CLASS_BATCHES, EXPERT_SEGMENT, REAL_BATCH, OuterBatch,
+                                   make_objective)
 from ddcli.data import RealData, load_dataset, zca_dataset
 from ddcli.engine.batches import BatchSampler, ClassBatchSampler, augment_batch
 from ddcli.engine.inits import (FixedInit, InitSource, initial_images, make_init_source,
@@ -96,7 +97,7 @@ class Runtime:
         s = cfg.synth
         shape = (s.steps, d.num_classes * s.images_per_class, d.in_channels, d.image_size,
                  d.image_size)
-        source = make_init_source(cfg, self.model, self.init_device)
+        source = self.make_source()
         images = initial_images(shape, cfg.init.seed)
         if s.init_images == "real":
             images = real_initial_images(self.train_x, self.train_y, self.labels, cfg.init.seed)
@@ -151,7 +152,11 @@ class Runtime:
         if state.fixed_params is not None and self.cfg.init.mode == "fixed":
             return FixedInit({k: v.to(self.device) for k, v in state.fixed_params.items()})
         # A pretrained-fixed run reloads its pool net, so its bundle keeps the pool's record.
-        return make_init_source(self.cfg, self.model, self.init_device)
+        return self.make_source()
+
+    def make_source(self) -> InitSource:
+        return make_init_source(self.cfg, self.model, self.init_device,
+                                segments=self.objective.needs == EXPERT_SEGMENT)
 
     def provenance(self, *, preset: str | None = None) -> dict[str, Any]:
         """This process's record: versions, command, code, device, threads, data."""

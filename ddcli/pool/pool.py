@@ -14,6 +14,17 @@ A pool is a folder made by ``dd pretrain``:
 ``nets``: one record per network with ``index``, ``file``, ``seed``, ``test_acc`` and
 ``sha256`` (of the file's bytes). Each net file carries its own record too, so a
 manifest lost in a crash is rebuilt from the files.
+
+A pool pretrained with ``--trajectories`` (recipe ``"trajectories": true``) also keeps
+each net's expert trajectory, the buffers trajectory matching (MTT) starts from and
+aims at:
+
+    POOL_DIR/traj-00000.safetensors  the net's weights after every epoch 0..E (epoch 0:
+                                     its init), each parameter stacked as (E + 1, *shape),
+                                     plus the net file's metadata and ``epochs`` (E)
+
+and the net's record names it (``trajectory``, ``trajectory_sha256``). A pool without
+trajectories has neither key.
 """
 
 from __future__ import annotations
@@ -38,11 +49,16 @@ from ddcli.core.params import Params
 MANIFEST = "pool.json"
 FORMAT_NAME = "ddcli-pool"
 NET_FORMAT_NAME = "ddcli-pool-net"
+TRAJECTORY_FORMAT_NAME = "ddcli-pool-trajectory"
 FORMAT_VERSION = 1
 
 
 def net_file(index: int) -> str:
     return f"net-{index:05d}.safetensors"
+
+
+def trajectory_file(index: int) -> str:
+    return f"traj-{index:05d}.safetensors"
 
 
 @dataclass
@@ -54,6 +70,15 @@ class PoolNet:
     seed: int
     test_acc: float
     sha256: str
+    trajectory: str | None = None  # traj-NNNNN.safetensors, if the pool keeps trajectories
+    trajectory_sha256: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's record: the trajectory keys only where there is one."""
+        out = asdict(self)
+        if self.trajectory is None:
+            del out["trajectory"], out["trajectory_sha256"]
+        return out
 
 
 @dataclass
@@ -134,23 +159,36 @@ class Pool:
             "mean": list(self.mean), "std": list(self.std), "input_shape": list(self.input_shape),
             "model": self.model, "init_scheme": self.init_scheme, "seed": self.seed,
             "recipe": self.recipe,
-            "nets": [asdict(n) for n in sorted(self.nets, key=lambda n: n.index)],
+            "nets": [n.record() for n in sorted(self.nets, key=lambda n: n.index)],
         }
 
     def save_manifest(self) -> None:
         _io.write_json(self.path / MANIFEST, self.to_manifest())
 
-    def write_net(self, index: int, params: Params, *, seed: int, test_acc: float) -> PoolNet:
-        """Write one network's file atomically and add (or replace) its record."""
+    def write_net(self, index: int, params: Params, *, seed: int, test_acc: float,
+                  trajectory: Params | None = None) -> PoolNet:
+        """Write one network's file atomically and add (or replace) its record.
+
+        ``trajectory``: its weights after every epoch, each parameter (E + 1, *shape);
+        written first, so a net file on disk always has its trajectory beside it.
+        """
         record = {"format": NET_FORMAT_NAME, "format_version": str(FORMAT_VERSION),
                   "index": str(index), "seed": str(seed), "test_acc": repr(float(test_acc)),
                   "recipe": json.dumps(self.recipe, sort_keys=True),
                   "model": json.dumps(self.model, sort_keys=True)}
-        tensors = {k: v.detach().float().contiguous().cpu() for k, v in params.items()}
-        data = st_save(tensors, metadata=record)
+        traj_name = traj_hash = None
+        if trajectory is not None:
+            epochs = next(iter(trajectory.values())).shape[0] - 1
+            traj = _tensors(trajectory)
+            data = st_save(traj, metadata={**record, "format": TRAJECTORY_FORMAT_NAME,
+                                           "epochs": str(epochs)})
+            traj_name, traj_hash = trajectory_file(index), hashlib.sha256(data).hexdigest()
+            _io.write_bytes(self.path / traj_name, data)
+        data = st_save(_tensors(params), metadata=record)
         _io.write_bytes(self.path / net_file(index), data)
         net = PoolNet(index=index, file=net_file(index), seed=seed, test_acc=float(test_acc),
-                      sha256=hashlib.sha256(data).hexdigest())
+                      sha256=hashlib.sha256(data).hexdigest(), trajectory=traj_name,
+                      trajectory_sha256=traj_hash)
         self.nets = [n for n in self.nets if n.index != index] + [net]
         self.nets.sort(key=lambda n: n.index)
         return net
@@ -158,14 +196,34 @@ class Pool:
     def load_net(self, index: int, device: torch.device | str = "cpu") -> Params:
         """One network's parameters, checked against the manifest's hash."""
         net = self.net(index)
-        file = self.path / net.file
+        return self._read(net.file, net.sha256, device)
+
+    @property
+    def has_trajectories(self) -> bool:
+        """Whether every net's expert trajectory is kept (``dd pretrain --trajectories``)."""
+        return bool(self.nets) and all(n.trajectory is not None for n in self.nets)
+
+    @property
+    def trajectory_epochs(self) -> int:
+        """E: a trajectory holds the weights after epochs 0..E."""
+        return int(round(float(self.recipe.get("real_epochs", 0))))
+
+    def load_trajectory(self, index: int, device: torch.device | str = "cpu") -> Params:
+        """One network's trajectory, each parameter (E + 1, *shape), hash-checked."""
+        net = self.net(index)
+        if net.trajectory is None or net.trajectory_sha256 is None:
+            raise PoolError(f"pool {self.path} keeps no trajectory for net {index}; pretrain "
+                            "one with `dd pretrain --trajectories`")
+        return self._read(net.trajectory, net.trajectory_sha256, device)
+
+    def _read(self, name: str, sha256: str, device: torch.device | str) -> Params:
         try:
-            data = file.read_bytes()
+            data = (self.path / name).read_bytes()
         except OSError as exc:
-            raise PoolError(f"pool {self.path}: can't read {net.file} "
+            raise PoolError(f"pool {self.path}: can't read {name} "
                             f"({exc.strerror or exc}); rerun `dd pretrain` to restore it") from None
-        if hashlib.sha256(data).hexdigest() != net.sha256:
-            raise PoolError(f"pool {self.path}: {net.file} does not match its hash in "
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise PoolError(f"pool {self.path}: {name} does not match its hash in "
                             f"{MANIFEST} (modified or truncated)")
         # Sorted by name: safetensors returns a dict in no fixed order, and the order of
         # the params changes float rounding in the unroll (resume must be bit-exact).
@@ -223,8 +281,13 @@ class Pool:
                 "pool_hash": self.content_hash()}
 
 
-def read_net_record(file: Path) -> dict[str, str] | None:
-    """The metadata of one net file, or None if the file is not a readable pool net."""
+def _tensors(params: Params) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().contiguous().cpu() for k, v in params.items()}
+
+
+def read_net_record(file: Path, kind: str = NET_FORMAT_NAME) -> dict[str, str] | None:
+    """The metadata of one net file (or, with ``kind=TRAJECTORY_FORMAT_NAME``, one
+    trajectory file), or None if the file is not a readable one."""
     try:
         data = file.read_bytes()
         st_load(data)  # the tensors must be readable too, not just the header
@@ -232,7 +295,7 @@ def read_net_record(file: Path) -> dict[str, str] | None:
         meta = json.loads(data[8 : 8 + n]).get("__metadata__", {}) or {}
     except (OSError, SafetensorError, ValueError):
         return None
-    if meta.get("format") != NET_FORMAT_NAME:
+    if meta.get("format") != kind:
         return None
     return {**meta, "sha256": hashlib.sha256(data).hexdigest()}
 

@@ -24,7 +24,8 @@ from ddcli.core.seeds import derive_seed
 from ddcli.core.steps import SGD, Adam, StepFn
 from ddcli.infra.device import resolve_device
 from ddcli.infra.io import check_writable
-from ddcli.pool.pool import MANIFEST, Pool, PoolNet, read_net_record
+from ddcli.pool.pool import (MANIFEST, TRAJECTORY_FORMAT_NAME, Pool, PoolNet, net_file,
+                             read_net_record, trajectory_file)
 from ddcli.data import RealData, default_model, load_dataset
 from ddcli.errors import ConfigError, DivergedError, PoolError
 from ddcli.models import check_functional, create_model
@@ -46,6 +47,8 @@ class PretrainRecipe:
     batch_size: int = 128
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
+    # Keep every net's weights after each epoch (MTT's expert buffers); whole epochs only.
+    trajectories: bool = False
 
     def resolved(self) -> "PretrainRecipe":
         if self.optimizer not in OPTIMIZERS:
@@ -58,8 +61,20 @@ class PretrainRecipe:
         lr = DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
         if not lr > 0:
             raise ConfigError(f"--lr must be a positive number, got {lr}")
+        if self.trajectories and self.real_epochs != int(self.real_epochs):
+            raise ConfigError(f"--trajectories saves the weights after every epoch: "
+                              f"--real-epochs must be a whole number, got {self.real_epochs}")
         return PretrainRecipe(float(self.real_epochs), self.optimizer, float(lr),
-                              self.batch_size, self.momentum, self.weight_decay)
+                              self.batch_size, self.momentum, self.weight_decay,
+                              bool(self.trajectories))
+
+    def record(self) -> dict[str, Any]:
+        """The recipe as ``pool.json`` stores it (pools without trajectories, as before
+        the option existed, so they still grow)."""
+        out = asdict(self)
+        if not self.trajectories:
+            del out["trajectories"]
+        return out
 
 
 @dataclass
@@ -192,12 +207,14 @@ def pretrain(
         group = todo[start : start + nets_per_batch]
         seeds = [derive_seed(seed, "pool-net", i) for i in group]
         t_group = time.perf_counter()
-        stacked = _train_group(net, group, seeds, init_scheme, seed, recipe, total_steps,
-                               train_x, train_y, callbacks)
+        stacked, trajectory = _train_group(net, group, seeds, init_scheme, seed, recipe,
+                                           total_steps, train_x, train_y, callbacks)
         train_seconds += time.perf_counter() - t_group
         accs = stacked_accuracy(net, stacked, test_x, test_y)
         for j, (i, s) in enumerate(zip(group, seeds)):
-            pool.write_net(i, {k: v[j] for k, v in stacked.items()}, seed=s, test_acc=accs[j])
+            own = None if trajectory is None else {k: v[:, j] for k, v in trajectory.items()}
+            pool.write_net(i, {k: v[j] for k, v in stacked.items()}, seed=s, test_acc=accs[j],
+                           trajectory=own)
             _emit(callbacks, "on_net", PretrainNetInfo(index=i, seed=s, test_acc=accs[j]))
         pool.save_manifest()  # after the group's files: a crash never lists a missing net
     return PretrainResult(
@@ -210,7 +227,7 @@ def _open_pool(path: Path, data: RealData, spec: dict, init_scheme: str, seed: i
     """The pool in ``path``: a new one, or the existing one if it was made the same way."""
     fresh = Pool(path=path, dataset=data.name, classes=list(data.classes), mean=data.mean,
                  std=data.std, input_shape=tuple(data.train_x.shape[1:]), model=dict(spec),
-                 init_scheme=init_scheme, seed=seed, recipe=asdict(recipe))
+                 init_scheme=init_scheme, seed=seed, recipe=recipe.record())
     if path.exists() and not path.is_dir():
         raise PoolError(f"{path} is a file; -o must name a pool folder")
     if (path / MANIFEST).exists():
@@ -235,11 +252,19 @@ def _open_pool(path: Path, data: RealData, spec: dict, init_scheme: str, seed: i
         if rec is None or any(rec.get(k) != v for k, v in expected.items()):
             continue
         index = int(rec["index"])
-        if file.name != f"net-{index:05d}.safetensors" or (
+        if file.name != net_file(index) or (
                 int(rec["seed"]) != derive_seed(seed, "pool-net", index)):
             continue
+        traj = {}
+        if recipe.trajectories:  # a net whose trajectory is missing or damaged is retrained
+            t = read_net_record(path / trajectory_file(index), TRAJECTORY_FORMAT_NAME)
+            if t is None or any(t.get(k) != v for k, v in expected.items()) or (
+                    t.get("epochs") != str(int(recipe.real_epochs))):
+                continue
+            traj = {"trajectory": trajectory_file(index), "trajectory_sha256": t["sha256"]}
         fresh.nets.append(PoolNet(index=index, file=file.name, seed=int(rec["seed"]),
-                                  test_acc=float(rec["test_acc"]), sha256=rec["sha256"]))
+                                  test_acc=float(rec["test_acc"]), sha256=rec["sha256"],
+                                  **traj))
     path.mkdir(parents=True, exist_ok=True)
     return fresh
 
@@ -250,10 +275,11 @@ def _json(obj: Any) -> str:
 
 def _train_group(model: nn.Module, group: list[int], seeds: list[int], scheme: str, seed: int,
                  recipe: PretrainRecipe, total_steps: int, train_x: Tensor, train_y: Tensor,
-                 callbacks: Any) -> Params:
+                 callbacks: Any) -> tuple[Params, Params | None]:
     """Train the nets of ``group`` together through the step map; returns their stacked
-    params (G, ...). Each net gets exactly its own gradient and its own optimiser state
-    (rules act elementwise on the stacked tensors)."""
+    params (G, ...) and, with ``recipe.trajectories``, their weights after every epoch
+    (E + 1, G, ...), on the CPU. Each net gets exactly its own gradient and its own
+    optimiser state (rules act elementwise on the stacked tensors)."""
     params = stack_params([init_params(model, scheme, s) for s in seeds], train_x.device)
     rule = (Adam(weight_decay=recipe.weight_decay) if recipe.optimizer == "adam" else
             SGD(momentum=recipe.momentum, weight_decay=recipe.weight_decay))
@@ -267,7 +293,15 @@ def _train_group(model: nn.Module, group: list[int], seeds: list[int], scheme: s
     b = min(recipe.batch_size, n)
     per_epoch = max(1, n // b)
     perms: Tensor | None = None
+    snapshots: list[Params] | None = [] if recipe.trajectories else None
+
+    def snapshot() -> None:  # (G, ...) per parameter, whatever the group's size
+        if snapshots is not None:
+            snapshots.append({k: (v[None] if single else v).detach().cpu().clone()
+                              for k, v in params.items()})
+
     t0 = time.perf_counter()
+    snapshot()  # epoch 0: the init
     for t in range(total_steps):
         epoch, i = divmod(t, per_epoch)
         if i == 0:
@@ -286,10 +320,15 @@ def _train_group(model: nn.Module, group: list[int], seeds: list[int], scheme: s
         if mean_loss != mean_loss or mean_loss == float("inf"):
             raise DivergedError(f"pretraining loss became {mean_loss} at step {t + 1} of "
                                 f"nets {group}; use a lower --lr")
+        if (t + 1) % per_epoch == 0:
+            snapshot()
         _emit(callbacks, "on_step", PretrainStepInfo(
             nets=group, step=t + 1, total=total_steps, loss=mean_loss,
             elapsed=time.perf_counter() - t0))
-    return {k: v[None] for k, v in params.items()} if single else params
+    final = {k: v[None] for k, v in params.items()} if single else params
+    if snapshots is None:
+        return final, None
+    return final, {k: torch.stack([s[k] for s in snapshots]) for k in snapshots[0]}
 
 
 def stacked_accuracy(model: nn.Module, stacked: Params, x: Tensor, y: Tensor,
