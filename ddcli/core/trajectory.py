@@ -51,16 +51,18 @@ def squared_distance(a: Params, b: Params, *, batched: bool = False) -> Tensor:
 
 def segment_outer(start: Params, target: Params, *, batched: bool = False) -> OuterFn:
     """The ``OuterFn`` of the normalised distance to ``target`` (the module's L): its
-    value (summed over nets when ``batched``) and a_N, computed in closed form."""
-    scale = 1.0 / squared_distance(start, target, batched=batched)  # () or (N,)
+    value (summed over nets when ``batched``) and a_N, computed in closed form. At
+    ``final == start`` the value is exactly 1 (the same sum divided by itself)."""
+    length = squared_distance(start, target, batched=batched)  # () or (N,)
 
     def outer(final: Params) -> tuple[Tensor, tuple[Tensor, ...]]:
-        diffs = [final[k].detach() - target[k] for k in final]
-        value = (sum(d.pow(2).flatten(1).sum(1) if batched else d.pow(2).sum()
-                     for d in diffs) * scale).sum()
-        adjoint = tuple(2 * d * (scale.view(-1, *[1] * (d.dim() - 1)) if batched else scale)
-                        for d in diffs)
-        return value, adjoint
+        final = {k: v.detach() for k, v in final.items()}
+        value = (squared_distance(final, target, batched=batched) / length).sum()
+
+        def scale(d: Tensor) -> Tensor:  # 2 / length, per net when batched
+            return 2 / (length.view(-1, *[1] * (d.dim() - 1)) if batched else length)
+
+        return value, tuple((final[k] - target[k]) * scale(final[k]) for k in final)
 
     return outer
 
