@@ -192,12 +192,12 @@ class ObjectiveConfig(Section):
                                      POOLS)
     # MTT: the unroll of --unroll-steps synthetic steps from an expert's weights at epoch
     # t aims at its weights at epoch t + M; t is drawn from 0..--max-start-epoch.
-    expert_epochs: int = _flag(2, "trajectory: expert epochs M the synthetic steps match.",
+    expert_epochs: int = _flag(2, "trajectory: epochs M to match.",
                                POOLS, metavar="M")
-    max_start_epoch: int = _flag(20, "trajectory: latest expert epoch to start from.",
+    max_start_epoch: int = _flag(20, "trajectory: latest start epoch.",
                                  POOLS, metavar="E")
     # one: MTT's single learned rate (every step's rate moves together); per-step: T rates.
-    trajectory_rate: str = _flag("one", "trajectory: one learned rate (MTT) or per-step.",
+    trajectory_rate: str = _flag("one", "trajectory: one rate or per-step.",
                                  POOLS, choices=TRAJECTORY_RATES, metavar="HOW")
 
 
