@@ -20,6 +20,7 @@ from ddcli.core.trajectory import TrajectoryMatching
 from ddcli.core.unroll import unroll
 from ddcli.engine.inits import ExpertSegments, make_init_source
 from ddcli.errors import ConfigError, PoolError
+from ddcli.evaluate import evaluate_bundle
 from ddcli.models import create_model
 from ddcli.pool.pool import MANIFEST, Pool, trajectory_file
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
@@ -266,6 +267,11 @@ def test_distill_learns_towards_the_experts_and_records_it(experts, tmp_path):
     assert b.extra["objective"] == {"kind": "trajectory", "expert_epochs": 1,
                                     "max_start_epoch": 2, "rate": "one"}
     assert b.extra["init"]["expert_epochs"] == 1 and b.extra["init"]["trajectory_epochs"] == 3
+    assert b.extra["init"]["mode"] == "pretrained-random" and b.extra["init"]["pool_hash"]
+    # The set is for fresh nets: dd eval replays it from random ones (not the experts).
+    assert b.init_mode == "random"
+    report = evaluate_bundle(tmp_path / "m.safetensors", data=data, n_nets=1)
+    assert report.protocol == "replay" and 0 <= report.primary.mean <= 1
     assert torch.equal(b.raw_lrs, b.raw_lrs[:1].expand_as(b.raw_lrs))  # one rate
     assert b.raw_lrs[0] != raw_from_lrs(torch.tensor(0.05))  # ... and it was learned
     losses = [json.loads(line)["loss"] for line in

@@ -52,6 +52,11 @@ class InitSource(abc.ABC):
     #: weights stored in bundles and checkpoints when the init is fixed
     fixed_params: Params | None = None
 
+    @property
+    def eval_mode(self) -> str:
+        """The init mode a bundle records: which nets ``dd eval`` starts from."""
+        return self.mode
+
     @abc.abstractmethod
     def sample(self, iteration: int) -> list[Params]:
         """The inits for outer iteration ``iteration`` (0-based)."""
@@ -238,6 +243,12 @@ class ExpertSegments(PretrainedRandomInit):
 
     def eval_inits(self, n: int) -> list[Params] | None:
         return None  # the set is for training fresh nets (MTT's evaluation)
+
+    @property
+    def eval_mode(self) -> str:
+        # The experts only shaped the set; it is meant for fresh nets, so dd eval replays
+        # it from (or trains) random ones. The bundle's extra["init"] records the pool.
+        return "random"
 
 
 def make_init_source(cfg, model: nn.Module, device: torch.device, *,

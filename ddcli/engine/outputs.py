@@ -100,7 +100,7 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
         images=chosen["images"], labels=rt.labels.cpu(), raw_lrs=chosen["raw_lrs"],
         soft_labels=chosen.get("labels"), dataset=d.name, classes=list(d.classes),
         mean=tuple(d.mean), std=tuple(d.std), model=dict(rt.model.ddcli_spec),
-        init_scheme=cfg.model.init_scheme, init_mode=cfg.init.mode, seed=cfg.init.seed,
+        init_scheme=cfg.model.init_scheme, init_mode=source.eval_mode, seed=cfg.init.seed,
         epochs=cfg.passes, config=_portable(cfg), summary=summary,
         pixel_space=d.pixel_space,
         # how it was made: the last process that ran it, and those before (resumes)
