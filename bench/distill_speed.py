@@ -18,7 +18,7 @@ from _common import base_parser, machine, measure, mib, mnist_config, table
 
 def configs(args) -> list[tuple[str, dict]]:
     if args.preset:
-        from ddcli.config import build_config
+        from ddcli.layering import build_config
 
         quiet = {"device": "cpu", "checkpoint_every": 0, "log_every": 0, "eval_every": 0,
                  "unroll_memory": args.mode}

@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from machine import cpu_info, gemm_gflops
 
-from ddcli.config import build_config
+from ddcli.layering import build_config
 from ddcli.core.augment import parse_augment
 from ddcli.core.metrics import correct_counts
 from ddcli.core.params import init_params, stack_params

@@ -6,7 +6,8 @@ the run folder and into every bundle, so a result always says how it was made.
 It is also the one description of `dd distill`'s flags: each field that is one carries
 ``flag()`` metadata (``ddcli.infra.sections``) with its names, help, ``--help`` panel and
 whether ``--resume`` may change it. The CLI, its ``--help``, the README's flag table,
-``resumable_settings()`` and the layering in ``build_config`` are derived from it.
+``resumable_settings()`` and the layering in ``ddcli.layering.build_config`` are derived
+from it.
 """
 
 from __future__ import annotations
@@ -421,6 +422,3 @@ def replace(cfg: DistillConfig, **sections: dict[str, Any]) -> DistillConfig:
     }
     return dataclasses.replace(cfg, **changes)
 
-
-# The layering of a new run's settings (defaults, preset, file, flags) lives beside.
-from ddcli.layering import apply_real_epochs_rule, build_config  # noqa: E402,F401

@@ -13,7 +13,8 @@ from ddcli import Bundle
 from ddcli.cli import app
 from ddcli.cli._options import config_options
 from ddcli.cli._scale import forward_args
-from ddcli.config import build_config, config_flags, flag_overrides, resumable_settings
+from ddcli.config import config_flags, flag_overrides, resumable_settings
+from ddcli.layering import build_config
 from ddcli.engine import loop
 from ddcli.infra.sections import Section, collect_flags, flag
 from tests._cli import one_line_error, run

@@ -16,7 +16,7 @@ import typer
 import typer.main
 from typer.testing import CliRunner
 
-from ddcli.cli import _docs, app
+from ddcli.cli import _docs, _readme, app
 from ddcli.cli._app import _Group, _Typer
 from ddcli.cli.distill import PANELS
 from ddcli.config import config_flags
@@ -258,4 +258,4 @@ def test_help_names_come_from_the_registries(monkeypatch):
         assert "{models}" not in text and "{datasets}" not in text
         assert ", ".join(list_models()) in text, command
         assert ", ".join(list_datasets()) in text, command
-    assert ", ".join(list_models()) in _docs.distill_flag_table()
+    assert ", ".join(list_models()) in _readme.distill_flag_table()

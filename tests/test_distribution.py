@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ddcli import Bundle, distill, resume
-from ddcli.config import build_config
+from ddcli.layering import build_config
 from ddcli.core.augment import DSA, FAMILIES
 from ddcli.core.distribution import (DistributionMatching, class_images, distribution_loss,
                                      embedding)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from ddcli.cli import _docs, app
+from ddcli.cli import _docs, _readme, app
 from ddcli.config import config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,15 +38,15 @@ def test_every_command_has_help_and_docs():
 def test_readme_flag_table_is_generated_from_the_config():
     # The table between the markers is distill_flag_table()'s output, so it lists every
     # flag with the help and default of the code; after changing a flag, regenerate it
-    # with `python -m ddcli.cli._docs`.
-    section = README.split(_docs.TABLE_START)[1].split(_docs.TABLE_END)[0].strip()
-    assert section == _docs.distill_flag_table(), \
-        "README's distill flag table is stale: run `python -m ddcli.cli._docs`"
+    # with `python -m ddcli.cli._readme`.
+    section = README.split(_readme.TABLE_START)[1].split(_readme.TABLE_END)[0].strip()
+    assert section == _readme.distill_flag_table(), \
+        "README's distill flag table is stale: run `python -m ddcli.cli._readme`"
 
 
 def test_flag_table_lists_every_distill_flag_and_its_default():
     distill = _commands()["distill"]
-    table = _docs.distill_flag_table()
+    table = _readme.distill_flag_table()
     for param in distill.params:
         for name in _docs.names(param):
             assert f"`{name}`" in table, f"{name} is missing from the distill flag table"
@@ -57,11 +57,11 @@ def test_flag_table_lists_every_distill_flag_and_its_default():
 
 
 def test_readme_table_is_replaced_between_the_markers_only():
-    text = f"intro\n{_docs.TABLE_START}\nold\n{_docs.TABLE_END}\noutro\n"
-    assert _docs.readme_with_table(text, "| new |") == (
-        f"intro\n{_docs.TABLE_START}\n| new |\n{_docs.TABLE_END}\noutro\n")
+    text = f"intro\n{_readme.TABLE_START}\nold\n{_readme.TABLE_END}\noutro\n"
+    assert _readme.readme_with_table(text, "| new |") == (
+        f"intro\n{_readme.TABLE_START}\n| new |\n{_readme.TABLE_END}\noutro\n")
     with pytest.raises(ValueError):
-        _docs.readme_with_table("no markers", "| new |")
+        _readme.readme_with_table("no markers", "| new |")
 
 
 def test_readme_commands_match_ci():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddcli import Bundle, DistillConfig, distill, resume
-from ddcli.config import build_config
+from ddcli.layering import build_config
 from ddcli.errors import ConfigError
 from ddcli.evaluate import evaluate_bundle
 

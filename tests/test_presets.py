@@ -5,7 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ddcli.config import DistillConfig, build_config, flag_overrides
+from ddcli.config import DistillConfig, flag_overrides
+from ddcli.layering import build_config
 from ddcli.cli import app
 from ddcli.errors import ConfigError
 from ddcli.presets import PRESETS, get_preset, list_presets

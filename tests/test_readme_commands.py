@@ -32,7 +32,8 @@ import typer.main
 
 from ddcli import Bundle
 from ddcli.cli import app
-from ddcli.config import build_config, flag_overrides
+from ddcli.config import flag_overrides
+from ddcli.layering import build_config
 from ddcli.core.params import init_params
 from ddcli.models import create_model
 from tests._cli import run

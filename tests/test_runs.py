@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddcli import Bundle
-from ddcli.config import build_config
+from ddcli.layering import build_config
 from ddcli.data import resumed_data_root
 from ddcli.infra.provenance import portable_command
 from tests._cli import one_line_error, run

@@ -66,7 +66,7 @@ def _sentence(text: str) -> str:
 
 
 def _print_help(command: Any, ctx: Any) -> None:
-    # Imported here, not above, so that `python -m ddcli.cli._docs` isn't imported twice.
+    # Imported here, not above: only --help needs the layout (and Rich), not a run.
     from ddcli.cli import _docs
 
     _docs.print_help(command, ctx)

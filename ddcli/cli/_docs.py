@@ -1,22 +1,18 @@
-"""How dd documents its flags: the ``--help`` screen and the README's flag table.
+"""How dd documents its flags on the ``--help`` screen (``_readme`` reuses it for the README).
 
-Both are drawn from the commands' Click parameters, which `dd distill` generates from
-the config's field metadata (``ddcli.config``), so neither can drift from the code.
-The screen keeps Typer's look (usage, description, Rich panels) with its own layout:
+The screen is drawn from the commands' Click parameters, which `dd distill` generates
+from the config's field metadata (``ddcli.config``), so it can't drift from the code.
+It keeps Typer's look (usage, description, Rich panels) with its own layout:
 one name column for every panel, as wide as makes the screen shortest, the rest for
 the description; each default shown once; no type for a flag that takes no value.
 
 A command's epilog is its examples, drawn last in an "Examples" panel: each a
 ``# what it does`` line over a ``dd ...`` line (``examples`` reads the commands back).
-
-``python -m ddcli.cli._docs`` rewrites the README's flag table.
 """
 
 from __future__ import annotations
 
 import inspect
-import re
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -28,8 +24,6 @@ from rich.panel import Panel
 from rich.text import Text
 from rich.theme import Theme
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-TABLE_START, TABLE_END = "<!-- distill-flags -->", "<!-- /distill-flags -->"
 METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", Path: "PATH"}
 
 _THEME = Theme({"option": "bold cyan", "switch": "bold green", "metavar": "bold yellow",
@@ -206,43 +200,3 @@ def _help_cell(param: Any) -> tuple[Text, Text]:
     if param.required:
         tags.append(" [required]" if tags.plain else "[required]", style="red")
     return _highlight(Text(" ".join(with_names(param.help or "").split()))), tags
-
-
-# --- the README's flag table -----------------------------------------------------------
-
-def flag_table(command: Any) -> str:
-    """The Markdown flag table of ``command``, a bold row heading each help panel."""
-    rows = ["| flag | default | what it does |", "|---|---|---|"]
-    for title, params in panels(list(command.params)).items():
-        rows.append(f"| **{title}** | | |")
-        for p in params:
-            spelled = ", ".join(f"`{n}`" for n in names(p))
-            rows.append(f"| {spelled} | {_md(default(p) or '')} | {_md(with_names(p.help or ''))} |")
-    return "\n".join(rows)
-
-
-def _md(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;")
-
-
-def distill_flag_table() -> str:
-    """`dd distill`'s flag table, as the README holds it between its markers."""
-    import typer.main
-
-    from ddcli.cli import app
-
-    return flag_table(typer.main.get_command(app).commands["distill"])
-
-
-def readme_with_table(readme: str, table: str) -> str:
-    """``readme`` with the text between the flag-table markers replaced by ``table``."""
-    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.S)
-    if not pattern.search(readme):
-        raise ValueError(f"no {TABLE_START} ... {TABLE_END} section")
-    return pattern.sub(lambda _: f"{TABLE_START}\n{table}\n{TABLE_END}", readme, count=1)
-
-
-if __name__ == "__main__":
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else README
-    path.write_text(readme_with_table(path.read_text(), distill_flag_table()))
-    print(f"updated the flag table in {path}")

@@ -15,10 +15,11 @@ from ddcli.core.objectives import make_objective
 from ddcli.errors import ConfigError
 from ddcli.infra import device as _device
 from ddcli.infra.device import resolve_device
-from ddcli.config import DistillConfig, apply_real_epochs_rule, load_config_file, merge_dicts
+from ddcli.config import DistillConfig, load_config_file, merge_dicts
 from ddcli.data import load_dataset, resumed_data_root
 from ddcli.models import create_model
 from ddcli.infra.text import count
+from ddcli.layering import apply_real_epochs_rule
 
 
 def forward_args(ctx: typer.Context) -> list[str]:

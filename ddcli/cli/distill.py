@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ddcli import config, presets
+from ddcli import config, layering, presets
 from ddcli.infra import distributed as _distributed
 from ddcli.engine import events as _events
 from ddcli.engine import loop as _engine
@@ -73,7 +73,7 @@ def distill_command(
     if resume is not None:
         cfg = resumed_config(resume, overrides)
     else:
-        cfg = config.build_config(preset=preset, config_file=config_file, overrides=overrides)
+        cfg = layering.build_config(preset=preset, config_file=config_file, overrides=overrides)
     n = flags["nproc"] or (cfg.run.nproc if cfg is not None else 1)
     if dry_run:
         if cfg is None:

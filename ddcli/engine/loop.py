@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ddcli.config import DistillConfig, apply_real_epochs_rule, flag_name, resumable_settings
+from ddcli.config import DistillConfig, flag_name, resumable_settings
 from ddcli.core.rates import lrs_from_raw
 from ddcli.data import RealData, resumed_data_root
 from ddcli.engine._loop import (FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, MASS_MAX, MASS_MEAN,
@@ -27,6 +27,7 @@ from ddcli.errors import ConfigError, DivergedError, Interrupted, OutputError
 from ddcli.infra import device as _device
 from ddcli.infra import io as _io
 from ddcli.infra.signals import stop_on_signals
+from ddcli.layering import apply_real_epochs_rule
 
 # Settings a resumed run may change (flag(resumable=True) in ddcli.config); everything
 # else must stay as the run began.

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from ddcli.errors import ImageSetError
-from ddcli.evaluate._sets import (
-    _EVALUATOR_FILES, ImageSet, _channels, checked_set, read_manifest, space_stats, torch_load,
+from ddcli.evaluate._image_set import (
+    EVALUATOR_FILES, ImageSet, channels, checked_set, read_manifest, space_stats, torch_load,
     warn_unrecorded,
 )
 
@@ -36,7 +36,7 @@ def load_dc(path: Path, obj: dict) -> ImageSet:
 
 
 def load_evaluator_folder(path: Path, kind: str) -> ImageSet:
-    names = _EVALUATOR_FILES[kind]
+    names = EVALUATOR_FILES[kind]
     images = torch_load(path / names[0], "tensor file")
     labels = torch_load(path / names[1], "tensor file") if (path / names[1]).is_file() else None
     lr = torch_load(path / names[2], "tensor file") if (path / names[2]).is_file() else None
@@ -67,7 +67,7 @@ def _from_manifest(path, kind, images, labels, lr, manifest) -> ImageSet:
                   if soft.shape[0] % classes == 0 else soft.argmax(-1))
     space = manifest.get("pixel_space")
     mean, std = space_stats(path, space, manifest.get("mean"), manifest.get("std"),
-                            _channels(images))
+                            channels(images))
     if isinstance(lr, Tensor):
         lr = lr.reshape(-1).float()
     out = checked_set(path, kind, images, labels, lr, mean=mean, std=std,
