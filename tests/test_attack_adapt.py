@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddcli import Bundle, DistillConfig, distill
-from ddcli.core.objectives import AttackObjective, make_objective
+from ddcli.core.objectives import AttackObjective, RealLoss, make_objective
 from ddcli.evaluate.pool import evaluate_pool_bundle, random_real_images
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
 from ddcli.evaluate.pool_report import pool_report_lines
@@ -58,18 +58,33 @@ def test_attack_relabels_class_a_as_b_only():
 
 
 def test_attack_run_feeds_relabelled_targets_to_the_outer_loss(pools, tmp_path, monkeypatch):
-    seen = []
-    real = AttackObjective.relabel
-    monkeypatch.setattr(AttackObjective, "relabel",
-                        lambda self, y: seen.append((y.clone(), real(self, y))) or seen[-1][1])
+    # The real labels the engine hands the objective, and the targets the outer loss
+    # itself is evaluated on (RealLoss.loss, at the unrolled weights), iteration by
+    # iteration: the loss must see class 0 as 1 and every other class as it is.
+    given, at_loss = [], []
+    meta_gradient, loss = AttackObjective.meta_gradient, RealLoss.loss
+
+    def recording_meta_gradient(self, nets, inits, learned, batch, **plan):
+        given.append(batch.y.clone())
+        at_loss.append([])
+        return meta_gradient(self, nets, inits, learned, batch, **plan)
+
+    def recording_loss(model, params, x, y):
+        at_loss[-1].append(y.clone())
+        return loss(model, params, x, y)
+
+    monkeypatch.setattr(AttackObjective, "meta_gradient", recording_meta_gradient)
+    monkeypatch.setattr(RealLoss, "loss", staticmethod(recording_loss))
     c = cfg(pools / "target", kind="attack", attack_class=0, target_class=1)
     c.optim.iterations = 2
     distill(c, out=tmp_path / "a.safetensors", data=toy_data(n_train=192))
-    assert len(seen) == 2
-    for before, after in seen:
-        assert (before == 0).any() and not (after == 0).any()
-        assert torch.equal(after[before != 0], before[before != 0])
-        assert (after[before == 0] == 1).all()
+    assert len(given) == 2
+    for y, seen in zip(given, at_loss):
+        assert (y == 0).any() and (y == 1).any()
+        want = torch.where(y == 0, torch.ones_like(y), y)
+        assert len(seen) >= 2  # one loss per sampled net (--sample-n-nets 2), at least
+        for targets in seen:
+            assert torch.equal(targets, want)
 
 
 def test_attack_raises_the_success_rate_on_held_out_nets(pools, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import typer.main
 
 from ddcli.cli import _docs, _readme, app
-from ddcli.config import config_flags
+from ddcli.config import DistillConfig, config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -44,16 +44,37 @@ def test_readme_flag_table_is_generated_from_the_config():
         "README's distill flag table is stale: run `python -m ddcli.cli._readme`"
 
 
-def test_flag_table_lists_every_distill_flag_and_its_default():
-    distill = _commands()["distill"]
-    table = _readme.distill_flag_table()
-    for param in distill.params:
+def _shown(value) -> str:
+    # How a default reads in the README, written out here rather than taken from the
+    # flag metadata that the table is drawn from.
+    if value is True:
+        return "on"
+    if value is None or value is False:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def test_readme_flag_table_lists_every_distill_flag_with_the_configs_default():
+    # The README's own rows against the command's parameters and DistillConfig()'s
+    # actual values, so a table drawn wrong (a flag left out, a default the config
+    # doesn't use) fails even when it was freshly regenerated.
+    section = README.split(_readme.TABLE_START)[1].split(_readme.TABLE_END)[0]
+    rows = {}
+    for line in section.strip().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        for spelled in cells[0].split(", "):
+            rows[spelled.strip("`")] = cells
+    for param in _commands()["distill"].params:
         for name in _docs.names(param):
-            assert f"`{name}`" in table, f"{name} is missing from the distill flag table"
+            assert name in rows, f"{name} is missing from the README's distill flag table"
+    cfg = DistillConfig()
     for f in config_flags():
-        row = next(line for line in table.splitlines() if line.startswith(f"| `{f.names[0]}`")
-                   or (f.argument and line.startswith(f"| `{f.metavar}`")))
-        assert row.split(" | ")[1] == (f.default_label or "").replace("<", "&lt;"), row
+        value = getattr(getattr(cfg, f.section), f.key)
+        shown = rows[f.metavar if f.argument else f.names[0]][1].replace("&lt;", "<")
+        if f.default_text is None:
+            assert shown == _shown(value), (f.names[0], shown, value)
+        else:  # words for what the value means, which must start with the value itself
+            assert shown == f.default_text and shown.startswith(_shown(value)), (f.names[0], shown)
 
 
 def test_readme_table_is_replaced_between_the_markers_only():

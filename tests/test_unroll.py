@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import weakref
 
 import pytest
@@ -56,9 +57,18 @@ def _loss_of(model, params, images, labels, raw, real_x, real_y):
 
 def test_raw_rates_roundtrip():
     assert lrs_from_raw(raw_from_lrs(0.02)).item() == pytest.approx(0.02, rel=1e-6)
-    assert torch.equal(lrs_from_raw(raw_from_lrs(torch.tensor([0.3, 1.5], dtype=torch.float64))),
-                       F.softplus(torch.log(torch.expm1(torch.tensor([0.3, 1.5],
-                                                                     dtype=torch.float64)))))
+    rates = torch.tensor([1e-4, 0.02, 0.3, 1.5, 10.0], dtype=torch.float64)
+    raw = raw_from_lrs(rates)
+    assert raw.dtype == torch.float64
+    assert torch.allclose(lrs_from_raw(raw), rates, rtol=1e-12, atol=0)
+    # The map is softplus, eta = log(1 + e^r), written out here apart from the code: a
+    # round trip alone would pass for any invertible map (exp and log, say).
+    for r in (-20.0, -1.0, 0.0, 0.5, 3.0, 30.0):
+        want = math.log1p(math.exp(r))
+        assert lrs_from_raw(torch.tensor(r, dtype=torch.float64)).item() == pytest.approx(
+            want, rel=1e-12)
+        assert raw_from_lrs(torch.tensor(want, dtype=torch.float64)).item() == pytest.approx(
+            r, rel=1e-9, abs=1e-9)
 
 
 @pytest.mark.parametrize("mode", ["full", "stepwise", "recompute"])
