@@ -38,6 +38,7 @@ from ddcli._version import __version__
 from ddcli.data._realdata import check_pixel_space, normalized_space
 from ddcli.core.rates import lrs_from_raw
 from ddcli.errors import BundleFormatError
+from ddcli.init_modes import InitMode
 
 FORMAT_NAME = "ddcli-bundle"
 FORMAT_VERSION = 2
@@ -66,7 +67,7 @@ class Bundle:
     std: tuple[float, ...]
     model: dict[str, Any]  # create_model spec: name, in_channels, num_classes, image_size, ...
     init_scheme: str = "xavier"
-    init_mode: str = "fixed"
+    init_mode: str = InitMode.FIXED.value
     seed: int = 0
     epochs: int = 1
     config: dict[str, Any] = field(default_factory=dict)
@@ -292,7 +293,7 @@ class Bundle:
                 std=tuple(json.loads(meta["std"])),
                 model=json.loads(meta["model"]),
                 init_scheme=meta.get("init_scheme", "xavier"),
-                init_mode=meta.get("init_mode", "fixed"),
+                init_mode=meta.get("init_mode", InitMode.FIXED.value),
                 seed=int(meta.get("seed", 0)),
                 epochs=int(meta["epochs"]),
                 config=json.loads(meta.get("config", "{}")),

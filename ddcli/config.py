@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .init_modes import INIT_MODES, InitMode, draws_fresh_nets, is_pretrained
 from .infra.sections import Flag, Section, collect_flags, flag, load_config_file, merge_dicts  # noqa: F401
 
-INIT_MODES = ("fixed", "random", "pretrained-fixed", "pretrained-random")
 UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
 PRECISIONS = ("fp32", "bf16-outer")  # ddcli.core.nets
 OBJECTIVES = ("distill", "adapt", "attack", "distribution", "trajectory")  # ddcli.core.objectives
@@ -167,7 +167,7 @@ class OptimConfig(Section):
 
 @dataclass
 class InitConfig(Section):
-    mode: str = _flag("fixed", "fixed (one known init), random (new inits every "
+    mode: str = _flag(InitMode.FIXED.value, "fixed (one known init), random (new inits every "
                       "iteration), pretrained-fixed or pretrained-random (--pool).",
                       MODEL, name="--init-mode", choices=INIT_MODES, metavar="MODE")
     seed: int = _flag(0, "Seed for inits and data order.", MODEL)
@@ -304,12 +304,12 @@ class DistillConfig(Section):
             raise ConfigError("Adam betas must be in [0, 1)")
         if not 0 <= o.meta_momentum < 1:
             raise ConfigError(f"--meta-momentum must be in [0, 1), got {o.meta_momentum}")
-        if i.mode == "random" and i.sample_n_nets > i.n_nets:
+        if draws_fresh_nets(i.mode) and i.sample_n_nets > i.n_nets:
             raise ConfigError(
                 f"--sample-n-nets ({i.sample_n_nets}) can't exceed --n-nets ({i.n_nets}), the "
                 f"inits drawn per iteration; pass --n-nets {i.sample_n_nets} too"
             )
-        if i.mode.startswith("pretrained") and not i.pool:
+        if is_pretrained(i.mode) and not i.pool:
             raise ConfigError(f"--init-mode {i.mode} needs --pool POOL_DIR (made by `dd pretrain`)")
         if not 0 <= i.pool_holdout < 1:
             raise ConfigError(f"--pool-holdout must be in [0, 1), got {i.pool_holdout}")

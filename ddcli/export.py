@@ -38,13 +38,13 @@ from ddcli._export_evaluators import FILES, evaluator_manifest, evaluator_set, e
 from ddcli._version import __version__
 from ddcli.bundle import Bundle
 from ddcli.errors import ConfigError, ExportError
+from ddcli.init_modes import is_fixed
 from ddcli.viz import denormalize, to_uint8
 
 FORMATS = ("imagefolder", "pt", "npz", "ddranking", "mtt", "dc")
 FOLDER_FORMATS = ("imagefolder", "ddranking", "mtt")
 MANIFEST = "manifest.json"
 IMAGEFOLDER_FORMAT = "ddcli-imagefolder"
-FIXED_MODES = ("fixed", "pretrained-fixed")
 
 
 @dataclass
@@ -131,7 +131,7 @@ def export(bundle: Bundle | str | os.PathLike, fmt: str, path: str | os.PathLike
             f"{report.clipped_pixels} of {total} pixel values "
             f"({report.clipped_pixels / total:.2%}) fell outside [0, 255] and were clipped; "
             "the pt and npz formats keep them exactly"))
-    if bundle.init_mode in FIXED_MODES:
+    if is_fixed(bundle.init_mode):
         report.warnings.append(
             f"this bundle was distilled for one {bundle.init_mode} init (seed {bundle.seed}); "
             "its images train that init well and other nets much worse, and the export does "

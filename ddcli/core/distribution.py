@@ -36,6 +36,7 @@ from ddcli.core.params import Params
 from ddcli.core.seeds import derive_seed
 from ddcli.core.unroll import MetaGradient
 from ddcli.errors import ConfigError, ModelError
+from ddcli.init_modes import draws_fresh_nets
 
 
 def embedding(model: nn.Module, params: Params, x: Tensor) -> Tensor:
@@ -124,7 +125,7 @@ class DistributionMatching(Objective):
 
 @register_objective("distribution")
 def _distribution(cfg, num_classes: int | None) -> Objective:
-    if cfg.init.mode != "random":
+    if not draws_fresh_nets(cfg.init.mode):
         raise ConfigError("--objective distribution draws fresh networks every iteration: use "
                           "--init-mode random (or --preset dm-mnist-ipc10)")
     if cfg.synth.learn_labels:

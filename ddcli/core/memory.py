@@ -36,6 +36,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from ddcli.core.nets import meta_gradient
 from ddcli.core.steps import StepFn
+from ddcli.init_modes import samples_nets
 
 MODES = ("full", "stepwise", "recompute")
 
@@ -92,7 +93,7 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
     outer_graph = outer_saved + 2 * outer_largest
 
     nets = 1
-    if cfg.init.mode in ("random", "pretrained-random") and cfg.run.batch_nets:
+    if samples_nets(cfg.init.mode) and cfg.run.batch_nets:
         nets = math.ceil(cfg.init.sample_n_nets / max(1, nproc))
     data = (train_size + test_size) * (image + 8)  # images, and int64 labels
     synthetic = 4 * (s.steps * n * image + total_steps * elem)  # value, grad, Adam m and v

@@ -32,6 +32,7 @@ from ddcli.core.params import Params
 from ddcli.core.unroll import MetaGradient
 from ddcli.errors import ConfigError
 from ddcli.infra.registry import Registry
+from ddcli.init_modes import is_pretrained
 
 # What an objective asks the engine for at each iteration (``Objective.needs``).
 REAL_BATCH = "real-batch"  # x, y: a real minibatch, augmented as --augment says
@@ -155,7 +156,7 @@ def _distill(cfg, num_classes: int | None) -> Objective:
 
 @register_objective("adapt")
 def _adapt(cfg, num_classes: int | None) -> Objective:
-    if not cfg.init.mode.startswith("pretrained"):
+    if not is_pretrained(cfg.init.mode):
         raise ConfigError("--objective adapt needs --init-mode pretrained-random or "
                           "pretrained-fixed with a --pool trained on the source dataset")
     return AdaptObjective(cfg.objective.source_dataset)

@@ -11,6 +11,7 @@ from torch import nn
 from ddcli.errors import ConfigError, PoolError
 from ddcli.core.params import Params, init_params
 from ddcli.core.seeds import derive_seed
+from ddcli.init_modes import InitMode, is_fixed, is_pretrained
 
 
 def initial_images(shape: tuple[int, ...] | torch.Size, seed: int) -> torch.Tensor:
@@ -77,7 +78,7 @@ class InitSource(abc.ABC):
 class FixedInit(InitSource):
     """One known init from ``seed``, used at every iteration."""
 
-    mode = "fixed"
+    mode = InitMode.FIXED.value
 
     def __init__(self, params: Params) -> None:
         self.fixed_params = params
@@ -92,7 +93,7 @@ class RandomInit(InitSource):
     Seeds derive from (seed, iteration, j), so a resumed run draws the same nets.
     """
 
-    mode = "random"
+    mode = InitMode.RANDOM.value
 
     def __init__(self, model: nn.Module, scheme: str, seed: int, n_nets: int, sample_n_nets: int,
                  device: torch.device) -> None:
@@ -118,7 +119,7 @@ class PretrainedFixedInit(InitSource):
     Its weights go into the bundle (so a replay needs no pool), with its index and hash.
     """
 
-    mode = "pretrained-fixed"
+    mode = InitMode.PRETRAINED_FIXED.value
 
     def __init__(self, pool, index: int, holdout: float, device: torch.device,
                  names: list[str]) -> None:
@@ -146,7 +147,7 @@ class PretrainedRandomInit(InitSource):
     held-out nets are never drawn (they are what evaluation measures).
     """
 
-    mode = "pretrained-random"
+    mode = InitMode.PRETRAINED_RANDOM.value
 
     def __init__(self, pool, sample_n_nets: int, seed: int, holdout: float,
                  device: torch.device, names: list[str]) -> None:
@@ -256,12 +257,12 @@ def make_init_source(cfg, model: nn.Module, device: torch.device, *,
     """Build the init source named by ``cfg.init.mode``; with ``segments`` (an objective
     that matches expert trajectories) a pretrained-random one yields expert segments."""
     i = cfg.init
-    if i.mode == "fixed":
+    if i.mode == InitMode.FIXED:
         params = init_params(model, cfg.model.init_scheme, i.seed)
         return FixedInit({k: v.to(device) for k, v in params.items()})
-    if i.mode == "random":
+    if i.mode == InitMode.RANDOM:
         return RandomInit(model, cfg.model.init_scheme, i.seed, i.n_nets, i.sample_n_nets, device)
-    if i.mode in ("pretrained-fixed", "pretrained-random"):
+    if is_pretrained(i.mode):
         from ddcli.pool.pool import Pool
 
         pool = Pool.load(i.pool)
@@ -273,7 +274,7 @@ def make_init_source(cfg, model: nn.Module, device: torch.device, *,
             raise PoolError(f"--source-dataset is {source} but pool {i.pool} was pretrained on "
                             f"{pool.dataset}")
         names = [name for name, _ in model.named_parameters()]
-        if i.mode == "pretrained-fixed":
+        if is_fixed(i.mode):
             return PretrainedFixedInit(pool, i.pool_index, i.pool_holdout, device, names)
         if segments:
             o = cfg.objective

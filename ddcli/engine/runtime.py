@@ -32,6 +32,7 @@ from ddcli.evaluate.nets import evaluation_nets
 from ddcli.infra import device as _device
 from ddcli.infra import distributed as _distributed
 from ddcli.infra import provenance
+from ddcli.init_modes import draws_fresh_nets, is_seeded_fixed
 from ddcli.models import check_functional, create_model
 
 
@@ -47,7 +48,7 @@ class Runtime:
         self.dist = _distributed.setup(self.device)
         self.sync_every = _device.sync_interval(self.device, cfg.run.log_every)
         # Random nets are drawn on the CPU and copied over without a host sync.
-        self.init_device = torch.device("cpu") if cfg.init.mode == "random" else self.device
+        self.init_device = torch.device("cpu") if draws_fresh_nets(cfg.init.mode) else self.device
         d = data if data is not None else load_dataset(cfg.data.dataset, root=cfg.data.data_root)
         self.data = d = zca_dataset(d) if cfg.data.zca else d  # mean 0 / std 1, ZCA-whitened
         self.model = create_model(
@@ -149,7 +150,7 @@ class Runtime:
 
     def init_source(self, state: RunState) -> InitSource:
         """Where theta_0 comes from; a resumed fixed-init run reuses its stored init."""
-        if state.fixed_params is not None and self.cfg.init.mode == "fixed":
+        if state.fixed_params is not None and is_seeded_fixed(self.cfg.init.mode):
             return FixedInit({k: v.to(self.device) for k, v in state.fixed_params.items()})
         # A pretrained-fixed run reloads its pool net, so its bundle keeps the pool's record.
         return self.make_source()

@@ -22,6 +22,7 @@ from pathlib import Path
 from ddcli.config import DistillConfig, merge_dicts
 from ddcli.data import RealData
 from ddcli.infra import device as _device
+from ddcli.init_modes import samples_nets
 
 # A warm-up slower than this means long iterations: time one more, not two.
 _LONG_WARMUP_S = 10.0
@@ -94,7 +95,7 @@ def _timed(fn) -> float:
 def _one_process_share(cfg: DistillConfig, nproc: int) -> DistillConfig:
     """``cfg`` as one of ``nproc`` processes runs it: its share of the sampled nets."""
     changes: dict = {"run": {"nproc": 1}}
-    if nproc > 1 and cfg.init.mode in ("random", "pretrained-random"):
+    if nproc > 1 and samples_nets(cfg.init.mode):
         changes["init"] = {"sample_n_nets": math.ceil(cfg.init.sample_n_nets / nproc)}
     return DistillConfig.from_dict(merge_dicts(cfg.to_dict(), changes)).validate()
 

@@ -17,6 +17,7 @@ from ddcli.data import RealData, default_model, load_dataset, zca_dataset
 from ddcli.core.inner import InnerLoop
 from ddcli.core.steps import GD
 from ddcli.errors import ConfigError, DDError, ModelError
+from ddcli.init_modes import is_seeded_fixed
 from ddcli.models import check_functional, create_model, model_label
 from ddcli.evaluate._nets import supports_vmap
 from ddcli.evaluate._job import Job, count_stages
@@ -181,13 +182,13 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
                                 "images_per_step": int(images.shape[1])}
     if protocol == "replay":
         assert s.bundle is not None
-        groups = 2 if s.bundle.init_mode == "fixed" else 1
+        groups = 2 if is_seeded_fixed(s.bundle.init_mode) else 1
         job.stages = count_stages(cfg, groups)
         total = int(s.lrs.shape[0])
         resolved |= {"epochs": s.bundle.epochs, "gd_steps": total, "init_mode": s.bundle.init_mode,
                      "measured_at_step": checkpoints(images.shape[0], total, cfg.per_step)}
         rows = run_replay(job, s.bundle)
-        if s.bundle.init_mode == "fixed":
+        if is_seeded_fixed(s.bundle.init_mode):
             notes.append(f"'{RANDOM}' rows replay the same steps and rates from unseen inits: "
                          "the gap to the stored init is the paper's generalisation result")
     else:

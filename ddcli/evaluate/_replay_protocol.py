@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ddcli.bundle import Bundle
 from ddcli.core.params import Params
 from ddcli.errors import BundleFormatError
+from ddcli.init_modes import draws_fresh_nets, is_seeded_fixed
 from ddcli.evaluate.nets import RANDOM, STORED, evaluation_nets
 from ddcli.evaluate._nets import replay_accuracies
 from ddcli.evaluate._job import Job, baseline_rows
@@ -45,11 +46,11 @@ def initial_params(
             init mode this function doesn't replay (pool bundles: ``ddcli.evaluate.pool``).
     """
     mode = bundle.init_mode
-    if mode not in ("fixed", "random"):
+    if not (is_seeded_fixed(mode) or draws_fresh_nets(mode)):
         raise BundleFormatError(f"replaying a {mode} bundle is pool evaluation "
                                 "(ddcli.evaluate.evaluate picks it); not a fixed or random one")
-    stored = bundle.init_params if mode == "fixed" else None
-    if mode == "fixed":
+    stored = bundle.init_params if is_seeded_fixed(mode) else None
+    if is_seeded_fixed(mode):
         expected = {k: tuple(v.shape) for k, v in model.named_parameters()}
         if stored is None or {k: tuple(v.shape) for k, v in stored.items()} != expected:
             raise BundleFormatError(

@@ -31,6 +31,7 @@ from ddcli.pool.pool import Pool
 from ddcli.bundle import Bundle
 from ddcli.data import RealData, load_dataset
 from ddcli.errors import ConfigError, PoolError
+from ddcli.init_modes import draws_fresh_nets, is_pretrained
 from ddcli.models import create_model
 from ddcli.core.params import Params
 
@@ -113,7 +114,7 @@ class PoolEvalReport:
 def is_pool_bundle(bundle: Bundle) -> bool:
     """Whether ``evaluate_pool_bundle`` is the evaluation for this bundle."""
     kind = _objective(bundle).get("kind", "distill")
-    return bundle.init_mode.startswith("pretrained") or kind in ("adapt", "attack")
+    return is_pretrained(bundle.init_mode) or kind in ("adapt", "attack")
 
 
 def evaluate_pool_bundle(
@@ -206,13 +207,13 @@ def _nets(bundle: Bundle, model: nn.Module, init: dict, pool_path, n_nets, seed,
           report: PoolEvalReport) -> list[tuple[str, int | None, Params]]:
     """(group, pool index, weights) of every net to evaluate (``evaluation_nets``' policy)."""
     held, held_indices = None, None
-    if bundle.init_mode.startswith("pretrained"):
+    if is_pretrained(bundle.init_mode):
         held_indices = _held_out_indices(bundle, init, pool_path, report)
         if held_indices is not None:
             pool = Pool.load(report.pool)
             held_indices = held_indices[: n_nets or len(held_indices)]
             held = [pool.load_net(i, dev) for i in held_indices]
-    n_fresh = (n_nets or 10) if bundle.init_mode == "random" else 0
+    n_fresh = (n_nets or 10) if draws_fresh_nets(bundle.init_mode) else 0
     nets = evaluation_nets(model, n_fresh=n_fresh, seed=seed, scheme=bundle.init_scheme,
                            stored=bundle.init_params, stored_index=init.get("pool_index"),
                            held_out=held, held_out_indices=held_indices, device=dev)

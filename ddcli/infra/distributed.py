@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ddcli.errors import ConfigError
 from ddcli.infra import signals
+from ddcli.init_modes import is_fixed
 
 
 def env_world() -> tuple[int, int, int]:
@@ -61,7 +62,7 @@ def check_config(cfg, world: int) -> None:
     if world == 1:
         return
     mode = cfg.init.mode
-    if mode in ("fixed", "pretrained-fixed"):
+    if is_fixed(mode):
         raise ConfigError(
             f"--init-mode {mode} trains one network, which can't be split over {world} "
             "processes: run it in one process, or use --init-mode random / pretrained-random")
