@@ -39,7 +39,7 @@ from ddcli.data import load_dataset
 from ddcli.evaluate import replay_accuracies, train_accuracies
 from ddcli.core.metrics import activation_floats, correct_counts
 from ddcli.core.params import stack_params
-from ddcli.evaluate._nets import supports_vmap
+from ddcli.evaluate._many_nets import supports_vmap
 from ddcli.models import create_model
 
 

@@ -24,7 +24,7 @@ from .init_modes import INIT_MODES, InitMode, draws_fresh_nets, is_pretrained
 from .infra.sections import Flag, Section, collect_flags, flag, load_config_file, merge_dicts  # noqa: F401
 
 UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
-PRECISIONS = ("fp32", "bf16-outer")  # ddcli.core.nets
+PRECISIONS = ("fp32", "bf16-outer")  # ddcli.core.meta_gradient
 OBJECTIVES = ("distill", "adapt", "attack", "distribution", "trajectory")  # ddcli.core.objectives
 TRAJECTORY_RATES = ("one", "per-step")  # ddcli.core.trajectory
 META_OPTIMIZERS = ("adam", "sgd")

@@ -7,7 +7,7 @@ import torch
 
 from ddcli import Bundle, DistillConfig, distill
 from ddcli.core.objectives import AttackObjective, RealLoss, make_objective
-from ddcli.evaluate.pool import evaluate_pool_bundle, random_real_images
+from ddcli.evaluate.pool_eval import evaluate_pool_bundle, random_real_images
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
 from ddcli.evaluate.pool_report import pool_report_lines
 from ddcli.data import RealData

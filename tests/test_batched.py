@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ddcli import DistillConfig, distill
-from ddcli.core.nets import NetsMetaGradient
+from ddcli.core.meta_gradient import NetsMetaGradient
 from ddcli.core.params import init_params
 from ddcli.core.rates import raw_from_lrs
 from ddcli.core.steps import StepFn

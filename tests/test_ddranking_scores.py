@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-import ddcli.evaluate._nets as nets
+import ddcli.evaluate._many_nets as nets
 from ddcli.evaluate.ddranking import (
     FullDataProtocol, ddranking_scores, full_data_accuracy, full_data_key, hlr, ior, lrs,
     lrs_alpha,

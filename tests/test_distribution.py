@@ -10,7 +10,7 @@ from ddcli.layering import build_config
 from ddcli.core.augment import DSA, FAMILIES
 from ddcli.core.distribution import (DistributionMatching, class_images, distribution_loss,
                                      embedding)
-from ddcli.core.nets import NetsMetaGradient
+from ddcli.core.meta_gradient import NetsMetaGradient
 from ddcli.core.objectives import CLASS_BATCHES, OuterBatch, list_objectives, make_objective
 from ddcli.core.params import init_params
 from ddcli.core.rates import initial_raw_lrs, lrs_from_raw

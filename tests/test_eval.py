@@ -9,8 +9,8 @@ from ddcli import Bundle, DistillConfig, distill
 from ddcli.core.params import init_params
 from ddcli.core.seeds import derive_seed
 from ddcli.core.metrics import accuracy
-from ddcli.evaluate.nets import STORED
-from ddcli.evaluate.pool import PoolEvalReport
+from ddcli.evaluate.initial_nets import STORED
+from ddcli.evaluate.pool_eval import PoolEvalReport
 from ddcli.core.unroll import unroll
 from ddcli.errors import BundleFormatError, ConfigError
 from ddcli.evaluate import (
@@ -22,7 +22,7 @@ from ddcli.evaluate import (
     train_accuracies,
     train_nets,
 )
-from ddcli.evaluate._nets import use_vmap
+from ddcli.evaluate._many_nets import use_vmap
 from ddcli.models import create_model
 
 from tests._toy import toy_data

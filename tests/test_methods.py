@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddcli.core.augment import DSA, FAMILIES
-from ddcli.core.nets import outer_loss
+from ddcli.core.meta_gradient import outer_loss
 from ddcli.core.rates import lrs_from_raw, raw_from_lrs
 from ddcli.core.schedules import CyclicSchedule, PoolSchedule
 from ddcli.core.steps import GD, SGD, StepFn

@@ -8,11 +8,11 @@ from typer.testing import CliRunner
 
 from ddcli import Bundle, DistillConfig, distill, resume
 from ddcli.engine.inits import PretrainedRandomInit, make_init_source
-from ddcli.pool.pool import MANIFEST, Pool
-from ddcli.evaluate.pool import evaluate_pool_bundle, is_pool_bundle
+from ddcli.pool.folder import MANIFEST, Pool
+from ddcli.evaluate.pool_eval import evaluate_pool_bundle, is_pool_bundle
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
 from ddcli.core.metrics import accuracy
-from ddcli.evaluate.nets import HELD_OUT
+from ddcli.evaluate.initial_nets import HELD_OUT
 from ddcli.core.unroll import unroll
 from ddcli.cli import app
 from ddcli.errors import ConfigError, PoolError

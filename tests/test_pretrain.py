@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from ddcli.core.seeds import derive_seed
-from ddcli.pool.pool import MANIFEST, Pool, net_file
+from ddcli.pool.folder import MANIFEST, Pool, net_file
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
 from ddcli.core.metrics import accuracy
 from ddcli.cli import app

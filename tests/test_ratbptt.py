@@ -148,7 +148,7 @@ def test_adam_where_a_gradient_is_exactly_zero_gives_a_finite_meta_gradient():
     model, params, images, hard, _, raw, x, y = _problem()
     images = images.clone()
     images[..., 0, 0, 0] = 0.0
-    from ddcli.core.nets import outer_loss
+    from ddcli.core.meta_gradient import outer_loss
     from ddcli.core.unroll import adjoint_of, differentiate_unroll
 
     got = differentiate_unroll(StepFn(model, Adam()), adjoint_of(lambda p: outer_loss(model, p, x, y)),
@@ -209,7 +209,7 @@ def test_replay_in_eval_uses_the_sets_balanced_draws_and_adam(tmp_path):
     assert report.rows[0].accuracies[0] == pytest.approx(want)
     # Nets stacked under vmap replay as they do one by one (Adam's state stacks too).
     from ddcli.core.params import init_params
-    from ddcli.evaluate._nets import replay_accuracies
+    from ddcli.evaluate._many_nets import replay_accuracies
 
     inits = [init_params(model, "default", s) for s in (1, 2, 3)]
     args = (model, inits, b.images, b.labels, b.lrs, data.test_x, data.test_y)

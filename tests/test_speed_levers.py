@@ -18,7 +18,7 @@ from torch import nn
 
 from ddcli import DistillConfig, distill, resume
 from ddcli.config import resumable_settings
-from ddcli.core.nets import NetsMetaGradient, channels_last, meta_gradient, outer_chunks
+from ddcli.core.meta_gradient import NetsMetaGradient, channels_last, meta_gradient, outer_chunks
 from ddcli.core.rates import raw_from_lrs
 from ddcli.core.steps import StepFn
 from ddcli.errors import ConfigError

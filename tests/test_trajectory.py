@@ -10,7 +10,7 @@ from torch import nn
 
 from ddcli import Bundle, distill, resume
 from ddcli.config import build_config
-from ddcli.core.nets import NetsMetaGradient
+from ddcli.core.meta_gradient import NetsMetaGradient
 from ddcli.core.objectives import EXPERT_SEGMENT, OuterBatch, make_objective
 from ddcli.core.params import init_params
 from ddcli.core.rates import lrs_from_raw, raw_from_lrs
@@ -22,7 +22,7 @@ from ddcli.engine.inits import ExpertSegments, make_init_source
 from ddcli.errors import ConfigError, PoolError
 from ddcli.evaluate import evaluate_bundle
 from ddcli.models import create_model
-from ddcli.pool.pool import MANIFEST, Pool, trajectory_file
+from ddcli.pool.folder import MANIFEST, Pool, trajectory_file
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
 from ddcli.core.seeds import derive_seed
 

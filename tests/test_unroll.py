@@ -14,7 +14,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from ddcli.config import DistillConfig, replace
 from ddcli.core.memory import estimate_memory
-from ddcli.core.nets import meta_gradient
+from ddcli.core.meta_gradient import meta_gradient
 from ddcli.core.params import init_params
 from ddcli.core.rates import lrs_from_raw, raw_from_lrs
 from ddcli.core.unroll import unroll

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ddcli.evaluate._sets import PixelSpaceWarning
-from ddcli.evaluate.pool import PoolEvalReport
+from ddcli.evaluate.pool_eval import PoolEvalReport
 from ddcli.evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report, sidecar_path
 from ddcli.infra.io import check_writable
 from ddcli.cli._app import app

@@ -8,7 +8,7 @@ Example:
 """
 
 from ddcli.core.metrics import accuracy, confusion, correct_counts, predictions
-from ddcli.core.nets import NetsMetaGradient, meta_gradient, outer_loss
+from ddcli.core.meta_gradient import NetsMetaGradient, meta_gradient, outer_loss
 from ddcli.core.params import Params, init_params, stack_params
 from ddcli.core.rates import initial_raw_lrs, lrs_from_raw, raw_from_lrs
 from ddcli.core.schedules import CyclicSchedule, EpochSchedule, PoolSchedule

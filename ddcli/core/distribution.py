@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ddcli.core.augment import DSA, parse_augment
-from ddcli.core.nets import NetsMetaGradient
+from ddcli.core.meta_gradient import NetsMetaGradient
 from ddcli.core.objectives import CLASS_BATCHES, Objective, OuterBatch, register_objective
 from ddcli.core.params import Params
 from ddcli.core.seeds import derive_seed

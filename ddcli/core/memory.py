@@ -11,7 +11,7 @@ keeps for a backward pass. Counting the distinct storages gives
   gradient buffers its backward pass needs at once (twice its largest saved tensor).
 
 The modes then hold, per network evaluated at once (``nets``), plus one outer graph
-(on the CPU; one per net elsewhere, see ``ddcli.core.nets``):
+(on the CPU; one per net elsewhere, see ``ddcli.core.meta_gradient``):
 
     full, stepwise   (T + 1) * step_graph                  (all T graphs alive)
     recompute        (T + 1) * |theta| + 2 * step_graph   (one step's graph at a time)
@@ -34,7 +34,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.func import functional_call
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from ddcli.core.nets import meta_gradient
+from ddcli.core.meta_gradient import meta_gradient
 from ddcli.core.steps import StepFn
 from ddcli.init_modes import samples_nets
 
@@ -75,7 +75,7 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
         train_size, test_size: images in the real train and test sets.
         nproc: processes the sampled networks are split over.
         device_type: "cpu", "cuda" or "mps"; batched nets take the outer loss one net
-            at a time on the CPU and all together elsewhere (see ``ddcli.core.nets``).
+            at a time on the CPU and all together elsewhere (see ``ddcli.core.meta_gradient``).
     """
     spec = model.ddcli_spec
     c, hw, classes = spec["in_channels"], spec["image_size"], spec["num_classes"]

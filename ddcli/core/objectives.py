@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar
 
 from torch import Tensor
 
-from ddcli.core.nets import NetsMetaGradient, outer_loss
+from ddcli.core.meta_gradient import NetsMetaGradient, outer_loss
 from ddcli.core.params import Params
 from ddcli.core.unroll import MetaGradient
 from ddcli.errors import ConfigError

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddcli.core.nets import NetsMetaGradient
+from ddcli.core.meta_gradient import NetsMetaGradient
 from ddcli.core.objectives import EXPERT_SEGMENT, Objective, OuterBatch, register_objective
 from ddcli.core.params import Params, stack_params
 from ddcli.core.unroll import MetaGradient, OuterFn

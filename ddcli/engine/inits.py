@@ -263,7 +263,7 @@ def make_init_source(cfg, model: nn.Module, device: torch.device, *,
     if i.mode == InitMode.RANDOM:
         return RandomInit(model, cfg.model.init_scheme, i.seed, i.n_nets, i.sample_n_nets, device)
     if is_pretrained(i.mode):
-        from ddcli.pool.pool import Pool
+        from ddcli.pool.folder import Pool
 
         pool = Pool.load(i.pool)
         spec = model.ddcli_spec

@@ -15,7 +15,7 @@ import torch
 from ddcli.config import DistillConfig, flag_name, resumable_settings
 from ddcli.core.rates import lrs_from_raw
 from ddcli.data import RealData, resumed_data_root
-from ddcli.engine._loop import (FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, MASS_MAX, MASS_MEAN,
+from ddcli.engine.records import (FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, MASS_MAX, MASS_MEAN,
                                 MASS_MIN, STOP, Pending)
 from ddcli.engine.clipping import clip_to_average_, initial_average
 from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, SnapshotInfo, StartInfo

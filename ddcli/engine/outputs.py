@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ddcli.bundle import Bundle
 from ddcli.config import DistillConfig
-from ddcli.engine._loop import trim_metrics
+from ddcli.engine.records import trim_metrics
 from ddcli.engine.events import EvalInfo
 from ddcli.engine.state import RunState, save_checkpoint
 from ddcli.infra import io as _io

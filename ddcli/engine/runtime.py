@@ -15,7 +15,7 @@ from torch import Tensor
 from ddcli.config import DistillConfig
 from ddcli.core.inner import InnerLoop
 from ddcli.core.metrics import activation_floats
-from ddcli.core.nets import NetsMetaGradient
+from ddcli.core.meta_gradient import NetsMetaGradient
 from ddcli.core.rates import initial_raw_lrs, lrs_from_raw
 from ddcli.core.seeds import derive_seed
 from ddcli.core.schedules import Schedule
@@ -27,8 +27,8 @@ from ddcli.engine.inits import (FixedInit, InitSource, initial_images, make_init
                                 real_initial_images)
 from ddcli.engine.state import RunState
 from ddcli.errors import ConfigError
-from ddcli.evaluate._nets import replay_accuracies
-from ddcli.evaluate.nets import evaluation_nets
+from ddcli.evaluate._many_nets import replay_accuracies
+from ddcli.evaluate.initial_nets import evaluation_nets
 from ddcli.infra import device as _device
 from ddcli.infra import distributed as _distributed
 from ddcli.infra import provenance

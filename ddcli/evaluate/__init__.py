@@ -26,14 +26,14 @@ Example:
 from ddcli.evaluate._baselines import (
     BASELINES, build_baseline, kmeans, kmeans_lockstep, kmeans_sets, knn_accuracy,
 )
-from ddcli.evaluate._nets import replay_accuracies, train_accuracies, train_nets
+from ddcli.evaluate._many_nets import replay_accuracies, train_accuracies, train_nets
 from ddcli.evaluate._evaluate import evaluate, evaluate_bundle, evaluate_set
 from ddcli.evaluate._job import StageInfo
 from ddcli.evaluate._replay_protocol import initial_params
 from ddcli.evaluate._report import EvalConfig, EvalReport, EvalRow, record_report, sidecar_path
 from ddcli.evaluate._sets import ImageSet, load_image_set
-from ddcli.evaluate.nets import HELD_OUT, RANDOM, STORED, EvalNet, evaluation_nets
-from ddcli.evaluate.pool import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
+from ddcli.evaluate.initial_nets import HELD_OUT, RANDOM, STORED, EvalNet, evaluation_nets
+from ddcli.evaluate.pool_eval import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
 from ddcli.evaluate.pool_report import pool_report_lines
 
 __all__ = [

@@ -19,13 +19,13 @@ from ddcli.core.steps import GD
 from ddcli.errors import ConfigError, DDError, ModelError
 from ddcli.init_modes import is_seeded_fixed
 from ddcli.models import check_functional, create_model, model_label
-from ddcli.evaluate._nets import supports_vmap
+from ddcli.evaluate._many_nets import supports_vmap
 from ddcli.evaluate._job import Job, count_stages
 from ddcli.evaluate._replay_protocol import checkpoints, run_replay
 from ddcli.evaluate._report import BATCHING, EvalConfig, EvalReport
 from ddcli.evaluate.ddranking import FullDataProtocol, ddranking_scores, full_data_accuracy
-from ddcli.evaluate.nets import RANDOM
-from ddcli.evaluate.pool import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
+from ddcli.evaluate.initial_nets import RANDOM
+from ddcli.evaluate.pool_eval import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
 from ddcli.evaluate._sets import ImageSet, load_image_set, set_kind
 from ddcli.evaluate._train_protocol import run_train, score_epochs
 from ddcli.evaluate import protocols

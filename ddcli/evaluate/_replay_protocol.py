@@ -21,8 +21,8 @@ from ddcli.bundle import Bundle
 from ddcli.core.params import Params
 from ddcli.errors import BundleFormatError
 from ddcli.init_modes import draws_fresh_nets, is_seeded_fixed
-from ddcli.evaluate.nets import RANDOM, STORED, evaluation_nets
-from ddcli.evaluate._nets import replay_accuracies
+from ddcli.evaluate.initial_nets import RANDOM, STORED, evaluation_nets
+from ddcli.evaluate._many_nets import replay_accuracies
 from ddcli.evaluate._job import Job, baseline_rows
 from ddcli.evaluate._report import EvalRow
 
@@ -43,7 +43,7 @@ def initial_params(
 
     Raises:
         BundleFormatError: a fixed-init bundle without (matching) stored weights, or an
-            init mode this function doesn't replay (pool bundles: ``ddcli.evaluate.pool``).
+            init mode this function doesn't replay (pool bundles: ``ddcli.evaluate.pool_eval``).
     """
     mode = bundle.init_mode
     if not (is_seeded_fixed(mode) or draws_fresh_nets(mode)):

@@ -21,7 +21,7 @@ PROTOCOLS = ("replay", "train", "dc", "dsa", "mtt")
 NAMED = ("dc", "dsa", "mtt")  # the papers' own evaluations (ddcli.evaluate.protocols)
 #: EvalConfig.batching -> the ``batched`` argument of the _batched routines
 BATCHING = {"auto": None, "vmap": True, "loop": False}
-FRESH = "fresh nets"  # the train protocol's nets (the replay's groups: ddcli.evaluate.nets)
+FRESH = "fresh nets"  # the train protocol's nets (the replay's groups: ddcli.evaluate.initial_nets)
 RECORD_FORMAT = "ddcli-eval"
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ddcli.core.augment import parse_augment
 from ddcli.core.seeds import derive_seed
-from ddcli.evaluate._nets import train_accuracies
+from ddcli.evaluate._many_nets import train_accuracies
 from ddcli.evaluate._job import Job, baseline_rows
 from ddcli.evaluate._report import FRESH, EvalRow
 

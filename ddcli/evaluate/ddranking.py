@@ -179,7 +179,7 @@ def full_data_accuracy(data: RealData, protocol: FullDataProtocol, *,
     """
     from ddcli.core.params import init_params
     from ddcli.core.seeds import derive_seed
-    from ddcli.evaluate._nets import train_accuracies
+    from ddcli.evaluate._many_nets import train_accuracies
     from ddcli.models import create_model
 
     key = full_data_key(data, protocol)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ddcli.evaluate.nets import HELD_OUT, RANDOM, STORED
-from ddcli.evaluate.pool import PHASES, PoolEvalReport
+from ddcli.evaluate.initial_nets import HELD_OUT, RANDOM, STORED
+from ddcli.evaluate.pool_eval import PHASES, PoolEvalReport
 from ddcli.infra.text import count
 
 _HEAD = {"before": "before", "after": "after (distilled)", "baseline": "random real"}

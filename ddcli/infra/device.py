@@ -110,7 +110,7 @@ def inner_threads(device: torch.device, step_floats: int = 0) -> int | None:
 
 def unroll_onednn(device: torch.device, step_floats: int) -> bool | None:
     """Whether one network's unroll uses oneDNN's convolutions: False turns them off for
-    it, None leaves torch's setting (``ddcli.core.nets.NetsMetaGradient``).
+    it, None leaves torch's setting (``ddcli.core.meta_gradient.NetsMetaGradient``).
 
     ``step_floats`` is what one inner step's layers output (the images of a step times
     ``ddcli.core.metrics.activation_floats``). For steps this small (LeNet on the 10

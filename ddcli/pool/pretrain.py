@@ -24,8 +24,8 @@ from ddcli.core.seeds import derive_seed
 from ddcli.core.steps import SGD, Adam, StepFn
 from ddcli.infra.device import resolve_device
 from ddcli.infra.io import check_writable
-from ddcli.pool.pool import (MANIFEST, TRAJECTORY_FORMAT_NAME, Pool, PoolNet, net_file,
-                             read_net_record, trajectory_file)
+from ddcli.pool.folder import (MANIFEST, TRAJECTORY_FORMAT_NAME, Pool, PoolNet, net_file,
+                               read_net_record, trajectory_file)
 from ddcli.data import RealData, default_model, load_dataset
 from ddcli.errors import ConfigError, DivergedError, PoolError
 from ddcli.models import check_functional, create_model

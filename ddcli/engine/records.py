@@ -1,6 +1,8 @@
-"""Pieces of the outer loop that aren't the loop: deferred reads, metrics trimming.
+"""Each outer iteration's record: kept on the device, read back in batches, and trimmed.
 
-(Stopping on Ctrl-C, SIGTERM and SIGHUP is ``ddcli.infra.signals.stop_on_signals``.)
+An iteration leaves one small tensor (loss, finite, stop, rates, label mass; the layout
+below); ``Pending`` reads many back with one host sync. ``trim_metrics`` cuts
+``metrics.jsonl`` back to a checkpoint's iteration when a run resumes.
 """
 
 from __future__ import annotations

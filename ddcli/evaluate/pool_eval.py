@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from ddcli.core.metrics import confusion
 from ddcli.core.seeds import derive_seed
 from ddcli.core.unroll import unroll
-from ddcli.evaluate.nets import HELD_OUT, RANDOM, STORED, evaluation_nets
-from ddcli.pool.pool import Pool
+from ddcli.evaluate.initial_nets import HELD_OUT, RANDOM, STORED, evaluation_nets
+from ddcli.pool.folder import Pool
 from ddcli.bundle import Bundle
 from ddcli.data import RealData, load_dataset
 from ddcli.errors import ConfigError, PoolError
