@@ -14,8 +14,8 @@ from ddcli.cli import app
 from ddcli.cli._options import config_options
 from ddcli.cli._scale import forward_args
 from ddcli.config import config_flags, flag_overrides, resumable_settings
+from ddcli import layering
 from ddcli.layering import build_config
-from ddcli.engine import loop
 from ddcli.infra.sections import Section, collect_flags, flag
 from tests._cli import one_line_error, run
 
@@ -86,6 +86,16 @@ def test_bad_config_file(tmp_path):
 def test_resume_missing_run_dir(tmp_path):
     err = one_line_error(run("distill", "--resume", tmp_path / "nope"), 1)
     assert "no run folder" in err
+
+
+def test_resume_dry_run_refuses_what_a_resume_cant_change(tmp_path):
+    # --dry-run of a resume sizes the config the resume would run with, through the same
+    # check as the resume itself: a setting fixed at the start can't change.
+    run_dir = tmp_path / "m.run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(build_config().to_dict()))
+    err = one_line_error(run("distill", "--resume", run_dir, "--steps", "2", "--dry-run"), 2)
+    assert "--steps can't change when resuming" in err
 
 
 def test_summary_line_and_resume_via_cli(tmp_path, fixture_root):
@@ -178,7 +188,7 @@ def test_forward_args_rebuild_the_command_line_for_the_workers():
 
 
 def test_resumable_settings_come_from_the_metadata():
-    assert loop.RESUMABLE_OVERRIDES == resumable_settings() == {
+    assert layering.RESUMABLE_OVERRIDES == resumable_settings() == {
         ("optim", "meta_lr"), ("optim", "iterations"), ("optim", "real_epochs"),
         ("run", "checkpoint_every"), ("run", "snapshot_every"), ("run", "eval_every"),
         ("run", "eval_nets"), ("run", "log_every"), ("run", "device"), ("data", "data_root"),

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from ddcli.config import DistillConfig, flag_overrides
-from ddcli.layering import build_config
+from ddcli.layering import build_config, resumed_config
 from ddcli.cli import app
 from ddcli.data import RealData
 from ddcli.engine.timing import estimate_time
@@ -223,3 +223,16 @@ def test_each_results_bundle_was_made_by_its_preset():
         assert made == want, name
         checked += 1
     assert checked == sum("preset" in e for e in index.values())
+
+
+def test_a_resume_changes_only_its_resumable_settings():
+    stored = build_config(overrides={"optim": {"iterations": 10, "meta_lr": 0.02}}).to_dict()
+    stored["optim"]["lr"] = stored["optim"].pop("meta_lr")  # an earlier version's key name
+    cfg = resumed_config(stored, {"optim": {"iterations": 30, "meta_lr": 0.005},
+                                  "synth": {"steps": 10}})  # steps as the run began: fine
+    assert (cfg.optim.iterations, cfg.optim.meta_lr, cfg.synth.steps) == (30, 0.005, 10)
+    cfg = resumed_config(stored, {"optim": {"real_epochs": 2.0}})
+    assert (cfg.optim.iterations, cfg.optim.real_epochs) == (None, 2.0)
+    assert resumed_config(stored) == DistillConfig.from_dict(stored)
+    with pytest.raises(ConfigError, match=r"^--steps can't change when resuming; .* 10$"):
+        resumed_config(stored, {"synth": {"steps": 2}})

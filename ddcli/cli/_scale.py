@@ -10,16 +10,16 @@ from typing import Any
 
 import typer
 
+from ddcli import layering
 from ddcli.core import memory as _memory
 from ddcli.core.objectives import make_objective
 from ddcli.errors import ConfigError
 from ddcli.infra import device as _device
 from ddcli.infra.device import resolve_device
-from ddcli.config import DistillConfig, load_config_file, merge_dicts
-from ddcli.data import load_dataset, resumed_data_root
+from ddcli.config import DistillConfig, load_config_file
+from ddcli.data import load_dataset
 from ddcli.models import create_model
 from ddcli.infra.text import count
-from ddcli.layering import apply_real_epochs_rule
 
 
 def forward_args(ctx: typer.Context) -> list[str]:
@@ -53,12 +53,7 @@ def resumed_config(run_dir: Path, overrides: dict[str, dict[str, Any]]) -> Disti
     path = Path(run_dir) / "config.json"
     if not path.exists():
         return None
-    # Through from_dict first: run folders from earlier versions use older key names.
-    stored = DistillConfig.from_dict(load_config_file(path)).to_dict()
-    merged = merge_dicts(stored, apply_real_epochs_rule(overrides))
-    merged["data"]["data_root"] = resumed_data_root(
-        stored["data"]["data_root"], overrides.get("data", {}).get("data_root"))
-    return DistillConfig.from_dict(merged).validate()
+    return layering.resumed_config(load_config_file(path), overrides)
 
 
 def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from ddcli.config import DistillConfig, flag_name, resumable_settings
+from ddcli.config import DistillConfig
 from ddcli.core.rates import lrs_from_raw
-from ddcli.data import RealData, resumed_data_root
+from ddcli.data import RealData
 from ddcli.engine.records import (FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, MASS_MAX, MASS_MEAN,
                                 MASS_MIN, STOP, Pending)
 from ddcli.engine.clipping import clip_to_average_, initial_average
@@ -27,11 +27,7 @@ from ddcli.errors import ConfigError, DivergedError, Interrupted, OutputError
 from ddcli.infra import device as _device
 from ddcli.infra import io as _io
 from ddcli.infra.signals import stop_on_signals
-from ddcli.layering import apply_real_epochs_rule
-
-# Settings a resumed run may change (flag(resumable=True) in ddcli.config); everything
-# else must stay as the run began.
-RESUMABLE_OVERRIDES = resumable_settings()
+from ddcli.layering import resumed_config
 
 __all__ = ["default_out", "default_run_dir", "distill", "resume"]
 
@@ -109,23 +105,7 @@ def resume(
                           force=force)
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
-    # Through from_dict and back: run folders from earlier versions use older key names.
-    cfg_dict = DistillConfig.from_dict(state.config).to_dict()
-    for section, values in apply_real_epochs_rule(overrides or {}).items():
-        for key, value in values.items():
-            if (section, key) not in RESUMABLE_OVERRIDES:
-                if cfg_dict.get(section, {}).get(key) != value:
-                    raise ConfigError(
-                        f"{flag_name(section, key)} can't change when resuming; the run was "
-                        f"made with {cfg_dict.get(section, {}).get(key)!r}"
-                    )
-                continue
-            cfg_dict.setdefault(section, {})[key] = value
-    # A run folder from another machine records a data root that isn't here (resumed_data_root)
-    given = (overrides or {}).get("data", {}).get("data_root")
-    recorded = DistillConfig.from_dict(state.config).data.data_root
-    cfg_dict.setdefault("data", {})["data_root"] = resumed_data_root(recorded, given)
-    cfg = DistillConfig.from_dict(cfg_dict).validate()
+    cfg = resumed_config(state.config, overrides)
     out = Path(out) if out is not None else _resumed_out(Path(state.out), run_dir)
     if out.exists() and not force:
         raise ConfigError(f"{out} exists (the bundle of this run's last finish, or another "
