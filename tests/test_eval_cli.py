@@ -104,3 +104,30 @@ def test_train_protocol_on_the_cli(mnist_bundle, fixture_root):
 def test_help_mentions_protocols():
     r = run("eval", "--help")
     assert r.exit_code == 0 and "replay" in r.stdout and "--compare" in r.stdout
+
+
+def test_eval_options_are_eval_configs_fields(monkeypatch, tmp_path):
+    # dd eval's options come from EvalConfig's fields: with none given the command
+    # evaluates with EvalConfig() itself, and each given one lands in its field.
+    import ddcli.cli.eval as eval_cli
+    from ddcli.errors import DDError
+    from ddcli.evaluate import EvalConfig
+    from ddcli.evaluate._report import eval_flags
+
+    seen = []
+
+    def capture(path, cfg, **kw):
+        seen.append(cfg)
+        raise DDError("captured")
+
+    monkeypatch.setattr(eval_cli, "evaluate", capture)
+    one_line_error(run("eval", tmp_path / "m.safetensors"), 1)
+    assert seen[-1] == EvalConfig()
+    one_line_error(run("eval", tmp_path / "m.safetensors", "--n-nets", "3", "--lr", "0.05",
+                       "--per-step", "--baseline", "kmeans", "--batching", "loop",
+                       "--baseline-labels", "set", "--ddranking", "--seed", "4"), 1)
+    assert seen[-1] == EvalConfig(n_nets=3, train_lr=0.05, per_step=True, baselines=("kmeans",),
+                                  batching="loop", baseline_labels="set", ddranking=True, seed=4)
+    helped = run("eval", "--help").stdout
+    for f in eval_flags():
+        assert f.names[0] in helped

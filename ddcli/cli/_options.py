@@ -43,8 +43,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON
                                     rich_help_panel=OUTPUT)]
 
 
-def config_options(panels: Sequence[str], flags: Sequence[Flag] | None = None
-                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def config_options(panels: Sequence[str], flags: Sequence[Flag] | None = None, *,
+                   negatable: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: the command also takes every config flag, into its ``**flags``.
 
     Typer reads a command's parameters from ``inspect.signature``, so the decorated
@@ -56,6 +56,8 @@ def config_options(panels: Sequence[str], flags: Sequence[Flag] | None = None
     Args:
         panels: the order of the ``--help`` panels.
         flags: the flags to add; default ``config_flags()``, the `dd distill` ones.
+        negatable: a bool flag is a ``--x/--no-x`` pair, so that a layer's True (a
+            preset's) can be turned off; False: a plain ``--x`` switch.
     """
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(func, eval_str=True)
@@ -64,7 +66,8 @@ def config_options(panels: Sequence[str], flags: Sequence[Flag] | None = None
         ctx = [p for p in sig.parameters.values() if p.annotation is typer.Context]
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()
                if p.kind is not p.VAR_KEYWORD and p.annotation is not typer.Context]
-        params = own + [_parameter(f) for f in (config_flags() if flags is None else flags)]
+        params = own + [_parameter(f, negatable)
+                        for f in (config_flags() if flags is None else flags)]
         order = list(panels)
         for p in params:
             if _panel(p) not in order:
@@ -75,15 +78,19 @@ def config_options(panels: Sequence[str], flags: Sequence[Flag] | None = None
     return decorate
 
 
-def _parameter(f: Flag) -> inspect.Parameter:
+def _parameter(f: Flag, negatable: bool = True) -> inspect.Parameter:
     if f.argument:
         info: Any = typer.Argument(help=f.help, metavar=f.metavar,
                                    show_default=f.default_label or False)
     else:
         # --augment/--no-augment: a preset's True can be turned off again.
-        decls = [f"{n}/--no-{n[2:]}" for n in f.names] if f.type is bool else list(f.names)
+        pair = f.type is bool and negatable
+        decls = [f"{n}/--no-{n[2:]}" for n in f.names] if pair else list(f.names)
         info = typer.Option(*decls, help=f.help, metavar=f.metavar, rich_help_panel=f.panel,
                             show_default=f.default_label or False)
+    if f.type is bool and not negatable:  # a switch: given or not
+        return inspect.Parameter(f.dest, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                 annotation=Annotated[bool, info])
     return inspect.Parameter(f.dest, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[Optional[f.type], info])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Any, List, Optional
 
 import numpy as np
 import typer
@@ -18,13 +18,17 @@ from ddcli.evaluate.pool_eval import PoolEvalReport
 from ddcli.evaluate import BASELINES, EvalConfig, EvalReport, evaluate, record_report, sidecar_path
 from ddcli.infra.io import check_writable
 from ddcli.cli._app import app
-from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed
+from ddcli.cli._options import DataRoot, Device, Json, Quiet, Seed, config_options
+from ddcli.config import OUTPUT
+from ddcli.evaluate._report import BASELINE_PANEL, OPTIONS, PROTOCOL, TRAIN, eval_flags
 from ddcli.evaluate.pool_report import pool_report_lines
 from ddcli.cli._progress import EvalProgress, stderr
 from ddcli.infra.signals import rearm_interrupt
 from ddcli.infra.text import count
 
 Opt = typer.Option
+# The --help panels in order; each option of EvalConfig sits in the one its field names.
+PANELS = ("Arguments", OPTIONS, PROTOCOL, BASELINE_PANEL, TRAIN, OUTPUT)
 
 
 EXAMPLES = """
@@ -40,44 +44,26 @@ dd eval set.npz --dataset mnist --json
 
 
 @app.command("eval", epilog=EXAMPLES)
+@config_options(PANELS, eval_flags(), negatable=False)
 def eval_command(
     path: Annotated[Path, typer.Argument(help="A bundle (.safetensors), a .pt or .npz set, or an ImageFolder directory.", show_default=False)],
-    protocol: Annotated[Optional[str], Opt(help="replay (the paper's: learned steps and rates; bundles only), train (SGD on the images), or a paper's own evaluation with every knob set: dc (300 epochs; MNIST augmented as DC does), dsa (1000 epochs, DSA augmentation), mtt (as dsa, at the set's learned rate). docs/eval.md gives each one's source.", show_default="replay for bundles, train for other sets", rich_help_panel="Protocol")] = None,
-    n_nets: Annotated[int, Opt(help="Fresh nets per row (baseline draws for a fixed-init bundle).", rich_help_panel="Protocol")] = 20,
     seed: Seed = None,
-    per_step: Annotated[bool, Opt(help="Replay: measure accuracy after every GD step, not only after each epoch.", rich_help_panel="Protocol")] = False,
-    baseline: Annotated[Optional[List[str]], Opt("--baseline", help=f"Also evaluate a real-data baseline; repeatable: {', '.join(BASELINES)}.", show_default=False, rich_help_panel="Baselines")] = None,
-    compare: Annotated[bool, Opt(help="Evaluate every baseline.", rich_help_panel="Baselines")] = False,
-    baseline_labels: Annotated[str, Opt(help="Soft-label sets: baselines train on their images' own classes (hard) or on the set's labels, slot by slot (set).", metavar="hard|set", rich_help_panel="Baselines")] = "hard",
-    candidates: Annotated[int, Opt(help="optimized-real: random draws to pick the best of (scored on training data).", rich_help_panel="Baselines")] = 10,
-    model: Annotated[Optional[str], Opt(help="Train protocol: any model ({models}) or your own FILE.py:FACTORY, for a cross-architecture row.", metavar="NAME", show_default="the set's own", rich_help_panel="Protocol")] = None,
-    train_lr: Annotated[Optional[float], Opt("--train-lr", "--lr", help="Train protocols: the SGD rate (times --lr-decay at half the epochs).", show_default="0.01; mtt: the set's learned rate", rich_help_panel="Train protocol")] = None,
-    train_epochs: Annotated[Optional[int], Opt(help="Train protocols: epochs over the images.", show_default="train 300, dc 301, dsa and mtt 1001", rich_help_panel="Train protocol")] = None,
-    batch_size: Annotated[int, Opt(help="Train protocol: batch size.", rich_help_panel="Train protocol")] = 256,
-    lr_decay: Annotated[float, Opt(help="Train protocol: the lr's factor at half the epochs (DC/DSA/MTT: 0.1).", rich_help_panel="Train protocol")] = 0.1,
-    init_scheme: Annotated[Optional[str], Opt(help="Weight init of fresh nets.", show_default="the bundle's, else xavier", rich_help_panel="Protocol")] = None,
+    baseline: Annotated[Optional[List[str]], Opt("--baseline", help=f"Also evaluate a real-data baseline; repeatable: {', '.join(BASELINES)}.", show_default=False, rich_help_panel=BASELINE_PANEL)] = None,
+    compare: Annotated[bool, Opt(help="Evaluate every baseline.", rich_help_panel=BASELINE_PANEL)] = False,
     dataset: Annotated[Optional[str], Opt(help="Test set and normalisation (needed for .pt/.npz/folder sets).", show_default="the bundle's")] = None,
     data_root: DataRoot = None,
     device: Device = None,
-    batching: Annotated[str, Opt(help="How nets run together: vmap (stacked, torch.func.vmap), loop (one at a time), or auto (vmap on GPUs; on CPUs only where it is faster).")] = "auto",
-    ddranking: Annotated[bool, Opt("--ddranking", help="Train protocol: DD-Ranking's IOR, HLR and LRS, from fractions (adds random-real; trains a full-data net once, cached).", rich_help_panel="Train protocol")] = False,
-    full_data_epochs: Annotated[int, Opt(help="--ddranking: epochs of the full-data reference net.", rich_help_panel="Train protocol")] = 20,
-    augment: Annotated[Optional[str], Opt(help="Train protocols: none, dsa (DSA's ops on every SGD batch), dc (DC's crop_scale_rotate for MNIST), or dsa:FAMILY_... / dc:OP_....", metavar="AUG", show_default="train none; dc: DC's per dataset; dsa, mtt: dsa", rich_help_panel="Train protocol")] = None,
     pool: Annotated[Optional[Path], Opt(help="Pretrained, adapt and attack bundles: the pool folder.", show_default="the one recorded in the bundle")] = None,
-    record: Annotated[bool, Opt(help="Also write the results to the sidecar <set>.eval.json (never into the bundle).", rich_help_panel="Output")] = False,
+    record: Annotated[bool, Opt(help="Also write the results to the sidecar <set>.eval.json (never into the bundle).", rich_help_panel=OUTPUT)] = False,
     quiet: Quiet = False,
     json_out: Json = False,
+    **flags: Any,  # one per EvalConfig option (added by config_options); None: not given
 ) -> None:
     """Train fresh networks on a distilled set; print test accuracy (mean ± std over nets)."""
     rearm_interrupt()  # Ctrl-C works even if started with `&` from a script
-    cfg = EvalConfig(
-        protocol=protocol, n_nets=n_nets, seed=0 if seed is None else seed, per_step=per_step,
-        baselines=tuple(BASELINES if compare else baseline or ()), candidates=candidates,
-        model=model, train_lr=train_lr, train_epochs=train_epochs, batch_size=batch_size,
-        lr_decay=lr_decay, baseline_labels=baseline_labels,
-        init_scheme=init_scheme, device=device or "auto", batching=batching, augment=augment,
-        ddranking=ddranking, full_data_epochs=full_data_epochs,
-    )
+    given = {f.key: flags[f.dest] for f in eval_flags() if flags.get(f.dest) is not None}
+    cfg = EvalConfig(seed=0 if seed is None else seed, device=device or "auto",
+                     baselines=tuple(BASELINES if compare else baseline or ()), **given)
     if record:  # before the work, not after it
         check_writable(sidecar_path(path), "the eval record")
     # A set without a pixel-space record is evaluated with a loud warning; it is said as

@@ -16,6 +16,7 @@ from ddcli.infra import io as _io
 from ddcli.errors import ConfigError
 from ddcli.core.augment import parse_augment
 from ddcli.evaluate._baselines import check_baselines
+from ddcli.infra.sections import Flag, field_flags, flag
 
 PROTOCOLS = ("replay", "train", "dc", "dsa", "mtt")
 NAMED = ("dc", "dsa", "mtt")  # the papers' own evaluations (ddcli.evaluate.protocols)
@@ -23,6 +24,17 @@ NAMED = ("dc", "dsa", "mtt")  # the papers' own evaluations (ddcli.evaluate.prot
 BATCHING = {"auto": None, "vmap": True, "loop": False}
 FRESH = "fresh nets"  # the train protocol's nets (the replay's groups: ddcli.evaluate.initial_nets)
 RECORD_FORMAT = "ddcli-eval"
+# `dd eval`'s --help panels
+PROTOCOL, BASELINE_PANEL, TRAIN, OPTIONS = "Protocol", "Baselines", "Train protocol", "Options"
+
+
+def _flag(default: Any, help: str, panel: str, **kw: Any) -> Any:
+    return field(default=default, metadata=flag(help, panel=panel, **kw))
+
+
+def eval_flags() -> tuple[Flag, ...]:
+    """`dd eval`'s options that are ``EvalConfig`` fields, in field order."""
+    return field_flags(EvalConfig)
 
 
 @dataclass
@@ -62,28 +74,55 @@ class EvalConfig:
             CPUs only for the replay's GD steps, where it is not slower than a loop).
     """
 
-    protocol: str | None = None
-    n_nets: int = 20
+    # A field with _flag(...) metadata is also a `dd eval` option (ddcli.cli.eval), its
+    # help and default shown from here; the others are set from Python only.
+    protocol: str | None = _flag(
+        None, "replay (the paper's: learned steps and rates; bundles only), train (SGD on the "
+        "images), or a paper's own evaluation with every knob set: dc (300 epochs; MNIST "
+        "augmented as DC does), dsa (1000 epochs, DSA augmentation), mtt (as dsa, at the "
+        "set's learned rate). docs/eval.md gives each one's source.", PROTOCOL,
+        default_text="replay for bundles, train for other sets")
+    n_nets: int = _flag(20, "Fresh nets per row (baseline draws for a fixed-init bundle).",
+                        PROTOCOL)
     seed: int = 0
-    per_step: bool = False
+    per_step: bool = _flag(False, "Replay: measure accuracy after every GD step, not only "
+                           "after each epoch.", PROTOCOL)
     baselines: tuple[str, ...] = ()
-    candidates: int = 10
-    model: str | None = None
-    train_lr: float | None = None
-    train_epochs: int | None = None  # train: 300; dc, dsa, mtt: the paper's
-    batch_size: int = 256
+    candidates: int = _flag(10, "optimized-real: random draws to pick the best of (scored on "
+                            "training data).", BASELINE_PANEL)
+    model: str | None = _flag(None, "Train protocol: any model ({models}) or your own "
+                              "FILE.py:FACTORY, for a cross-architecture row.", PROTOCOL,
+                              metavar="NAME", default_text="the set's own")
+    train_lr: float | None = _flag(None, "Train protocols: the SGD rate (times --lr-decay at "
+                                   "half the epochs).", TRAIN, aliases=("--lr",),
+                                   default_text="0.01; mtt: the set's learned rate")
+    train_epochs: int | None = _flag(None, "Train protocols: epochs over the images.", TRAIN,
+                                     default_text="train 300, dc 301, dsa and mtt 1001")
+    batch_size: int = _flag(256, "Train protocol: batch size.", TRAIN)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_decay: float = 0.1
+    lr_decay: float = _flag(0.1, "Train protocol: the lr's factor at half the epochs "
+                            "(DC/DSA/MTT: 0.1).", TRAIN)
     decay_epoch: int | None = None
     reset_momentum: bool = False
-    baseline_labels: str = "hard"  # soft-label sets: baselines on hard labels, or "set"
-    init_scheme: str | None = None
+    baseline_labels: str = _flag("hard", "Soft-label sets: baselines train on their images' "
+                                 "own classes (hard) or on the set's labels, slot by slot "
+                                 "(set).", BASELINE_PANEL, metavar="hard|set")
+    init_scheme: str | None = _flag(None, "Weight init of fresh nets.", PROTOCOL,
+                                    default_text="the bundle's, else xavier")
     device: str = "auto"
-    batching: str = "auto"
-    augment: str | None = None  # train: none; dc, dsa, mtt: the paper's
-    ddranking: bool = False  # train protocol: DD-Ranking's IOR, HLR and LRS (adds random-real)
-    full_data_epochs: int = 20  # the full-data reference net's epochs (HLR); cached on disk
+    batching: str = _flag("auto", "How nets run together: vmap (stacked, torch.func.vmap), "
+                          "loop (one at a time), or auto (vmap on GPUs; on CPUs only where it "
+                          "is faster).", OPTIONS)
+    augment: str | None = _flag(
+        None, "Train protocols: none, dsa (DSA's ops on every SGD batch), dc (DC's "
+        "crop_scale_rotate for MNIST), or dsa:FAMILY_... / dc:OP_....", TRAIN, metavar="AUG",
+        default_text="train none; dc: DC's per dataset; dsa, mtt: dsa")
+    ddranking: bool = _flag(False, "Train protocol: DD-Ranking's IOR, HLR and LRS, from "
+                            "fractions (adds random-real; trains a full-data net once, "
+                            "cached).", TRAIN)
+    full_data_epochs: int = _flag(20, "--ddranking: epochs of the full-data reference net.",
+                                  TRAIN)
 
     def validate(self) -> "EvalConfig":
         if self.batching not in BATCHING:

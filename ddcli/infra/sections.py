@@ -139,17 +139,21 @@ class Flag:
 
 def collect_flags(root: type) -> tuple[Flag, ...]:
     """The flags of a dataclass whose fields are sections (dataclasses), in field order."""
+    return tuple(f for section in fields(root)
+                 for f in field_flags(section.default_factory, section.name))  # type: ignore[arg-type]
+
+
+def field_flags(cls: type, section: str = "") -> tuple[Flag, ...]:
+    """The flags of one flat dataclass (a section, or a config such as ``EvalConfig``)."""
+    hints = typing.get_type_hints(cls)
     out = []
-    for section in fields(root):
-        cls = section.default_factory  # type: ignore[misc]
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            spec = dict(f.metadata.get(_FLAG) or {})
-            if not spec:
-                continue  # settable in config files only
-            name = spec.pop("name") or "--" + f.name.replace("_", "-")
-            out.append(Flag(section=section.name, key=f.name, names=(name, *spec.pop("aliases")),
-                            type=_value_type(hints[f.name], f.name), default=f.default, **spec))
+    for f in fields(cls):
+        spec = dict(f.metadata.get(_FLAG) or {})
+        if not spec:
+            continue  # settable in config files only
+        name = spec.pop("name") or "--" + f.name.replace("_", "-")
+        out.append(Flag(section=section, key=f.name, names=(name, *spec.pop("aliases")),
+                        type=_value_type(hints[f.name], f.name), default=f.default, **spec))
     return tuple(out)
 
 
