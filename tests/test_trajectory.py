@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ddcli import Bundle, distill, resume
-from ddcli.config import build_config
+from ddcli.layering import build_config
 from ddcli.core.meta_gradient import NetsMetaGradient
 from ddcli.core.objectives import EXPERT_SEGMENT, OuterBatch, make_objective
 from ddcli.core.params import init_params

@@ -39,6 +39,7 @@ from ddcli.core.objectives import EXPERT_SEGMENT, Objective, OuterBatch, registe
 from ddcli.core.params import Params, stack_params
 from ddcli.core.unroll import MetaGradient, OuterFn
 from ddcli.errors import ConfigError
+from ddcli.init_modes import InitMode
 
 
 def squared_distance(a: Params, b: Params, *, batched: bool = False) -> Tensor:
@@ -102,7 +103,7 @@ class TrajectoryMatching(Objective):
 @register_objective("trajectory")
 def _trajectory(cfg, num_classes: int | None) -> TrajectoryMatching:
     o = cfg.objective
-    if cfg.init.mode != "pretrained-random" or not cfg.init.pool:
+    if cfg.init.mode != InitMode.PRETRAINED_RANDOM or not cfg.init.pool:
         raise ConfigError("--objective trajectory starts from experts' trajectories: it needs "
                           "--init-mode pretrained-random and a --pool made by `dd pretrain "
                           "--trajectories`")

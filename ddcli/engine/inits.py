@@ -249,7 +249,7 @@ class ExpertSegments(PretrainedRandomInit):
     def eval_mode(self) -> str:
         # The experts only shaped the set; it is meant for fresh nets, so dd eval replays
         # it from (or trains) random ones. The bundle's extra["init"] records the pool.
-        return "random"
+        return InitMode.RANDOM.value
 
 
 def make_init_source(cfg, model: nn.Module, device: torch.device, *,
