@@ -140,3 +140,27 @@ def test_cli_pretrain_errors_are_one_line(tmp_path, fixture_root, flag, value, c
     assert r.exit_code == code, r.output
     err = r.stderr.strip()
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_pretrain_options_are_the_recipes_fields(monkeypatch, tmp_path):
+    # dd pretrain's recipe options come from PretrainRecipe's fields: with none given the
+    # pool is trained with PretrainRecipe() itself, and each given one lands in its field.
+    import ddcli.cli.pretrain as pretrain_cli
+    from ddcli.errors import DDError
+    from ddcli.pool.pretrain import recipe_flags
+
+    seen = []
+
+    def capture(dataset, *, recipe, **kw):
+        seen.append(recipe)
+        raise DDError("captured")
+
+    monkeypatch.setattr(pretrain_cli, "pretrain", capture)
+    base = ["pretrain", "mnist", "-o", str(tmp_path / "pool")]
+    assert runner.invoke(app, base).exit_code == 1 and seen[-1] == PretrainRecipe()
+    r = runner.invoke(app, [*base, "--optimizer", "sgd", "--lr", "0.05", "--real-epochs", "3",
+                            "--weight-decay", "0.001", "--trajectories"])
+    assert r.exit_code == 1 and seen[-1] == PretrainRecipe(
+        real_epochs=3.0, optimizer="sgd", lr=0.05, weight_decay=0.001, trajectories=True)
+    helped = runner.invoke(app, ["pretrain", "--help"]).stdout
+    assert all(f.names[0] in helped for f in recipe_flags())

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from ddcli.pool.pretrain import PretrainRecipe, PretrainResult, pretrain
+from ddcli.config import OUTPUT
+from ddcli.pool.pretrain import PretrainRecipe, PretrainResult, pretrain, recipe_flags
 from ddcli.cli._app import app
-from ddcli.cli._options import DataRoot, DatasetArg, Device, Json, Model, Quiet, Seed
+from ddcli.cli._options import (DataRoot, DatasetArg, Device, Json, Model, Quiet, Seed,
+                                config_options)
 from ddcli.cli._progress import PretrainProgress
 from ddcli.infra.signals import rearm_interrupt
 
@@ -31,31 +33,25 @@ dd pretrain cifar10 --model convnet --optimizer sgd --lr 0.01 --real-epochs 50 -
 
 
 @app.command("pretrain", epilog=EXAMPLES)
+@config_options(("Arguments", "Options", OUTPUT), recipe_flags(), negatable=False)
 def pretrain_command(
     dataset: DatasetArg,
     out: Annotated[Path, Opt("--out", "-o", help="Pool folder (created; nets already in it are kept).", show_default=False, rich_help_panel="Output")],
     model: Model = None,
     n_nets: Annotated[int, Opt(help="Networks the pool should hold.")] = 10,
-    real_epochs: Annotated[float, Opt(help="Passes over the real training set per network.")] = 2.0,
-    optimizer: Annotated[str, Opt(help="adam or sgd (with --momentum).")] = "adam",
-    lr: Annotated[Optional[float], Opt(help="Learning rate.", show_default="0.001 for adam, 0.01 for sgd")] = None,
-    batch_size: Annotated[int, Opt(help="Real images per step, per network.")] = 128,
-    momentum: Annotated[float, Opt(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, Opt(help="L2 weight decay.")] = 0.0,
     init_scheme: Annotated[str, Opt(help="Weight init of every net (as in dd distill).")] = "xavier",
     nets_per_batch: Annotated[Optional[int], Opt(help="Networks trained together with torch.func.vmap.", show_default="1 on CPU, 16 on a GPU")] = None,
-    trajectories: Annotated[bool, Opt("--trajectories", help="Also keep each net's weights after every epoch (expert trajectories for --objective trajectory).")] = False,
     seed: Seed = None,
     data_root: DataRoot = None,
     device: Device = None,
     quiet: Quiet = False,
     json_out: Json = False,
+    **flags: Any,  # one per PretrainRecipe option (added by config_options); None: not given
 ) -> None:
     """Train a pool of networks on real data (for --init-mode pretrained-fixed/-random)."""
     rearm_interrupt()  # Ctrl-C works even if started with `&` from a script
-    recipe = PretrainRecipe(real_epochs=real_epochs, optimizer=optimizer, lr=lr,
-                            batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
-                            trajectories=trajectories)
+    recipe = PretrainRecipe(**{f.key: flags[f.dest] for f in recipe_flags()
+                               if flags.get(f.dest) is not None})
     with PretrainProgress(quiet=quiet or json_out) as progress:
         result = pretrain(dataset, out=out, n_nets=n_nets, model=model, recipe=recipe,
                           init_scheme=init_scheme, seed=seed or 0, nets_per_batch=nets_per_batch,

@@ -24,6 +24,7 @@ from ddcli.core.seeds import derive_seed
 from ddcli.core.steps import SGD, Adam, StepFn
 from ddcli.infra.device import resolve_device
 from ddcli.infra.io import check_writable
+from ddcli.infra.sections import Flag, field_flags, flag
 from ddcli.pool.folder import (MANIFEST, TRAJECTORY_FORMAT_NAME, Pool, PoolNet, net_file,
                                read_net_record, trajectory_file)
 from ddcli.data import RealData, default_model, load_dataset
@@ -34,6 +35,16 @@ OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
 
 
+def _flag(default: Any, help: str, **kw: Any) -> Any:
+    # A recipe field with this metadata is also a `dd pretrain` option (ddcli.cli.pretrain).
+    return field(default=default, metadata=flag(help, panel="Options", **kw))
+
+
+def recipe_flags() -> tuple[Flag, ...]:
+    """`dd pretrain`'s options that are ``PretrainRecipe`` fields, in field order."""
+    return field_flags(PretrainRecipe)
+
+
 @dataclass
 class PretrainRecipe:
     """How each pool network is trained; stored in ``pool.json``.
@@ -41,14 +52,16 @@ class PretrainRecipe:
     The default (Adam, lr 1e-3, batch 128, 2 epochs) takes LeNet to about 98.5% on MNIST.
     """
 
-    real_epochs: float = 2.0
-    optimizer: str = "adam"
-    lr: float | None = None  # None: 1e-3 for Adam, 0.01 for SGD
-    batch_size: int = 128
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
+    real_epochs: float = _flag(2.0, "Passes over the real training set per network.")
+    optimizer: str = _flag("adam", "adam or sgd (with --momentum).", choices=OPTIMIZERS)
+    lr: float | None = _flag(None, "Learning rate.",  # None: DEFAULT_LR of the optimizer
+                             default_text="0.001 for adam, 0.01 for sgd")
+    batch_size: int = _flag(128, "Real images per step, per network.")
+    momentum: float = _flag(0.9, "SGD momentum.")
+    weight_decay: float = _flag(0.0, "L2 weight decay.")
     # Keep every net's weights after each epoch (MTT's expert buffers); whole epochs only.
-    trajectories: bool = False
+    trajectories: bool = _flag(False, "Also keep each net's weights after every epoch (expert "
+                               "trajectories for --objective trajectory).")
 
     def resolved(self) -> "PretrainRecipe":
         if self.optimizer not in OPTIMIZERS:
