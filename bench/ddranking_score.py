@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ddcli import Bundle
-from ddcli.core.unroll import softplus_inverse
+from ddcli.core.rates import raw_from_lrs
 from ddcli.data import load_dataset
 from ddcli.evaluate.ddranking import hlr, ior, lrs
 from ddcli.export import export
@@ -71,7 +71,7 @@ def random_real_bundle(data_root: str, ipc: int, seed: int) -> Bundle:
     return Bundle(
         images=data.train_x[idx.reshape(-1)].reshape(ipc, data.num_classes, 3, 32, 32),
         labels=torch.arange(data.num_classes).repeat(ipc, 1),
-        raw_lrs=softplus_inverse(torch.full((ipc,), 0.01)), dataset="cifar10",
+        raw_lrs=raw_from_lrs(torch.full((ipc,), 0.01)), dataset="cifar10",
         classes=list(data.classes), mean=data.mean, std=data.std,
         model={"name": "convnet", "in_channels": 3, "num_classes": 10, "image_size": 32},
         init_mode="random", seed=seed, epochs=1,
