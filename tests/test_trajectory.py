@@ -2,6 +2,7 @@
 starts from (``dd pretrain --trajectories``): the meta-gradient against float64 central
 differences in every memory mode, the N = 0 identity, the pool format, resume, errors."""
 
+import dataclasses
 import json
 
 import pytest
@@ -20,7 +21,7 @@ from ddcli.core.trajectory import TrajectoryMatching
 from ddcli.core.unroll import unroll
 from ddcli.engine.inits import ExpertSegments, make_init_source
 from ddcli.errors import ConfigError, PoolError
-from ddcli.evaluate import evaluate_bundle
+from ddcli.evaluate import evaluate_bundle, is_pool_bundle
 from ddcli.models import create_model
 from ddcli.pool.folder import MANIFEST, Pool, trajectory_file
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
@@ -270,6 +271,11 @@ def test_distill_learns_towards_the_experts_and_records_it(experts, tmp_path):
     assert b.extra["init"]["mode"] == "pretrained-random" and b.extra["init"]["pool_hash"]
     # The set is for fresh nets: dd eval replays it from random ones (not the experts).
     assert b.init_mode == "random"
+    # ... and would be even if it recorded the experts' mode: never scored on the pool's nets.
+    assert not is_pool_bundle(b) and not is_pool_bundle(
+        dataclasses.replace(b, init_mode="pretrained-random"))
+    assert is_pool_bundle(dataclasses.replace(b, init_mode="pretrained-random",
+                                              extra={**b.extra, "objective": {"kind": "distill"}}))
     report = evaluate_bundle(tmp_path / "m.safetensors", data=data, n_nets=1)
     assert report.protocol == "replay" and 0 <= report.primary.mean <= 1
     assert torch.equal(b.raw_lrs, b.raw_lrs[:1].expand_as(b.raw_lrs))  # one rate

@@ -112,8 +112,13 @@ class PoolEvalReport:
 
 
 def is_pool_bundle(bundle: Bundle) -> bool:
-    """Whether ``evaluate_pool_bundle`` is the evaluation for this bundle."""
+    """Whether ``evaluate_pool_bundle`` is the evaluation for this bundle.
+
+    Never for a trajectory-matching bundle: its experts only shaped the set, which is
+    meant for fresh nets (MTT's evaluation), whatever init mode it records."""
     kind = _objective(bundle).get("kind", "distill")
+    if kind == "trajectory":
+        return False
     return is_pretrained(bundle.init_mode) or kind in ("adapt", "attack")
 
 
