@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from ddcli import Bundle, DistillConfig, distill, resume
 from ddcli.engine.inits import PretrainedRandomInit, make_init_source
 from ddcli.pool.folder import MANIFEST, Pool
-from ddcli.evaluate.pool_eval import evaluate_pool_bundle, is_pool_bundle
+from ddcli.evaluate.pool_eval import evaluate_pool_bundle, is_pool_bundle, replay
+from ddcli.evaluate._replay_protocol import inner_loop_of
 from ddcli.pool.pretrain import PretrainRecipe, pretrain
 from ddcli.core.metrics import accuracy
 from ddcli.evaluate.initial_nets import HELD_OUT
@@ -230,3 +231,34 @@ def test_cli_eval_scores_pool_bundle_on_held_out_nets(mnist_mlp_pool, fixture_ro
     r = runner.invoke(app, ["eval", bundle, "--data-root", str(fixture_root), "--pool",
                             str(tmp_path / "nope")])
     assert r.exit_code == 1 and r.stderr.startswith("error:")
+
+
+def test_pool_evaluation_replays_the_sets_inner_loop(pool_dir, tmp_path):
+    """SGD with momentum and soft labels, as distilled: the replay (and so the after
+    numbers) is torch.optim.SGD's on the ordered steps with the learned labels."""
+    data = toy_data()
+    c = cfg(pool_dir, synth={"epochs": 2, "inner_optimizer": "sgd", "inner_momentum": 0.9,
+                             "inner_weight_decay": 0.01, "learn_labels": True},
+            optim={"iterations": 3})
+    b = distill(c, out=tmp_path / "s.safetensors", data=data).bundle
+    assert b.soft_labels is not None
+    report = evaluate_pool_bundle(tmp_path / "s.safetensors", data=data)
+    held = b.extra["init"]["holdout_indices"][0]
+    model = create_model(**b.model)
+    net = Pool.load(pool_dir).load_net(held)
+    model.load_state_dict(net, strict=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=0.01)
+    for t, lr in enumerate(b.lrs.tolist()):
+        opt.param_groups[0]["lr"] = lr
+        opt.zero_grad()
+        x, y = b.images[t % b.steps], b.soft_labels[t % b.steps]
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    want = {k: v.detach() for k, v in model.named_parameters()}
+    got = replay(model, net, b.images, b.soft_labels, b.lrs, inner_loop_of(b), seed=0)
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    plain = unroll(model, net, b.images, b.labels, b.lrs, create_graph=False).params
+    assert not all(torch.allclose(plain[k], want[k], atol=1e-4) for k in want)
+    first = next(n for n in report.nets if n.pool_index == held)
+    assert first.after.accuracy == pytest.approx(accuracy(model, want, data.test_x, data.test_y))
+    assert any("soft labels" in note for note in report.notes)

@@ -190,7 +190,7 @@ def test_ratbptt_recipe_resumes_bit_exactly_with_its_clipping_average(tmp_path):
 def test_replay_in_eval_uses_the_sets_balanced_draws_and_adam(tmp_path):
     from ddcli.core.metrics import accuracy
     from ddcli.evaluate import evaluate_bundle
-    from ddcli.evaluate._evaluate import inner_loop_of
+    from ddcli.evaluate._replay_protocol import inner_loop_of
     from ddcli.models import create_model
 
     data = toy_data()

@@ -14,14 +14,12 @@ from ddcli.infra import provenance
 from ddcli.infra.device import resolve_device, retain_freed_memory
 from ddcli.bundle import Bundle
 from ddcli.data import RealData, default_model, load_dataset, zca_dataset
-from ddcli.core.inner import InnerLoop
-from ddcli.core.steps import GD
-from ddcli.errors import ConfigError, DDError, ModelError
+from ddcli.errors import ConfigError, ModelError
 from ddcli.init_modes import is_seeded_fixed
 from ddcli.models import check_functional, create_model, model_label
 from ddcli.evaluate._many_nets import supports_vmap
 from ddcli.evaluate._job import Job, count_stages
-from ddcli.evaluate._replay_protocol import checkpoints, run_replay
+from ddcli.evaluate._replay_protocol import checkpoints, inner_loop_of, run_replay
 from ddcli.evaluate._report import BATCHING, EvalConfig, EvalReport
 from ddcli.evaluate.ddranking import FullDataProtocol, ddranking_scores, full_data_accuracy
 from ddcli.evaluate.initial_nets import RANDOM
@@ -301,25 +299,6 @@ def _soft_labels(s: ImageSet, data: RealData) -> torch.Tensor | None:
     for c, name in enumerate(s.classes):
         out[..., data.classes.index(name)] = soft[..., c]
     return out
-
-
-def inner_loop_of(bundle: Bundle, notes: list[str] | None = None) -> InnerLoop:
-    """The inner loop a bundle was learned with (rule, schedule), from its stored config;
-    the paper's (plain GD, ordered steps) for bundles from other tools."""
-    paper = InnerLoop(steps=bundle.steps, images_per_step=bundle.images.shape[1],
-                      length=int(bundle.raw_lrs.shape[0]), rule=GD())
-    if not bundle.config:
-        return paper
-    try:
-        inner = InnerLoop.from_config(bundle.config, bundle.images.shape[1])
-    except DDError:
-        inner = None
-    if inner is None or inner.length != paper.length or inner.steps != paper.steps:
-        if notes is not None:
-            notes.append("the bundle's config doesn't describe its inner loop: replayed "
-                         "with plain GD on the ordered steps")
-        return paper
-    return inner
 
 
 def _close(a, b) -> bool:

@@ -18,8 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from ddcli.bundle import Bundle
+from ddcli.core.inner import InnerLoop
+from ddcli.core.steps import GD
 from ddcli.core.params import Params
-from ddcli.errors import BundleFormatError
+from ddcli.errors import BundleFormatError, DDError
 from ddcli.init_modes import draws_fresh_nets, is_seeded_fixed
 from ddcli.evaluate.initial_nets import RANDOM, STORED, evaluation_nets
 from ddcli.evaluate._many_nets import replay_accuracies
@@ -60,6 +62,25 @@ def initial_params(
     nets = evaluation_nets(model, n_fresh=n_nets, seed=seed, scheme=scheme or bundle.init_scheme,
                            stored=stored, device=device)
     return [(net.group, net.params) for net in nets]
+
+
+def inner_loop_of(bundle: Bundle, notes: list[str] | None = None) -> InnerLoop:
+    """The inner loop a bundle was learned with (rule, schedule), from its stored config;
+    the paper's (plain GD, ordered steps) for bundles from other tools."""
+    paper = InnerLoop(steps=bundle.steps, images_per_step=bundle.images.shape[1],
+                      length=int(bundle.raw_lrs.shape[0]), rule=GD())
+    if not bundle.config:
+        return paper
+    try:
+        inner = InnerLoop.from_config(bundle.config, bundle.images.shape[1])
+    except DDError:
+        inner = None
+    if inner is None or inner.length != paper.length or inner.steps != paper.steps:
+        if notes is not None:
+            notes.append("the bundle's config doesn't describe its inner loop: replayed "
+                         "with plain GD on the ordered steps")
+        return paper
+    return inner
 
 
 def checkpoints(steps: int, total: int, per_step: bool) -> list[int]:

@@ -2,8 +2,10 @@
 
 Every net is measured three times on the full test set of the bundle's (target)
 dataset: ``before`` (its initial weights), ``after`` (the distilled steps replayed with
-the learned rates) and ``baseline`` (the same number of steps with the same rates on
-random real target images, in the distilled set's shape and label layout). From one
+the learned rates through the set's own inner loop: update rule, inner batches, soft
+labels, as ``dd eval`` replays any set) and ``baseline`` (the same inner loop with the
+same rates on random real target images, in the distilled set's shape and label layout,
+trained on their classes). From one
 confusion matrix per measurement come the overall accuracy, per-class accuracy and,
 for attack bundles, the accuracy on classes other than A and the attack success rate
 (the fraction of class-A test images predicted as B).
@@ -23,10 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ddcli.core.inner import InnerLoop
 from ddcli.core.metrics import confusion
 from ddcli.core.seeds import derive_seed
 from ddcli.core.unroll import unroll
 from ddcli.evaluate.initial_nets import HELD_OUT, RANDOM, STORED, evaluation_nets
+from ddcli.evaluate._replay_protocol import inner_loop_of
 from ddcli.pool.folder import Pool
 from ddcli.bundle import Bundle
 from ddcli.data import RealData, load_dataset
@@ -176,14 +180,28 @@ def evaluate_pool_bundle(
     nets = _nets(bundle, model, init, pool, n_nets, seed, dev, report)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
     images, labels, lrs = bundle.images.to(dev), bundle.labels.to(dev), bundle.lrs.to(dev)
+    inner = inner_loop_of(bundle, report.notes)
+    targets = labels if bundle.soft_labels is None else bundle.soft_labels.to(dev)
+    if bundle.soft_labels is not None:
+        report.notes.append("the set's learned soft labels are the nets' targets; the "
+                            "baseline trains on its real images' classes")
     for j, (group, index, params0) in enumerate(nets):
         real = random_real_images(labels, data, derive_seed(seed, "pool-baseline", j)).to(dev)
-        after = unroll(model, params0, images, labels, lrs, create_graph=False).params
-        tuned = unroll(model, params0, real, labels, lrs, create_graph=False).params
+        after = replay(model, params0, images, targets, lrs, inner, seed)
+        tuned = replay(model, params0, real, labels, lrs, inner, seed)
         measured = [_metrics(confusion(model, p, test_x, test_y, bundle.num_classes, chunk=2048),
                              a, b, kind) for p in (params0, after, tuned)]
         report.nets.append(NetEval(group, index, *measured))
     return report
+
+
+def replay(model: nn.Module, params0: Params, images: Tensor, targets: Tensor, lrs: Tensor,
+           inner: InnerLoop, seed: int) -> Params:
+    """The set's inner loop from ``params0``: its update rule and schedule (minibatches
+    seeded as ``dd eval``'s replay seeds them), without augmentation, as every replay."""
+    schedule = inner.schedule(derive_seed(seed, "replay-schedule"))
+    return unroll(inner.step_fn(model), params0, images, targets, lrs, create_graph=False,
+                  schedule=schedule).params
 
 
 def random_real_images(labels: Tensor, data: RealData, seed: int) -> Tensor:
