@@ -233,6 +233,59 @@ def test_memory_estimate_matches_the_graphs_autograd_keeps():
     assert long.modes["recompute"] < long.modes["full"] / 2
 
 
+def _rule_peak(rule, steps: int, window: tuple[int, int] | None = None) -> int:
+    from ddcli.core.meta_gradient import NetsMetaGradient
+    from ddcli.core.steps import StepFn
+
+    model, params, images, labels, raw, x, y = _lenet_problem(steps)
+    nets = NetsMetaGradient(StepFn(model, rule), mode="stepwise", batch=False)
+    return _peak_graph_bytes(lambda: nets([params], {"images": images, "raw_lrs": raw}, x, y,
+                                          labels=labels, window=window))
+
+
+def test_memory_estimate_follows_the_sets_inner_loop():
+    """One InnerLoop drives the estimate: each of its parts moves it the right way."""
+    model = _lenet_problem(1)[0]
+    base = {"synth": {"steps": 4, "epochs": 3}, "data": {"batch_size": 32}}
+
+    def est(**synth):
+        cfg = DistillConfig.from_dict({**base, "synth": {**base["synth"], **synth}})
+        return estimate_memory(cfg, model=model, train_size=600, test_size=500)
+
+    plain = est()
+    assert plain.differentiated == plain.steps == 12 and plain.state == 0
+    window = est(window=3)  # only W = 3 of the 12 steps keep graphs (or carries)
+    assert window.differentiated == 3 and window.steps == 12
+    assert plain.graphs["full"] - window.graphs["full"] == 9 * plain.step_graph
+    assert plain.graphs["recompute"] - window.graphs["recompute"] == 9 * plain.weights
+    sgd, adam = est(inner_optimizer="sgd"), est(inner_optimizer="adam")
+    assert sgd.state == plain.weights and adam.state == 2 * plain.weights  # momentum; m and v
+    # SGD's step keeps its new momentum b where GD's keeps the gradient (theta - eta * b).
+    assert plain.step_graph == sgd.step_graph < adam.step_graph
+    for mode in ("full", "recompute"):
+        assert plain.modes[mode] < sgd.modes[mode] < adam.modes[mode]
+    assert (sgd.graphs["recompute"] - plain.graphs["recompute"]
+            == (12 + 1) * sgd.state)  # every carry keeps (theta_t, b_t)
+    soft = est(learn_labels=True)  # one learned vector per image, with grad and Adam moments
+    assert soft.synthetic - plain.synthetic == 4 * (4 * 10) * 10 * 4
+    small = est(inner_batch=4)  # a step's graph on 4 images, not 10
+    assert small.step_graph < plain.step_graph and small.modes["full"] < plain.modes["full"]
+    two = est(images_per_class=2)
+    per_class = est(images_per_class=2, inner_batch_per_class=1)  # 10 of the 20 a step
+    assert per_class.step_graph == plain.step_graph < two.step_graph
+    # Each rule's step graph is what autograd keeps for one; a window keeps W of them.
+    from ddcli.core.steps import SGD, Adam
+
+    for name, rule in (("sgd", SGD()), ("adam", Adam())):
+        cfg = DistillConfig.from_dict({"synth": {"steps": 2, "epochs": 1,
+                                                 "inner_optimizer": name},
+                                       "data": {"batch_size": 32}})
+        one = estimate_memory(cfg, model=model, train_size=600, test_size=500)
+        measured = (_rule_peak(rule, 8) - _rule_peak(rule, 2)) / 6
+        assert one.step_graph == pytest.approx(measured, rel=0.1), name
+    assert _rule_peak(SGD(), 8, window=(6, 8)) == pytest.approx(_rule_peak(SGD(), 2), rel=0.05)
+
+
 def test_dry_run_prints_every_mode_and_trains_nothing(tmp_path, fixture_root, monkeypatch):
     from typer.testing import CliRunner
 

@@ -88,9 +88,12 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
         }))
         return
     fmt = _memory.format_bytes
+    window = (f" (the last {est.differentiated} differentiated)"
+              if est.differentiated < est.steps else "")
+    state = f" and update-rule state {fmt(est.state)}" if est.state else ""
     typer.echo(
         f"memory estimate per process: {data.name} / {cfg.model_name(data.name)}, "
-        f"T = {count(est.steps, 'GD step')}, {count(est.nets, 'net')} at once, real batch "
+        f"T = {count(est.steps, 'GD step')}{window}, {count(est.nets, 'net')} at once, real batch "
         f"{est.real_batch // (data.in_channels * data.image_size ** 2 * 4)}, "
         f"{count(nproc, 'process')}, on {device}")
     header = f"  {'mode':10s} {'graphs':>12s} {'tensors':>12s}"
@@ -102,7 +105,7 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
         typer.echo(line + ("   <- this run" if mode == chosen else ""))
     typer.echo(
         f"  held by every mode: real data {fmt(est.data)}, synthetic set with Adam state "
-        f"{fmt(est.synthetic)}, weights {fmt(est.weights)} per net; one inner step's graph "
+        f"{fmt(est.synthetic)}, weights {fmt(est.weights)}{state} per net; one inner step's graph "
         f"{fmt(est.step_graph)}, the outer loss's {fmt(est.outer_graph)}")
     typer.echo(
         "  estimated by counting the tensors autograd saves for one inner step and for the "

@@ -34,6 +34,8 @@ class InnerLoop:
     augment: DSA | None = None
     inner_batch_per_class: int | None = None
     images_per_class: int = 1  # k: a step's n slots are class-major, k of each class
+    window: int | None = None  # distillation differentiates the last W steps (None: all T)
+    soft_labels: bool = False  # the steps' targets are learned label vectors
 
     @classmethod
     def from_config(cls, cfg: Any, images_per_step: int) -> "InnerLoop":
@@ -52,7 +54,13 @@ class InnerLoop:
         return cls(steps=s.steps, images_per_step=images_per_step, length=cfg.total_steps,
                    rule=rule, inner_batch=s.inner_batch, augment=augment,
                    inner_batch_per_class=s.inner_batch_per_class,
-                   images_per_class=s.images_per_class)
+                   images_per_class=s.images_per_class, window=s.window,
+                   soft_labels=s.learn_labels)
+
+    @property
+    def differentiated(self) -> int:
+        """W: the steps one meta-gradient differentiates (the window, else all T)."""
+        return self.window or self.length
 
     @property
     def batch_size(self) -> int:

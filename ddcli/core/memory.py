@@ -4,21 +4,25 @@ How they are estimated. The model runs once on PyTorch's ``meta`` device (shapes
 no data, no arithmetic) under ``saved_tensors_hooks``, which report every tensor autograd
 keeps for a backward pass. Counting the distinct storages gives
 
-- ``step_graph``: what one inner GD step built with ``create_graph=True`` keeps (its
-  activations on the n synthetic images, the backward pass's own saved tensors, and the
-  new weights), per network;
+- ``step_graph``: what one inner step built with ``create_graph=True`` keeps, per
+  network: its activations on the step's images (the inner batch's, where the set's
+  inner loop draws minibatches), the backward pass's own saved tensors (with the
+  update rule's new state: SGD's momentum, Adam's moments), and the new weights;
 - ``outer_graph``: what the outer loss on a real batch keeps, per network, plus the
   gradient buffers its backward pass needs at once (twice its largest saved tensor).
 
-The modes then hold, per network evaluated at once (``nets``), plus one outer graph
-(on the CPU; one per net elsewhere, see ``ddcli.core.meta_gradient``):
+One description drives it, the set's ``InnerLoop``: the update rule, the inner batch,
+soft labels, and W, the steps differentiated (the window, else all T). The modes then
+hold, per network evaluated at once (``nets``), plus one outer graph (on the CPU; one
+per net elsewhere, see ``ddcli.core.meta_gradient``):
 
-    full, stepwise   (T + 1) * step_graph                  (all T graphs alive)
-    recompute        (T + 1) * |theta| + 2 * step_graph   (one step's graph at a time)
+    full, stepwise   (W + 1) * step_graph                          (W graphs alive)
+    recompute        (W + 1) * (|theta| + |state|) + 2 * step_graph  (one step's graph)
 
-on top of what every mode holds: the real data on the device, the synthetic images and
-rates with their gradients and Adam moments, the initial weights and the real batch.
-Not counted: the framework itself (about 0.3-0.5 GB of RSS for torch on a CPU, a CUDA
+on top of what every mode holds: the real data on the device, the synthetic images,
+rates and soft labels with their gradients and Adam moments, the initial weights and
+the real batch. The steps before a window run without a graph and keep nothing. Not
+counted: the framework itself (about 0.3-0.5 GB of RSS for torch on a CPU, a CUDA
 context on a GPU), allocator slack and kernels' scratch space. ``bench/memory_modes.py``
 prints these estimates next to measured peaks.
 """
@@ -34,8 +38,9 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.func import functional_call
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from ddcli.core.inner import InnerLoop
 from ddcli.core.meta_gradient import meta_gradient
-from ddcli.core.steps import StepFn
+from ddcli.core.steps import StepFn, UpdateRule
 from ddcli.init_modes import samples_nets
 
 MODES = ("full", "stepwise", "recompute")
@@ -45,16 +50,18 @@ MODES = ("full", "stepwise", "recompute")
 class MemoryEstimate:
     """Estimated peak memory of one distillation process, in bytes, for each mode."""
 
-    steps: int  # T, GD steps in the unroll
+    steps: int  # T, inner steps in the unroll
     nets: int  # networks whose graphs are alive at once in one process
     data: int  # real train and test sets on the device
-    synthetic: int  # images and raw rates, with gradients and Adam moments
+    synthetic: int  # images, raw rates and soft labels, with gradients and Adam moments
     weights: int  # |theta| of one network
     real_batch: int
     step_graph: int  # one inner step's graph, one network
     outer_graph: int  # the outer loss's graph and backward buffers, one network
     common: int  # held whatever the mode: data, synthetic set, inits, real batch
     graphs: dict[str, int]  # what each mode adds for its graphs (all nets)
+    differentiated: int = 0  # W, the steps one meta-gradient differentiates
+    state: int = 0  # the update rule's state of one network (momentum, Adam's moments)
 
     @property
     def modes(self) -> dict[str, int]:
@@ -66,7 +73,8 @@ class MemoryEstimate:
 
 
 def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: int,
-                    nproc: int = 1, device_type: str = "cpu") -> MemoryEstimate:
+                    nproc: int = 1, device_type: str = "cpu",
+                    inner: InnerLoop | None = None) -> MemoryEstimate:
     """Estimate each memory mode's peak for ``cfg`` with ``model``'s architecture.
 
     Args:
@@ -76,19 +84,24 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
         nproc: processes the sampled networks are split over.
         device_type: "cpu", "cuda" or "mps"; batched nets take the outer loss one net
             at a time on the CPU and all together elsewhere (see ``ddcli.core.meta_gradient``).
+        inner: the set's inner loop; default the one ``cfg`` describes (as distillation
+            builds it).
     """
     spec = model.ddcli_spec
     c, hw, classes = spec["in_channels"], spec["image_size"], spec["num_classes"]
-    s = cfg.synth
-    n = classes * s.images_per_class
-    total_steps = cfg.total_steps
+    n = classes * cfg.synth.images_per_class
+    inner = inner or InnerLoop.from_config(cfg, n)
+    total_steps, window = inner.length, inner.differentiated
     batch = min(cfg.data.batch_size, train_size)
     elem = 4  # float32
     image = c * hw * hw * elem
     params = {k: torch.empty_like(v, device="meta") for k, v in model.named_parameters()}
     weights = sum(v.numel() for v in params.values()) * elem
+    state = sum(v.untyped_storage().nbytes() for v in inner.rule.init(params).values()
+                if v.device.type == "meta")
 
-    step_graph = _step_graph_bytes(model, params, n, c, hw, classes)
+    step_graph = _step_graph_bytes(model, inner.rule, params, inner.batch_size, c, hw,
+                                   classes, soft=inner.soft_labels)
     outer_saved, outer_largest = _outer_graph_bytes(model, params, batch, c, hw, classes)
     outer_graph = outer_saved + 2 * outer_largest
 
@@ -96,18 +109,21 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
     if samples_nets(cfg.init.mode) and cfg.run.batch_nets:
         nets = math.ceil(cfg.init.sample_n_nets / max(1, nproc))
     data = (train_size + test_size) * (image + 8)  # images, and int64 labels
-    synthetic = 4 * (s.steps * n * image + total_steps * elem)  # value, grad, Adam m and v
-    common = data + synthetic + nets * weights + batch * image
+    slots = inner.steps * inner.images_per_step
+    soft = slots * classes * elem if inner.soft_labels else 0
+    synthetic = 4 * (slots * image + total_steps * elem + soft)  # value, grad, Adam m and v
+    common = data + synthetic + nets * (weights + state) + batch * image
     outer = (1 if device_type == "cpu" else nets) * outer_graph
     unrolls = {
-        "full": (total_steps + 1) * step_graph,
-        "stepwise": (total_steps + 1) * step_graph,
-        "recompute": (total_steps + 1) * weights + 2 * step_graph,
+        "full": (window + 1) * step_graph,
+        "stepwise": (window + 1) * step_graph,
+        "recompute": (window + 1) * (weights + state) + 2 * step_graph,
     }
     return MemoryEstimate(
         steps=total_steps, nets=nets, data=data, synthetic=synthetic, weights=weights,
         real_batch=batch * image, step_graph=step_graph, outer_graph=outer_graph,
         common=common, graphs={mode: nets * unrolls[mode] + outer for mode in MODES},
+        differentiated=window, state=state,
     )
 
 
@@ -125,14 +141,22 @@ def _counting(exclude: list[torch.Tensor]):
     return saved_tensors_hooks(pack, lambda t: t), seen
 
 
-def _step_graph_bytes(model, params, n, c, hw, classes) -> int:
+def _step_graph_bytes(model, rule: UpdateRule, params, n, c, hw, classes, *,
+                      soft: bool) -> int:
+    """One step of ``rule`` on n images: what its graph keeps, with its new weights (its
+    weights and state enter as leaves, as a step inside an unroll sees them)."""
     theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    state = {k: v.clone().requires_grad_(True) if v.device.type == "meta" else v
+             for k, v in rule.init(theta).items()}
     x = torch.empty(n, c, hw, hw, device="meta", requires_grad=True)
-    y = torch.zeros(n, dtype=torch.long, device="meta")
+    y = (torch.empty(n, classes, device="meta", requires_grad=True) if soft
+         else torch.zeros(n, dtype=torch.long, device="meta"))
     lr = torch.empty((), device="meta", requires_grad=True)
-    hooks, seen = _counting([*theta.values(), x, lr])
+    hooks, seen = _counting([*theta.values(), *state.values(), x, y, lr])
     with hooks:
-        new, _ = StepFn(model)(theta, {}, x, y, lr, create_graph=True)
+        new, _ = StepFn(model, rule)(theta, state, x, y, lr, create_graph=True)
+    # The new state needs no count of its own: the step that made it saved it (SGD's
+    # theta - eta * b keeps b, Adam's keeps m and v), and the next step only scales it.
     return sum(seen.values()) + sum(v.untyped_storage().nbytes() for v in new.values())
 
 

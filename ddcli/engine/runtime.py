@@ -188,7 +188,7 @@ class Runtime:
         """Iteration ``it``'s schedule (minibatches, DSA seeds) and window (t0, N)."""
         s, t = self.cfg.synth, self.cfg.total_steps
         seed = derive_seed(self.cfg.init.seed, "inner", it)
-        w = s.window or t
+        w = self.inner.differentiated
         n = t
         if s.window_sampling == "random":  # RaT-BPTT: N ~ U[W, T], then the last W of N
             g = torch.Generator().manual_seed(derive_seed(seed, "window"))
