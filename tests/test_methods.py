@@ -54,7 +54,7 @@ def _replayed_loss(step, model, params, learned, labels, schedule, window, x, y,
     t0, stop = window or (0, schedule.length)
 
     def run(lrn, p, state, begin, end):
-        return unroll(step, p, lrn["images"], lrn.get("labels", labels),
+        return unroll(step, p, lrn["images"], lrn.get("soft_labels", labels),
                       lrs_from_raw(lrn["raw_lrs"]), create_graph=False, schedule=schedule,
                       state=state, start=begin, stop=end)
 
@@ -90,7 +90,7 @@ def _check_against_finite_differences(step, model, params, learned, labels, sche
 @pytest.mark.parametrize("mode", ["full", "stepwise", "recompute"])
 def test_soft_label_meta_gradient_matches_finite_differences(mode):
     model, params, images, hard, soft, raw, x, y = _problem()
-    learned = {"images": images, "raw_lrs": raw, "labels": soft}
+    learned = {"images": images, "raw_lrs": raw, "soft_labels": soft}
     _check_against_finite_differences(StepFn(model), model, params, learned, hard,
                                       CyclicSchedule(2, 4), x, y, mode=mode)
 
@@ -101,7 +101,7 @@ def test_truncated_window_meta_gradient_matches_finite_differences(mode):
     the differences replay the prefix with the unperturbed set."""
     model, params, images, hard, soft, raw, x, y = _problem(epochs=3)
     schedule = CyclicSchedule(2, 6)
-    learned = {"images": images, "raw_lrs": raw, "labels": soft}
+    learned = {"images": images, "raw_lrs": raw, "soft_labels": soft}
     window = (2, 5)  # steps 2, 3, 4; the outer loss after step 5
     outer = adjoint_of(lambda p: outer_loss(model, p, x, y))
     got = differentiate_unroll(StepFn(model), outer, params, learned, labels=hard,
@@ -111,7 +111,7 @@ def test_truncated_window_meta_gradient_matches_finite_differences(mode):
                    schedule=schedule, stop=2).params
 
     def loss(lrn):
-        final = unroll(model, start, lrn["images"], lrn["labels"], lrs_from_raw(lrn["raw_lrs"]),
+        final = unroll(model, start, lrn["images"], lrn["soft_labels"], lrs_from_raw(lrn["raw_lrs"]),
                        create_graph=False, schedule=schedule, start=2, stop=5).params
         with torch.no_grad():
             return outer_loss(model, final, x, y).item()
@@ -132,7 +132,7 @@ def test_truncated_window_meta_gradient_matches_finite_differences(mode):
 @pytest.mark.parametrize("mode", ["full", "stepwise", "recompute"])
 def test_window_of_all_steps_is_the_full_unroll_exactly(mode):
     model, params, images, hard, soft, raw, x, y = _problem()
-    learned = {"images": images, "raw_lrs": raw, "labels": soft}
+    learned = {"images": images, "raw_lrs": raw, "soft_labels": soft}
     outer = adjoint_of(lambda p: outer_loss(model, p, x, y))
     full = differentiate_unroll(StepFn(model), outer, params, learned, labels=hard, mode=mode)
     window = differentiate_unroll(StepFn(model), outer, params, learned, labels=hard, mode=mode,
@@ -149,7 +149,7 @@ def test_sgd_momentum_pool_schedule_meta_gradient_matches_finite_differences(mod
     model, params, images, hard, soft, raw, x, y = _problem(epochs=3)
     schedule = PoolSchedule(pool_size=12, batch=4, length=6, seed=5)
     step = StepFn(model, SGD(momentum=0.9, weight_decay=5e-3))
-    learned = {"images": images, "raw_lrs": raw, "labels": soft}
+    learned = {"images": images, "raw_lrs": raw, "soft_labels": soft}
     _check_against_finite_differences(step, model, params, learned, hard, schedule, x, y,
                                       mode=mode, window=(1, 6))
 

@@ -87,6 +87,25 @@ def test_keep_best_selects_on_the_validation_split_never_the_test_set(tmp_path):
         cfg(run={"keep_best": True, "eval_every": 3}).validate()
 
 
+def test_a_checkpoint_whose_best_set_names_soft_labels_labels_still_resumes(tmp_path):
+    """Learned labels are "soft_labels" everywhere; a checkpoint from before the name
+    (its --keep-best set keyed "labels") resumes to the same bundle."""
+    data = toy_data(n_train=192)
+    c = cfg(METHODS["labels"], data={"validation": 48}, optim={"iterations": 6},
+            run={"eval_every": 3, "keep_best": True, "eval_nets": 2})
+    full = distill(c, out=tmp_path / "full.safetensors", data=data).bundle
+    distill_until_ctrl_c(c, tmp_path / "part.safetensors", data, at=4)
+    path = tmp_path / "part.run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    assert "soft_labels" in state["best"] and "labels" not in state["best"]
+    state["best"]["labels"] = state["best"].pop("soft_labels")  # the old name
+    torch.save(state, path)
+    resumed = resume(tmp_path / "part.run", data=data).bundle
+    assert resumed.summary["selected"] == full.summary["selected"]
+    assert torch.equal(full.soft_labels, resumed.soft_labels)
+    assert torch.equal(full.images, resumed.images)
+
+
 def test_evaluations_on_the_validation_split_are_labelled_so(tmp_path):
     import json
 

@@ -137,7 +137,7 @@ def test_adam_meta_gradient_matches_finite_differences(mode):
     slot_classes = torch.arange(12) % 6 // 2
     schedule = BalancedSchedule(slot_classes, 3, 4, seed=2)
     step = StepFn(model, Adam(betas=(0.9, 0.99), eps=1e-8))
-    learned = {"images": images, "raw_lrs": raw, "labels": soft}
+    learned = {"images": images, "raw_lrs": raw, "soft_labels": soft}
     _check_against_finite_differences(step, model, params, learned, hard, schedule, x, y,
                                       mode=mode, window=(1, 4))
 

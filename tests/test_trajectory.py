@@ -61,7 +61,7 @@ def _problem(nets=1, steps=2, passes=2, classes=3, k=2, seed=0):
         steps, n, classes, generator=g, dtype=D)
     raw = raw_from_lrs(torch.full((steps * passes,), 0.3, dtype=D)) + 0.1 * torch.randn(
         steps * passes, generator=g, dtype=D)
-    return model, starts, targets, {"images": images, "raw_lrs": raw, "labels": soft}, hard
+    return model, starts, targets, {"images": images, "raw_lrs": raw, "soft_labels": soft}, hard
 
 
 def _reference_loss(model, starts, targets, learned, hard, schedule) -> float:
@@ -69,7 +69,7 @@ def _reference_loss(model, starts, targets, learned, hard, schedule) -> float:
     step by step without a graph and the distances written out here."""
     total = 0.0
     for start, target in zip(starts, targets):
-        final = unroll(StepFn(model), start, learned["images"], learned.get("labels", hard),
+        final = unroll(StepFn(model), start, learned["images"], learned.get("soft_labels", hard),
                        lrs_from_raw(learned["raw_lrs"]), create_graph=False,
                        schedule=schedule).params
         num = sum(((final[k] - target[k]) ** 2).sum().item() for k in final)

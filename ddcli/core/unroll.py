@@ -126,7 +126,7 @@ class MetaGradient:
     """The outer loss and its gradient with respect to each learned tensor, detached."""
 
     loss: Tensor
-    grads: dict[str, Tensor]  # "images", "raw_lrs" and, when learned, "labels"
+    grads: dict[str, Tensor]  # "images", "raw_lrs" and, when learned, "soft_labels"
 
 
 def differentiate_unroll(
@@ -153,7 +153,7 @@ def differentiate_unroll(
             ``adjoint_of``.
         params0: theta_0 (not modified; need not require grad).
         learned: the tensors to differentiate: ``images`` (S, n, C, H, W), ``raw_lrs``
-            (T,), and ``labels`` (S, n, classes) when the labels are learned.
+            (T,), and ``soft_labels`` (S, n, classes) when the labels are learned.
         labels: the fixed labels when they are not in ``learned``.
         schedule: default the paper's cyclic one over len(raw_lrs) steps.
         mode: "full", "stepwise" or "recompute" (see the module docstring).
@@ -177,7 +177,7 @@ def differentiate_unroll(
 
     def run(w: dict[str, Tensor], params: Params, state: State, begin: int, end: int, *,
             create_graph: bool) -> Unrolled:
-        ys = w["labels"] if "labels" in w else fixed_labels
+        ys = w["soft_labels"] if "soft_labels" in w else fixed_labels
         return unroll(step, params, w["images"], ys, lrs_from_raw(w["raw_lrs"]),
                       create_graph=create_graph, schedule=schedule, state=state,
                       start=begin, stop=end)

@@ -201,10 +201,10 @@ class _Run:
         record = [flat[0] / n, finite.to(flat.dtype), flat[1]]
         lrs = lrs_from_raw(self.learned["raw_lrs"].detach())
         record += [lrs.min(), lrs.mean(), lrs.max()]
-        if "labels" in self.learned:
+        if "soft_labels" in self.learned:
             with torch.no_grad():
-                self.learned["labels"].clamp_(min=0)
-                mass = self.learned["labels"].sum(-1)  # (S, n)
+                self.learned["soft_labels"].clamp_(min=0)
+                mass = self.learned["soft_labels"].sum(-1)  # (S, n)
             record += [mass.min(), mass.mean(), mass.max()]
         return torch.stack([v.to(flat.dtype) for v in record])
 
@@ -328,8 +328,8 @@ class _Run:
         st = self.state
         st.images = self.learned["images"].detach()
         st.raw_lrs = self.learned["raw_lrs"].detach()
-        if "labels" in self.learned:
-            st.soft_labels = self.learned["labels"].detach()
+        if "soft_labels" in self.learned:
+            st.soft_labels = self.learned["soft_labels"].detach()
         st.optimizer, st.scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
         st.aug_rng = self.aug_gen.get_state()
         if self.cfg.optim.clip_ema_factor is not None:
@@ -354,7 +354,7 @@ class _Run:
         return SnapshotInfo(
             iteration=it, images=cpu["images"], pixels=d.denormalize(cpu["images"]),
             lrs=lrs_from_raw(cpu["raw_lrs"]), labels=self.rt.labels.cpu(),
-            soft_labels=cpu.get("labels"), classes=list(d.classes))
+            soft_labels=cpu.get("soft_labels"), classes=list(d.classes))
 
     def _emit(self, name: str, payload: Any) -> None:
         fn = getattr(self.callbacks, name, None)

@@ -98,7 +98,7 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
     described = source.describe()
     return Bundle(
         images=chosen["images"], labels=rt.labels.cpu(), raw_lrs=chosen["raw_lrs"],
-        soft_labels=chosen.get("labels"), dataset=d.name, classes=list(d.classes),
+        soft_labels=chosen.get("soft_labels"), dataset=d.name, classes=list(d.classes),
         mean=tuple(d.mean), std=tuple(d.std), model=dict(rt.model.ddcli_spec),
         init_scheme=cfg.model.init_scheme, init_mode=source.eval_mode, seed=cfg.init.seed,
         epochs=cfg.passes, config=_portable(cfg), summary=summary,

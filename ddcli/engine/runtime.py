@@ -124,8 +124,8 @@ class Runtime:
         }
         groups = [{"params": [v for v in learned.values() if v.requires_grad]}]
         if state.soft_labels is not None:
-            learned["labels"] = state.soft_labels.to(self.device).requires_grad_(True)
-            groups.append({"params": [learned["labels"]], "lr": o.label_lr or o.meta_lr})
+            learned["soft_labels"] = state.soft_labels.to(self.device).requires_grad_(True)
+            groups.append({"params": [learned["soft_labels"]], "lr": o.label_lr or o.meta_lr})
         self.dist.broadcast_(list(learned.values()))
         if o.meta_optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=o.meta_lr, momentum=o.meta_momentum)
@@ -215,7 +215,8 @@ class Runtime:
         inits = [net.params for net in nets]
         on_val = self.eval_split == "validation"
         x, y = (self.val_x, self.val_y) if on_val else (self.test_x, self.test_y)
-        labels = learned["labels"].detach() if "labels" in learned else self.labels
+        soft = learned.get("soft_labels")
+        labels = soft.detach() if soft is not None else self.labels
         accs = replay_accuracies(
             self.model, inits, learned["images"].detach(), labels,
             lrs_from_raw(learned["raw_lrs"].detach()), x, y, inner=self.inner,

@@ -45,7 +45,8 @@ class RunState:
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"iteration", "accuracies"}
     soft_labels: Tensor | None = None  # (S, n, classes) learned labels (--learn-labels)
     # --keep-best: the set with the best validation accuracy so far: {"iteration",
-    # "score", "images", "raw_lrs", "soft_labels"}.
+    # "score", "images", "raw_lrs", "soft_labels"} (older checkpoints wrote "labels",
+    # read as "soft_labels").
     best: dict[str, Any] | None = None
     # One record per process that ran it (the start, then each resume): infra.provenance.
     provenance: list[dict[str, Any]] = field(default_factory=list)
@@ -66,6 +67,10 @@ class RunState:
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> "RunState":
         names = {f.name for f in dataclasses.fields(cls)}
+        best = state.get("best")
+        if best is not None and "labels" in best:  # written when learned labels were "labels"
+            state = {**state, "best": {("soft_labels" if k == "labels" else k): v
+                                       for k, v in best.items()}}
         return cls(**{k: v for k, v in state.items() if k in names})
 
 
