@@ -91,8 +91,10 @@ def problem(preset: str, overrides: list[str], device: str = "cpu"):
                     test_y=torch.arange(classes), classes=[str(k) for k in range(classes)],
                     mean=info.mean, std=info.std)
     rt = Runtime(cfg, data)
-    learned, _, _ = rt.restore(rt.fresh_state(Path("floor.safetensors")))
-    inits = rt.init_source(rt.fresh_state(Path("floor.safetensors"))).sample(0)
+    state = rt.fresh_state(Path("floor.safetensors"))
+    rt.restore(state)
+    learned = state.learned
+    inits = rt.init_source(state).sample(0)
     x, y = rt.real_batch(0, torch.Generator().manual_seed(0))
     schedule, window = rt.inner_plan(0)
 

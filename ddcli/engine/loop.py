@@ -17,7 +17,7 @@ from ddcli.core.rates import lrs_from_raw
 from ddcli.data import RealData
 from ddcli.engine.records import (FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, MASS_MAX, MASS_MEAN,
                                 MASS_MIN, STOP, Pending)
-from ddcli.engine.clipping import clip_to_average_, initial_average
+from ddcli.engine.clipping import clip_to_average_
 from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, SnapshotInfo, StartInfo
 from ddcli.engine.outputs import RunFolder, default_out, default_run_dir, make_bundle
 from ddcli.engine.runtime import Runtime
@@ -132,7 +132,8 @@ def _resumed_out(out: Path, run_dir: Path) -> Path:
 
 
 class _Run:
-    """One run in this process: its ``Runtime`` (fixed at start) and its learned state."""
+    """One run in this process: its ``Runtime`` (fixed at start) and its ``RunState``
+    (live: the learned tensors, optimiser, scheduler and generator are its fields)."""
 
     def __init__(self, cfg: DistillConfig, out: Path, run_dir: Path, data, callbacks,
                  state: RunState | None, preset: str | None = None) -> None:
@@ -142,23 +143,19 @@ class _Run:
         self.folder = RunFolder(run_dir, enabled=rt.dist.is_main)
         self.state = state if state is not None else rt.fresh_state(out)
         self.state.provenance.append(rt.provenance(preset=preset))
-        self.learned, self.optimizer, self.scheduler = rt.restore(self.state)
+        rt.restore(self.state)
         self.source = rt.init_source(self.state)
-        self.aug_gen = torch.Generator()
-        self.aug_gen.set_state(self.state.aug_rng)
-        stored = self.state.clip_average
-        self.clip_average = (initial_average(rt.device) if stored is None
-                             else stored.to(rt.device))
         self.folder.start(cfg, iteration=self.state.iteration,
                           provenance=self.state.provenance[-1])
 
     # --- one outer iteration ----------------------------------------------------------------
     def outer_step(self, it: int, stop: bool) -> torch.Tensor:
         """One meta step on the synthetic set; returns the iteration's record (on device)."""
-        rt = self.rt
+        rt, st = self.rt, self.state
+        learned = st.learned
         # 1. What the objective needs from the real data: a batch (augmented if asked),
         #    a batch of every class, or nothing.
-        batch = rt.outer_batch(it, self.aug_gen)
+        batch = rt.outer_batch(it, st.aug_rng)
         # 2. This iteration's initial weights: every rank draws all, each uses its share.
         #    Trajectory matching's source also gives each net its target.
         inits, targets = self.source.segments(it)
@@ -170,11 +167,11 @@ class _Run:
         schedule, window = rt.inner_plan(it)
         # 4. The objective's loss and its gradient for the learned tensors it trains,
         #    summed over this rank's nets (through the unroll, for the unrolled family).
-        mg = rt.objective.meta_gradient(rt.nets, mine, self.learned, batch, labels=rt.labels,
+        mg = rt.objective.meta_gradient(rt.nets, mine, learned, batch, labels=rt.labels,
                                         schedule=schedule, window=window)
         # 5. One buffer, one all-reduce: [loss, stop flag, every gradient], summed over
         #    ranks, then divided by the number of nets of the iteration.
-        names = [k for k, v in self.learned.items() if v.requires_grad]
+        names = [k for k, v in learned.items() if v.requires_grad]
         stop_flag = torch.full((1,), float(stop), dtype=mg.loss.dtype, device=rt.device)
         flat = rt.dist.all_reduce_sum_(torch.cat(
             [mg.loss.reshape(1), stop_flag, *(mg.grads[k].flatten() for k in names)]))
@@ -184,27 +181,27 @@ class _Run:
             raise DivergedError(self._diverged_message(it, flat[0].item() / n))
         offset = 2
         for k in names:
-            size = self.learned[k].numel()
-            self.learned[k].grad = flat[offset:offset + size].view_as(self.learned[k]) / n
+            size = learned[k].numel()
+            learned[k].grad = flat[offset:offset + size].view_as(learned[k]) / n
             offset += size
         # 6. RaT-BPTT's clipping: the meta-gradient's norm capped at k x its moving average
         #    (every rank holds the same sum, so every rank clips alike).
         o = self.cfg.optim
         if o.clip_ema_factor is not None:
-            _, self.clip_average = clip_to_average_(
-                [self.learned[k].grad for k in names], self.clip_average,
+            _, st.clip_average = clip_to_average_(
+                [learned[k].grad for k in names], st.clip_average,
                 factor=o.clip_ema_factor, decay=o.clip_ema_decay)
         # 7. The meta-optimiser on the synthetic set, then its step size's decay; learned labels
         #    are projected back onto >= 0 (a label's mass weighs its image's gradient).
-        self.optimizer.step()
-        self.scheduler.step()
+        st.optimizer.step()
+        st.scheduler.step()
         record = [flat[0] / n, finite.to(flat.dtype), flat[1]]
-        lrs = lrs_from_raw(self.learned["raw_lrs"].detach())
+        lrs = lrs_from_raw(st.raw_lrs.detach())
         record += [lrs.min(), lrs.mean(), lrs.max()]
-        if "soft_labels" in self.learned:
+        if st.soft_labels is not None:
             with torch.no_grad():
-                self.learned["soft_labels"].clamp_(min=0)
-                mass = self.learned["soft_labels"].sum(-1)  # (S, n)
+                st.soft_labels.clamp_(min=0)
+                mass = st.soft_labels.sum(-1)  # (S, n)
             record += [mass.min(), mass.mean(), mass.max()]
         return torch.stack([v.to(flat.dtype) for v in record])
 
@@ -229,7 +226,7 @@ class _Run:
                     st.iteration += 1
                     st.elapsed = elapsed_before + time.perf_counter() - t0
                     pending.add(st.iteration, record, st.elapsed,
-                                self.optimizer.param_groups[0]["lr"])
+                                st.optimizer.param_groups[0]["lr"])
                     # Ranks must agree on where to stop, so with several processes a
                     # Ctrl-C travels in the all-reduce and is acted on at a sync point.
                     if not self._sync_due(stop.requested and alone):
@@ -243,7 +240,7 @@ class _Run:
                             f"`dd distill --resume {self.folder.path}`", exit_code=stop.exit_code)
             st.elapsed = elapsed_before + time.perf_counter() - t0
             self.save_checkpoint()
-            bundle = make_bundle(self.rt, self.state, self.source, self.learned)
+            bundle = make_bundle(self.rt, self.state, self.source)
             if rt.dist.is_main:
                 self._write_bundle(bundle)
             # Leaving one by one can abort a gloo process mid-teardown: leave together
@@ -306,18 +303,20 @@ class _Run:
         if not self.rt.dist.is_main or it != self.state.iteration:
             return  # evaluate and checkpoint the state the sync point left, on rank 0
         if r.eval_every and (it % r.eval_every == 0 or it == self.rt.total):
-            ev = EvalInfo(iteration=it, accuracies=self.rt.quick_eval(self.learned, self.source),
+            ev = EvalInfo(iteration=it, accuracies=self.rt.quick_eval(self.state.learned,
+                                                                      self.source),
                           split=self.rt.eval_split)
             self.state.evals.append({"iteration": ev.iteration, "accuracies": ev.accuracies,
                                      "split": ev.split})
             if r.keep_best and (self.state.best is None or ev.mean > self.state.best["score"]):
                 self.state.best = {"iteration": it, "score": ev.mean,
-                                   **{k: v.detach().cpu().clone() for k, v in self.learned.items()}}
+                                   **{k: v.detach().cpu().clone()
+                                      for k, v in self.state.learned.items()}}
             self.folder.log({"iteration": it, ev.key: ev.mean, f"{ev.key}s": ev.accuracies,
                              "elapsed": round(info.elapsed, 3)})
             self._emit("on_eval", ev)
         if r.snapshot_every and (it % r.snapshot_every == 0 or it == self.rt.total):
-            self.folder.snapshot(it, self.learned)
+            self.folder.snapshot(it, self.state.learned)
         if (r.snapshot_every and it % r.snapshot_every == 0) or it == self.rt.total:
             self._emit("on_snapshot", self._snapshot_info(it))
         if r.checkpoint_every and it % r.checkpoint_every == 0 and it < self.rt.total:
@@ -325,16 +324,7 @@ class _Run:
 
     # --- outputs --------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        st = self.state
-        st.images = self.learned["images"].detach()
-        st.raw_lrs = self.learned["raw_lrs"].detach()
-        if "soft_labels" in self.learned:
-            st.soft_labels = self.learned["soft_labels"].detach()
-        st.optimizer, st.scheduler = self.optimizer.state_dict(), self.scheduler.state_dict()
-        st.aug_rng = self.aug_gen.get_state()
-        if self.cfg.optim.clip_ema_factor is not None:
-            st.clip_average = self.clip_average.detach().cpu()
-        path = self.folder.checkpoint(st)
+        path = self.folder.checkpoint(self.state)
         self._emit("on_checkpoint", path)
         return path
 
@@ -350,7 +340,7 @@ class _Run:
     def _snapshot_info(self, it: int) -> SnapshotInfo | None:
         if self.callbacks is None or not hasattr(self.callbacks, "on_snapshot"):
             return None  # copying the set to the host costs a sync; nobody listens
-        d, cpu = self.rt.data, {k: v.detach().cpu() for k, v in self.learned.items()}
+        d, cpu = self.rt.data, {k: v.detach().cpu() for k, v in self.state.learned.items()}
         return SnapshotInfo(
             iteration=it, images=cpu["images"], pixels=d.denormalize(cpu["images"]),
             lrs=lrs_from_raw(cpu["raw_lrs"]), labels=self.rt.labels.cpu(),

@@ -70,7 +70,7 @@ class RunFolder:
         return save_checkpoint(self.path, state) if self.enabled else self.path / "checkpoint.pt"
 
 
-def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bundle:
+def make_bundle(rt, state: RunState, source) -> Bundle:
     """The bundle of a run's current state (``rt`` is the run's ``Runtime``)."""
     d, cfg = rt.data, rt.cfg
     summary = {
@@ -84,10 +84,10 @@ def make_bundle(rt, state: RunState, source, learned: dict[str, Tensor]) -> Bund
     if state.evals:
         last = EvalInfo(**{"split": rt.eval_split, **state.evals[-1]})
         summary["last_eval"] = {"iteration": last.iteration, last.key: last.mean}
-    chosen = {k: v.detach().cpu() for k, v in learned.items()}
+    chosen = {k: v.detach().cpu() for k, v in state.learned.items()}
     if cfg.run.keep_best and state.best is not None:
         # The set of the best validation accuracy, never the test set's choice.
-        chosen = {k: state.best[k] for k in learned}
+        chosen = {k: state.best[k] for k in chosen}
         summary["selected"] = {"iteration": state.best["iteration"],
                                "validation_acc": state.best["score"],
                                "by": f"replay accuracy on {cfg.data.validation} held-out "

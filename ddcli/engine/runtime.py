@@ -22,6 +22,7 @@ from ddcli.core.schedules import Schedule
 from ddcli.core.objectives import (CLASS_BATCHES, EXPERT_SEGMENT, REAL_BATCH, OuterBatch,
                                    make_objective)
 from ddcli.data import RealData, load_dataset, zca_dataset
+from ddcli.engine.clipping import initial_average
 from ddcli.engine.batches import BatchSampler, ClassBatchSampler, augment_batch
 from ddcli.engine.inits import (FixedInit, InitSource, initial_images, make_init_source,
                                 real_initial_images)
@@ -108,32 +109,32 @@ class Runtime:
         return RunState(
             iteration=0, images=images, labels=self.labels.cpu(),
             raw_lrs=initial_raw_lrs(s.step_lr, cfg.total_steps), optimizer={}, scheduler={},
-            aug_rng=torch.Generator().manual_seed(derive_seed(cfg.init.seed, "augment")).get_state(),
+            aug_rng=torch.Generator().manual_seed(derive_seed(cfg.init.seed, "augment")),
             config=cfg.to_dict(), out=str(out.absolute()), total_iterations=self.total,
             fixed_params=source.fixed_params, soft_labels=soft)
 
-    def restore(self, state: RunState) -> tuple[dict[str, Tensor], Any, Any]:
-        """The learned tensors (on the device; those the objective trains require grad),
-        the meta-optimiser (Adam or SGD) and StepLR. An objective that learns no rates
-        leaves ``raw_lrs`` out of the optimiser: they stay at ``--step-lr``."""
+    def restore(self, state: RunState) -> None:
+        """Make ``state`` live: its learned tensors on the device (those the objective
+        trains require grad), its meta-optimiser (Adam or SGD) and StepLR built over
+        them (and loaded, from a checkpoint), the clipping average on the device. An
+        objective that learns no rates leaves ``raw_lrs`` out of the optimiser: they
+        stay at ``--step-lr``."""
         o = self.cfg.optim
-        learned = {
-            "images": state.images.to(self.device).requires_grad_(True),  # (S, n, C, H, W)
-            "raw_lrs": state.raw_lrs.to(self.device).requires_grad_(  # (T,)
-                self.objective.learns_rates),
-        }
-        groups = [{"params": [v for v in learned.values() if v.requires_grad]}]
-        if state.soft_labels is not None:
-            learned["soft_labels"] = state.soft_labels.to(self.device).requires_grad_(True)
-            groups.append({"params": [learned["soft_labels"]], "lr": o.label_lr or o.meta_lr})
-        self.dist.broadcast_(list(learned.values()))
+        state.images = state.images.to(self.device).requires_grad_(True)  # (S, n, C, H, W)
+        state.raw_lrs = state.raw_lrs.to(self.device).requires_grad_(  # (T,)
+            self.objective.learns_rates)
+        groups = [{"params": [v for v in (state.images, state.raw_lrs) if v.requires_grad]}]
+        if state.soft_labels is not None:  # (S, n, classes)
+            state.soft_labels = state.soft_labels.to(self.device).requires_grad_(True)
+            groups.append({"params": [state.soft_labels], "lr": o.label_lr or o.meta_lr})
+        self.dist.broadcast_(list(state.learned.values()))
         if o.meta_optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=o.meta_lr, momentum=o.meta_momentum)
         else:
             optimizer = torch.optim.Adam(groups, lr=o.meta_lr, betas=(o.beta1, o.beta2))
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.decay_iters,
                                                     gamma=o.decay_factor)
-        if state.optimizer:  # a checkpoint
+        if state.optimizer:  # a checkpoint's state_dicts
             optimizer.load_state_dict(state.optimizer)
             scheduler.load_state_dict(state.scheduler)
             old_lr = DistillConfig.from_dict(state.config).optim.meta_lr
@@ -145,8 +146,11 @@ class Runtime:
                     group["initial_lr"] = lr
                     group["lr"] = lr * o.decay_factor ** (state.iteration // self.decay_iters)
             scheduler.step_size = self.decay_iters
+        state.optimizer, state.scheduler = optimizer, scheduler
+        if o.clip_ema_factor is not None:
+            state.clip_average = (initial_average(self.device) if state.clip_average is None
+                                  else state.clip_average.to(self.device))
         state.config, state.total_iterations = self.cfg.to_dict(), self.total
-        return learned, optimizer, scheduler
 
     def init_source(self, state: RunState) -> InitSource:
         """Where theta_0 comes from; a resumed fixed-init run reuses its stored init."""

@@ -1,9 +1,12 @@
 """What a run carries between iterations: ``RunState``, and its checkpoint file.
 
 ``RunState`` is the one list of what a checkpoint stores, what a resume restores and
-what the bundle is made from; nothing else about a run survives the process. The
-checkpoint is one ``torch.save`` file, written atomically and loaded with
-``weights_only=True`` (no pickled code runs).
+what the bundle is made from; nothing else about a run survives the process. It is
+also the live state: while a run trains, its fields are the learned tensors (on the
+device), the meta-optimiser, its scheduler and the augmentation generator themselves
+(``Runtime.restore`` makes them live), and a checkpoint is this object written out
+(``to_checkpoint``), with no copy in between. The checkpoint is one ``torch.save``
+file, written atomically and loaded with ``weights_only=True`` (no pickled code runs).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import dataclasses
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -29,13 +32,18 @@ CHECKPOINT_VERSION = 1
 class RunState:
     """The learned tensors, the optimiser, and the run's own record, at ``iteration``."""
 
+    #: the learned tensors, by the names the objectives' meta-gradients use
+    LEARNED: ClassVar[tuple[str, ...]] = ("images", "raw_lrs", "soft_labels")
+
     iteration: int  # completed outer iterations
     images: Tensor  # (S, n, C, H, W), normalised
-    labels: Tensor  # (S, n) int64, the slots' classes (class-major in each step)
+    labels: Tensor  # (S, n) int64, the slots' hard classes (class-major in each step)
     raw_lrs: Tensor  # (T,), the learned GD rates before ``lrs_from_raw``
-    optimizer: dict[str, Any]  # the meta-optimiser's (Adam's or SGD's) state_dict
-    scheduler: dict[str, Any]  # StepLR's state_dict
-    aug_rng: Tensor  # the real-batch augmentation generator's state
+    # The meta-optimiser (Adam or SGD) and its StepLR once live; as stored, their
+    # state_dicts ({} before the first checkpoint).
+    optimizer: Any
+    scheduler: Any
+    aug_rng: torch.Generator  # the real-batch augmentation generator (stored: its state)
     config: dict[str, Any]  # DistillConfig.to_dict()
     out: str  # the bundle path, absolute, so a resume from elsewhere writes it there
     total_iterations: int
@@ -54,12 +62,16 @@ class RunState:
     # before the first iteration), ddcli.engine.clipping.
     clip_average: Tensor | None = None
 
+    @property
+    def learned(self) -> dict[str, Tensor]:
+        """The learned tensors themselves (not copies), those the run has."""
+        return {name: getattr(self, name) for name in self.LEARNED
+                if getattr(self, name) is not None}
+
     def to_checkpoint(self) -> dict[str, Any]:
-        """Plain dict for ``torch.save`` (tensors on the CPU)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("images", "labels", "raw_lrs", "soft_labels", "clip_average"):
-            if out[name] is not None:
-                out[name] = out[name].detach().cpu()
+        """Plain dict for ``torch.save``: tensors on the CPU, the optimiser, scheduler
+        and generator as their states."""
+        out = {f.name: _stored(getattr(self, f.name)) for f in dataclasses.fields(self)}
         if self.fixed_params is not None:
             out["fixed_params"] = {k: v.detach().cpu() for k, v in self.fixed_params.items()}
         return out
@@ -71,7 +83,23 @@ class RunState:
         if best is not None and "labels" in best:  # written when learned labels were "labels"
             state = {**state, "best": {("soft_labels" if k == "labels" else k): v
                                        for k, v in best.items()}}
+        rng = state.get("aug_rng")
+        if isinstance(rng, Tensor):
+            generator = torch.Generator()
+            generator.set_state(rng)
+            state = {**state, "aug_rng": generator}
         return cls(**{k: v for k, v in state.items() if k in names})
+
+
+def _stored(value: Any) -> Any:
+    """A live field as a checkpoint holds it."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    if isinstance(value, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)):
+        return value.state_dict()
+    return value
 
 
 def save_checkpoint(run_dir: Path, state: RunState) -> Path:

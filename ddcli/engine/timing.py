@@ -78,7 +78,8 @@ def estimate_time(cfg: DistillConfig, *, data: RealData | None = None, nproc: in
                     spent += _timed(lambda: run.outer_step(n, False).tolist())
                 per_it = spent / n
                 every = cfg.run.eval_every
-                per_eval = _timed(lambda: rt.quick_eval(run.learned, run.source)) if every else 0.0
+                per_eval = (_timed(lambda: rt.quick_eval(run.state.learned, run.source))
+                            if every else 0.0)
         finally:
             rt.dist.close()
     evaluations = math.ceil(rt.total / every) if every else 0  # every N-th, and the last
