@@ -3,8 +3,9 @@ results/index.json with its recorded arguments and compare each row's mean and s
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/check_results.py --data-root DIR [NAME ...]
 
-Evaluation is seeded (fresh nets 0..n-1), so the figures must match to the 4 decimals
-the index keeps; a mismatch is printed and the exit status is 1. Each evaluation runs
+An entry is keyed by its bundle's file name; a further evaluation of the same bundle (another
+protocol) is keyed by any label and names its "bundle". Evaluation is seeded (fresh nets
+0..n-1), so the figures must match to the 4 decimals the index keeps; a mismatch is printed and the exit status is 1. Each evaluation runs
 with the thread count its row was recorded with: one, or the entry's "threads".
 """
 
@@ -22,7 +23,9 @@ INDEX = ROOT / "results" / "index.json"
 
 
 def check(name: str, entry: dict, data_root: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "ddcli", "eval", str(ROOT / "results" / name),
+    # an entry is keyed by its bundle's file name, or names the bundle itself ("bundle")
+    # when it records another evaluation of a bundle that has an entry already
+    cmd = [sys.executable, "-m", "ddcli", "eval", str(ROOT / "results" / entry.get("bundle", name)),
            *entry["eval_args"], "--json", "--quiet"]
     if data_root:
         cmd += ["--data-root", data_root]
