@@ -98,3 +98,15 @@ def torch_sgd_reference(p0, x, y, *, lr, epochs, batch, seed, decay, decay_epoch
                 for group in opt.param_groups:
                     group["lr"] = lr
     return ref
+
+
+class Tiny(torch.nn.Module):
+    """A 2-layer net on c x hw x hw images: small enough for finite differences in float64."""
+
+    def __init__(self, classes=3, *, c=1, hw=4):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(c * hw * hw, 5)
+        self.fc2 = torch.nn.Linear(5, classes)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))

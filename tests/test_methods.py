@@ -17,17 +17,14 @@ from ddcli.core.schedules import CyclicSchedule, PoolSchedule
 from ddcli.core.steps import GD, SGD, StepFn
 from ddcli.core.unroll import adjoint_of, differentiate_unroll, unroll
 
+from tests._toy import Tiny as _TinyNet
+
 D = torch.float64
 
 
-class Tiny(nn.Module):
-    def __init__(self, classes=3):
-        super().__init__()
-        self.fc1 = nn.Linear(2 * 4 * 4, 5)
-        self.fc2 = nn.Linear(5, classes)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
+def Tiny(classes=3):
+    """The shared tiny net on 2-channel 4 x 4 images."""
+    return _TinyNet(classes, c=2)
 
 
 def _problem(steps=2, epochs=2, classes=3, k=2, seed=0):

@@ -28,20 +28,15 @@ from ddcli.pool.pretrain import PretrainRecipe, pretrain
 from ddcli.core.seeds import derive_seed
 
 from tests._cli import one_line_error, run
-from tests._toy import distill_until_ctrl_c, toy_config, toy_data
+from tests._toy import Tiny as _TinyNet, distill_until_ctrl_c, toy_config, toy_data
 
 D = torch.float64
 MLP = {"name": "mlp", "kwargs": {"hidden": [16]}}
 
 
-class Tiny(nn.Module):
-    def __init__(self, classes=3):
-        super().__init__()
-        self.fc1 = nn.Linear(2 * 4 * 4, 5)
-        self.fc2 = nn.Linear(5, classes)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
+def Tiny(classes=3):
+    """The shared tiny net on 2-channel 4 x 4 images."""
+    return _TinyNet(classes, c=2)
 
 
 def _problem(nets=1, steps=2, passes=2, classes=3, k=2, seed=0):

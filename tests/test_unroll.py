@@ -19,20 +19,11 @@ from ddcli.core.params import init_params
 from ddcli.core.rates import lrs_from_raw, raw_from_lrs
 from ddcli.core.unroll import unroll
 from ddcli.models import create_model
+from tests._toy import Tiny
 
 softplus_inverse = raw_from_lrs
 
 
-class Tiny(nn.Module):
-    """A 2-layer net on 4x4 images: small enough for finite differences in float64."""
-
-    def __init__(self, c=1, hw=4, classes=3):
-        super().__init__()
-        self.fc1 = nn.Linear(c * hw * hw, 5)
-        self.fc2 = nn.Linear(5, classes)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
 
 
 def _problem(dtype=torch.float64, steps=2, epochs=2, classes=3, k=1, seed=0):
@@ -163,6 +154,7 @@ def test_meta_gradient_leaves_init_and_model_untouched():
 
 
 # --- memory modes: bounded graphs and the --dry-run estimate ------------------------------
+
 
 class _Box:
     __slots__ = ("t", "__weakref__")
