@@ -67,6 +67,16 @@ def distill_until_ctrl_c(cfg, out, data, at: int) -> None:
         distill(cfg, out=out, data=data, callbacks=CtrlC())
 
 
+def straight_and_resumed(cfg, tmp_path, data, at: int = 3):
+    """The same run twice: straight through, and stopped by Ctrl-C after iteration ``at``
+    then resumed; returns both results (a bit-exact resume makes them equal)."""
+    from ddcli import distill, resume
+
+    full = distill(cfg, out=tmp_path / "full.safetensors", data=data)
+    distill_until_ctrl_c(cfg, tmp_path / "part.safetensors", data, at=at)
+    return full, resume(tmp_path / "part.run", data=data)
+
+
 def tiny_mlp():
     """A 16 -> 8 -> 3 MLP for 1x4x4 inputs (the SGD reference tests' model)."""
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),

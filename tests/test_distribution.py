@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddcli import Bundle, distill, resume
+from ddcli import Bundle, distill
 from ddcli.layering import build_config
 from ddcli.core.augment import DSA, FAMILIES
 from ddcli.core.distribution import (DistributionMatching, class_images, distribution_loss,
@@ -23,7 +23,7 @@ from ddcli.evaluate import evaluate_bundle
 from ddcli.models import create_model
 
 from tests._cli import one_line_error, run
-from tests._toy import distill_until_ctrl_c, toy_config, toy_data
+from tests._toy import toy_config, toy_data, straight_and_resumed
 
 DM = {"objective": {"kind": "distribution"}, "init": {"mode": "random"},
       "model": {"name": "convnet", "init_scheme": "default", "kwargs": {"width": 4, "depth": 2}},
@@ -189,9 +189,7 @@ def test_the_set_matches_the_real_means_better_after_a_short_run(tmp_path):
 def test_resume_is_bit_exact(tmp_path, augment):
     data = toy_data()
     c = toy_config(DM, data={"augment": augment}, init={"n_nets": 2, "sample_n_nets": 2})
-    full = distill(c, out=tmp_path / "full.safetensors", data=data)
-    distill_until_ctrl_c(c, tmp_path / "part.safetensors", data, at=3)
-    resumed = resume(tmp_path / "part.run", data=data)
+    full, resumed = straight_and_resumed(c, tmp_path, data)
     assert resumed.iterations == 6
     assert torch.equal(full.bundle.images, resumed.bundle.images)
     assert torch.equal(full.bundle.raw_lrs, resumed.bundle.raw_lrs)

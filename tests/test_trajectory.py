@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddcli import Bundle, distill, resume
+from ddcli import Bundle, distill
 from ddcli.layering import build_config
 from ddcli.core.meta_gradient import NetsMetaGradient
 from ddcli.core.objectives import EXPERT_SEGMENT, OuterBatch, make_objective
@@ -28,7 +28,7 @@ from ddcli.pool.pretrain import PretrainRecipe, pretrain
 from ddcli.core.seeds import derive_seed
 
 from tests._cli import one_line_error, run
-from tests._toy import Tiny as _TinyNet, distill_until_ctrl_c, toy_config, toy_data
+from tests._toy import Tiny as _TinyNet, toy_config, toy_data, straight_and_resumed
 
 D = torch.float64
 MLP = {"name": "mlp", "kwargs": {"hidden": [16]}}
@@ -285,9 +285,7 @@ def test_resume_is_bit_exact(experts, tmp_path, mode, labels):
     data = toy_data()
     c = _mtt(experts, run={"unroll_memory": mode, "checkpoint_every": 1},
              synth={"learn_labels": labels})
-    full = distill(c, out=tmp_path / "full.safetensors", data=data)
-    distill_until_ctrl_c(c, tmp_path / "part.safetensors", data, at=3)
-    resumed = resume(tmp_path / "part.run", data=data)
+    full, resumed = straight_and_resumed(c, tmp_path, data)
     assert resumed.iterations == 6
     assert torch.equal(full.bundle.images, resumed.bundle.images)
     assert torch.equal(full.bundle.raw_lrs, resumed.bundle.raw_lrs)
