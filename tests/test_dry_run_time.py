@@ -83,3 +83,24 @@ def test_dry_run_does_not_time_what_would_not_fit(tmp_path, fixture_root, monkey
     r = run("distill", "mnist", "--data-root", fixture_root, "--dry-run", *TINY, "--json")
     out = json.loads(r.stdout)
     assert out["time_estimate"] is None and "free on cpu" in out["time_not_measured"]
+
+
+def test_dry_run_is_a_library_call_the_cli_only_prints(fixture_root):
+    from ddcli.engine.dry_run import dry_run
+    from ddcli.errors import ConfigError
+    from ddcli.layering import build_config
+
+    cfg = build_config(overrides={"data": {"dataset": "mnist", "data_root": str(fixture_root)},
+                                  "synth": {"steps": 1, "epochs": 1},
+                                  "optim": {"iterations": 7}, "run": {"device": "cpu"}})
+    r = dry_run(cfg)
+    assert (r.dataset, r.model, r.nproc) == ("mnist", "lenet", 1)
+    assert set(r.estimate.modes) == {"full", "stepwise", "recompute"}
+    assert r.timing is not None and r.timing.iterations == 7
+    peaks = r.peak_rss()
+    assert peaks is None or all(v > 0 for v in peaks.values())
+    dm = build_config(overrides={"data": {"dataset": "mnist", "data_root": str(fixture_root)},
+                                 "objective": {"kind": "distribution"},
+                                 "init": {"mode": "random"}, "model": {"name": "convnet"}})
+    with pytest.raises(ConfigError, match="unrolls nothing"):
+        dry_run(dm)

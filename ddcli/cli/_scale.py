@@ -1,10 +1,9 @@
-"""`dd distill --nproc N` and `--dry-run`: launching torchrun, printing memory and time
-estimates."""
+"""`dd distill --nproc N` and `--dry-run`: launching torchrun, printing the memory and time
+estimates that ``ddcli.engine.dry_run`` measures."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,7 @@ import typer
 
 from ddcli import layering
 from ddcli.core import memory as _memory
-from ddcli.core.objectives import make_objective
-from ddcli.errors import ConfigError
-from ddcli.infra import device as _device
-from ddcli.infra.device import resolve_device
 from ddcli.config import DistillConfig, load_config_file
-from ddcli.data import load_dataset
-from ddcli.models import create_model
 from ddcli.infra.text import count
 
 
@@ -57,34 +50,17 @@ def resumed_config(run_dir: Path, overrides: dict[str, dict[str, Any]]) -> Disti
 
 
 def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
-    """Estimate each memory mode's peak for ``cfg`` (see ``ddcli.core.memory``) and the
-    run's wall time (``ddcli.engine.timing``), and print them."""
-    if not make_objective(cfg, None).unrolls:
-        raise ConfigError(f"--dry-run estimates an unroll's memory; --objective "
-                          f"{cfg.objective.kind} unrolls nothing (its memory is a few "
-                          "forward passes of the real batches)")
-    data = load_dataset(cfg.data.dataset, root=cfg.data.data_root)
-    model = create_model(cfg.model_name(data.name), in_channels=data.in_channels,
-                         num_classes=data.num_classes, image_size=data.image_size,
-                         **cfg.model.kwargs)
-    device = resolve_device(cfg.run.device)
-    est = _memory.estimate_memory(cfg, model=model, train_size=data.train_x.shape[0],
-                                  test_size=data.test_x.shape[0], nproc=nproc,
-                                  device_type=device.type)
-    # What this process holds once it has loaded the data and used what a run uses: the
-    # framework's share of a training process's RSS, which the tensor counts leave out.
-    _memory.warm_framework(model)
-    baseline = _current_rss() if device.type == "cpu" else 0
-    chosen = cfg.run.unroll_memory
-    timing, not_timed = _time_estimate(cfg, data, nproc, est.modes[chosen], device)
+    """Print what ``ddcli.engine.dry_run.dry_run`` measures for ``cfg``."""
+    from ddcli.engine.dry_run import dry_run
+
+    r = dry_run(cfg, nproc=nproc)
+    est, chosen, baseline = r.estimate, cfg.run.unroll_memory, r.baseline_rss
     if json_out:
         typer.echo(json.dumps({
             "dry_run": True, "unroll_memory": chosen, "processes": nproc,
-            "estimate_bytes": est.to_dict(),
-            "peak_rss_bytes": ({m: baseline + v - est.data for m, v in est.modes.items()}
-                               if baseline else None),
-            "time_estimate": timing.to_dict() if timing else None,
-            **({"time_not_measured": not_timed} if not_timed else {}),
+            "estimate_bytes": est.to_dict(), "peak_rss_bytes": r.peak_rss(),
+            "time_estimate": r.timing.to_dict() if r.timing else None,
+            **({"time_not_measured": r.not_timed} if r.not_timed else {}),
         }))
         return
     fmt = _memory.format_bytes
@@ -92,10 +68,9 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
               if est.differentiated < est.steps else "")
     state = f" and update-rule state {fmt(est.state)}" if est.state else ""
     typer.echo(
-        f"memory estimate per process: {data.name} / {cfg.model_name(data.name)}, "
+        f"memory estimate per process: {r.dataset} / {r.model}, "
         f"T = {count(est.steps, 'GD step')}{window}, {count(est.nets, 'net')} at once, real batch "
-        f"{est.real_batch // (data.in_channels * data.image_size ** 2 * 4)}, "
-        f"{count(nproc, 'process')}, on {device}")
+        f"{r.real_batch_images}, {count(nproc, 'process')}, on {r.device}")
     header = f"  {'mode':10s} {'graphs':>12s} {'tensors':>12s}"
     header += f" {'peak RSS':>12s}" if baseline else ""
     typer.echo(header)
@@ -111,20 +86,7 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
         "  estimated by counting the tensors autograd saves for one inner step and for the "
         "outer loss on the meta device (no compute); 'peak RSS' (CPU) adds what this process "
         "holds after loading the data and one tiny step; allocator slack is not counted")
-    typer.echo(_time_line(timing, not_timed, nproc))
-
-
-def _time_estimate(cfg: DistillConfig, data, nproc: int, peak: int, device):
-    """The run's expected wall time, from a few timed iterations; (None, why) when they
-    would not fit in the memory that is free now."""
-    from ddcli.engine.timing import estimate_time
-
-    free = _device.available_memory(device)
-    if free is not None and peak > free:
-        fmt = _memory.format_bytes
-        return None, (f"this run's estimated peak {fmt(peak)} exceeds the {fmt(free)} free "
-                      f"on {device}")
-    return estimate_time(cfg, data=data, nproc=nproc), None
+    typer.echo(_time_line(r.timing, r.not_timed, nproc))
 
 
 def _time_line(t, not_timed: str | None, nproc: int) -> str:
@@ -139,11 +101,3 @@ def _time_line(t, not_timed: str | None, nproc: int) -> str:
             f"x {t.s_per_iteration:.3g} s{evals}; timed {t.measured} iteration"
             f"{'s' if t.measured > 1 else ''} after a warm-up{share}; loading data and "
             "writing checkpoints not counted")
-
-
-def _current_rss() -> int:
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
