@@ -252,8 +252,11 @@ def test_memory_estimate_follows_the_sets_inner_loop():
     assert plain.graphs["recompute"] - window.graphs["recompute"] == 9 * plain.weights
     sgd, adam = est(inner_optimizer="sgd"), est(inner_optimizer="adam")
     assert sgd.state == plain.weights and adam.state == 2 * plain.weights  # momentum; m and v
-    # SGD's step keeps its new momentum b where GD's keeps the gradient (theta - eta * b).
-    assert plain.step_graph == sgd.step_graph < adam.step_graph
+    # SGD's step keeps its new momentum b where GD's keeps the gradient (theta - eta * b):
+    # the same size, but for a scalar or two that the rule may save (4 bytes seen on a
+    # fresh install), far below one weight tensor.
+    assert abs(plain.step_graph - sgd.step_graph) <= 64 < plain.weights
+    assert sgd.step_graph < adam.step_graph
     for mode in ("full", "recompute"):
         assert plain.modes[mode] < sgd.modes[mode] < adam.modes[mode]
     assert (sgd.graphs["recompute"] - plain.graphs["recompute"]
