@@ -54,7 +54,7 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
     from ddcli.engine.dry_run import dry_run
 
     r = dry_run(cfg, nproc=nproc)
-    est, chosen, baseline = r.estimate, cfg.run.unroll_memory, r.baseline_rss
+    est, chosen = r.estimate, cfg.run.unroll_memory
     if json_out:
         typer.echo(json.dumps({
             "dry_run": True, "unroll_memory": chosen, "processes": nproc,
@@ -71,12 +71,13 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
         f"memory estimate per process: {r.dataset} / {r.model}, "
         f"T = {count(est.steps, 'GD step')}{window}, {count(est.nets, 'net')} at once, real batch "
         f"{r.real_batch_images}, {count(nproc, 'process')}, on {r.device}")
+    peaks = r.peak_rss()
     header = f"  {'mode':10s} {'graphs':>12s} {'tensors':>12s}"
-    header += f" {'peak RSS':>12s}" if baseline else ""
+    header += f" {'peak RSS':>12s}" if peaks else ""
     typer.echo(header)
     for mode, total in est.modes.items():
         line = f"  {mode:10s} {fmt(est.graphs[mode]):>12s} {fmt(total):>12s}"
-        line += f" {fmt(baseline + total - est.data):>12s}" if baseline else ""
+        line += f" {fmt(peaks[mode]):>12s}" if peaks else ""
         typer.echo(line + ("   <- this run" if mode == chosen else ""))
     typer.echo(
         f"  held by every mode: real data {fmt(est.data)}, synthetic set with Adam state "

@@ -124,16 +124,6 @@ def _rate(cfg, named: NamedProtocol | None, set_lrs) -> tuple[float, str]:
     return DEFAULT_TRAIN_LR, "the field's rate (DC, DSA, DM)"
 
 
-def describe(name: str) -> str:
-    """One line for docs and help: what a named protocol sets."""
-    p = NAMED_PROTOCOLS[name]
-    aug = p.augment if isinstance(p.augment, str) else ", ".join(
-        f"{k}: {v}" for k, v in p.augment.items()) + ", else none"
-    lr = "the set's learned rate" if p.learned_lr else f"lr {DEFAULT_TRAIN_LR}"
-    return (f"{name}: ConvNet-128, {p.epochs + 1} epochs, {lr}, x0.1 after epoch "
-            f"{p.epochs // 2 + 1} with a fresh optimiser, augment {aug} ({p.source})")
-
-
 def replace_resolved(cfg, r: Resolved):
     """``cfg`` with the resolved knobs filled in (what the report records)."""
     return dataclasses.replace(cfg, train_epochs=r.train_epochs, decay_epoch=r.decay_epoch,
