@@ -49,7 +49,7 @@ def _done(out: Path) -> set[tuple]:
         if line.strip():
             r = json.loads(line)
             keys.add((r["protocol"], r["dataset"], r["ipc"], r["draw"], r["epochs"],
-                      r.get("augment")))
+                      r.get("augment"), r.get("precision", "fp32"), r.get("compile", False)))
     return keys
 
 
@@ -71,7 +71,8 @@ def run(args) -> None:
         for ipc in args.ipc:
             labels = torch.arange(data.num_classes).repeat_interleave(ipc)[None]  # (1, C*ipc)
             for i in range(args.draws):
-                key = (args.protocol, name, ipc, i, args.train_epochs, args.augment)
+                key = (args.protocol, name, ipc, i, args.train_epochs, args.augment,
+                       args.precision, args.compile)
                 if key in done:
                     continue
                 images = build_baseline("random-real", labels, data, seed=args.seed + i)
@@ -81,14 +82,16 @@ def run(args) -> None:
                              labels=labels.reshape(-1).numpy(), mean=np.array(data.mean),
                              std=np.array(data.std), classes=np.array(data.classes))
                     cfg = EvalConfig(protocol=args.protocol, n_nets=1, seed=i,
-                                     train_epochs=args.train_epochs, augment=args.augment)
+                                     train_epochs=args.train_epochs, augment=args.augment,
+                                     precision=args.precision, compile=args.compile)
                     t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", PixelSpaceWarning)
                         rep = evaluate_set(path, cfg, data=data)
                     c1 = resource.getrusage(resource.RUSAGE_SELF)
                 rec = {"protocol": args.protocol, "dataset": name, "ipc": ipc, "draw": i,
-                       "epochs": args.train_epochs, "augment": args.augment, "accuracy": rep.primary.accuracies[0],
+                       "epochs": args.train_epochs, "augment": args.augment,
+                       "precision": args.precision, "compile": args.compile, "accuracy": rep.primary.accuracies[0],
                        "settings": {k: rep.settings[k] for k in (
                            "train_epochs", "train_lr", "augment", "model", "init_scheme",
                            "lr_decayed_at_epoch", "reset_momentum", "batch_size")},
@@ -109,10 +112,11 @@ def table(out: Path) -> str:
         if line.strip():
             r = json.loads(line)
             rows.setdefault((r["protocol"], r["dataset"], r["ipc"], r["epochs"],
-                             r.get("augment")), []).append(r)
+                             r.get("augment"), r.get("precision", "fp32"),
+                             r.get("compile", False)), []).append(r)
     lines = ["| protocol | dataset | ipc | random real, ours (draws) | DC's Table 1 | within 1 std | CPU-h |",
              "|---|---|---|---|---|---|---|"]
-    for (protocol, name, ipc, epochs, augment), rs in sorted(rows.items(), key=str):
+    for (protocol, name, ipc, epochs, augment, precision, compiled), rs in sorted(rows.items(), key=str):
         acc = 100 * np.array([r["accuracy"] for r in rs])
         pub = PUBLISHED.get(name, {}).get(ipc)
         # DC's figures calibrate DC's protocol only (DSA, DM and MTT copy them, unmeasured
@@ -121,7 +125,7 @@ def table(out: Path) -> str:
               else "yes" if abs(acc.mean() - pub[0]) <= pub[1] else
               f"no ({acc.mean() - pub[0]:+.1f})")
         changed = [f"{epochs} epochs"] * (epochs is not None) + [f"augment {augment}"] * (
-            augment is not None)
+            augment is not None) + [precision] * (precision != "fp32") + ["compiled"] * compiled
         proto = protocol + (f" ({', '.join(changed)})" if changed else "")
         cpu_h = sum(r["cpu_s"] for r in rs) / 3600
         lines.append(f"| {proto} | {name} | {ipc} | {acc.mean():.2f} ± {acc.std():.2f} ({len(rs)}) | "
@@ -138,6 +142,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-epochs", type=int, default=None, help="default: the protocol's")
     p.add_argument("--augment", default=None, help="default: the protocol's (an ablation)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="dd eval --precision (bf16: the autocast's accuracy, draw for draw)")
+    p.add_argument("--compile", action="store_true", help="dd eval --compile")
     p.add_argument("--data-root", default=os.environ.get("DDCLI_DATA_ROOT"))
     p.add_argument("--out", default=str(HERE.parent / "results" / "calibration.jsonl"))
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")

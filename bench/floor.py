@@ -5,6 +5,7 @@
     .venv/bin/python bench/floor.py --preset quick-mnist --set synth.epochs=10
     .venv/bin/python bench/floor.py --preset ratbptt-mnist-ipc10 --width 32 128 --threads 1
     .venv/bin/python bench/floor.py --train-protocol --width 128 --epochs 300 --threads 1
+    .venv/bin/python bench/floor.py --train-protocol --augment dsa --precision bf16 --compile
 
 The count is taken with ``torch.utils.flop_counter.FlopCounterMode`` over one real
 meta-gradient, called as the engine calls it (its ``Runtime``, built on random images of
@@ -129,11 +130,16 @@ def best_time(once, repeats: int, device: str = "cpu") -> float:
 def train_protocol(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                    test_x: torch.Tensor, test_y: torch.Tensor, *, epochs: int,
                    augment: str = "none", lr: float = 0.01, batch_size: int = 256,
-                   measure: bool = True) -> dict[str, Any]:
+                   measure: bool = True, precision: str = "fp32",
+                   compiled: bool = False) -> dict[str, Any]:
     """FLOPs (and, if ``measure``, seconds) of the train protocol for one fresh net.
 
     ``x, y`` are the set, ``test_x, test_y`` the test split, all on the device the net
-    trains on; ``model`` gives the structure (its own weights are not used).
+    trains on; ``model`` gives the structure (its own weights are not used). The FLOPs
+    are counted in fp32 and without compiling; ``precision`` and ``compiled`` change
+    only how the measured run computes (as ``dd eval --precision``, ``--compile``). A
+    compiled run is warmed up first (one epoch, not timed; its seconds are
+    ``compile_s``), as a row compiles once for all its nets.
     """
     init = {k: v.to(x.device) for k, v in init_params(model, "default", 0).items()}
     train = dict(lr=lr, seeds=[0], batch_size=batch_size, augment=parse_augment(augment))
@@ -149,9 +155,17 @@ def train_protocol(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     out = {"gflop": (epochs * per_epoch + test) / 1e9, "gflop_per_epoch": per_epoch / 1e9,
            "gflop_test": test / 1e9}
     if measure:
-        out["measured_s"] = best_time(lambda: train_accuracies(
-            model, [init], x, y, test_x, test_y, batched=False, epochs=epochs, **train),
-            repeats=1, device=str(x.device))
+        from ddcli.evaluate._evaluate import precision_context
+
+        train["compiled"] = compiled
+        with precision_context(precision, x.device):
+            if compiled:
+                t = time.perf_counter()
+                list(train_nets(model, [init], x, y, epochs=1, batched=False, **train))
+                out["compile_s"] = time.perf_counter() - t
+            out["measured_s"] = best_time(lambda: train_accuracies(
+                model, [init], x, y, test_x, test_y, batched=False, epochs=epochs, **train),
+                repeats=1, device=str(x.device))
     return out
 
 
@@ -193,12 +207,15 @@ def _train_rows(args, threads: list[int], rates: dict[int, float]) -> list[dict[
                                                     args.n_test)
         size = dict(epochs=args.epochs, augment=args.augment)
         row = train_protocol(model, x, y, test_x, test_y, measure=False, **size)
+        how = [args.precision] + ["compiled"] * args.compile
         row.update(name=f"train protocol: {args.dataset} {args.model}"
                    f"{f' width {width}' if width else ''}, {args.ipc}/class, {args.epochs} "
-                   f"epochs, augment {args.augment}, {args.n_test} test images",
+                   f"epochs, augment {args.augment}, {args.n_test} test images, "
+                   f"{' '.join(how)}",
                    T=args.epochs, batch=min(x.shape[0], 256))
         _time(row, threads, rates, lambda: train_protocol(
-            model, x, y, test_x, test_y, **size)["measured_s"], args.measure)
+            model, x, y, test_x, test_y, precision=args.precision, compiled=args.compile,
+            **size)["measured_s"], args.measure)
         rows.append(row)
     return rows
 
@@ -238,6 +255,10 @@ def main() -> None:
     train.add_argument("--epochs", type=int, default=300)
     train.add_argument("--augment", default="none", help="none or dsa (as `dd eval --augment`)")
     train.add_argument("--n-test", type=int, default=10_000, help="test images")
+    train.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                       help="as `dd eval --precision` (the floor stays fp32's)")
+    train.add_argument("--compile", action="store_true",
+                       help="as `dd eval --compile` (compiled before the timed run)")
     args = ap.parse_args()
     threads = args.threads or sorted({1, os.cpu_count() or 1})
     rates = {t: gemm_gflops(2048, t, torch.float32, 10) for t in threads}

@@ -160,3 +160,29 @@ def test_resume_writes_the_bundle_where_the_run_put_it(tmp_path, monkeypatch):
                     data=data, force=True)
     assert result.bundle_path == tmp_path / "moved" / "b.safetensors"
     assert Bundle.load(result.bundle_path).summary["iterations"] == 8
+
+
+def test_cpu_seconds_are_logged_checkpointed_and_carried_over_a_resume(tmp_path):
+    data = toy_data()
+    c = cfg(optim={"iterations": 6}, run={"checkpoint_every": 3, "log_every": 1})
+
+    class CtrlC:
+        def on_iteration(self, info):
+            assert info.cpu_s > 0
+            if info.iteration == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        distill(c, out=tmp_path / "p.safetensors", data=data, callbacks=CtrlC())
+    saved = torch.load(tmp_path / "p.run" / "checkpoint.pt", weights_only=True)
+    spent, k = saved["cpu_s"], saved["iteration"]
+    assert spent > 0
+    result = resume(tmp_path / "p.run", data=data)
+    lines = [json.loads(x) for x in (tmp_path / "p.run" / "metrics.jsonl").read_text().splitlines()]
+    cpu = [x["cpu_s"] for x in lines]
+    assert [x["iteration"] for x in lines] == list(range(1, 7))
+    # counted on from the checkpoint (lines are rounded to the millisecond)
+    assert all(a <= b + 1e-3 for a, b in zip(cpu, cpu[1:]))
+    assert cpu[k] >= spent - 1e-3 and cpu[-1] > spent  # cpu[k]: iteration k + 1, resumed
+    summary = result.bundle.summary  # rounded to 10 ms
+    assert summary["cpu_s"] >= cpu[-1] - 0.01 and summary["cpu_s"] > 0

@@ -128,15 +128,29 @@ def test_cli_pretrain_json_and_resume(tmp_path, fixture_root):
     assert r.exit_code == 0 and "0 trained now, 2 kept" in r.stdout
 
 
+def test_cli_pretrain_model_args_build_the_pool_model(tmp_path, fixture_root):
+    args = ["pretrain", "mnist", "--data-root", str(fixture_root), "--model", "convnet",
+            "--model-arg", "width=4", "--model-arg", "depth=2", "--n-nets", "1",
+            "--real-epochs", "0.1", "-o", str(tmp_path / "p"), "--quiet"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    pool = Pool.load(tmp_path / "p")
+    assert (pool.model["width"], pool.model["depth"]) == (4, 2)
+    convs = [v for v in pool.load_net(0).values() if v.dim() == 4]
+    assert len(convs) == 2 and all(w.shape[0] == 4 for w in convs)
+
+
 @pytest.mark.parametrize("flag, value, code, needle", [
+    ("--model-arg", "width", 2, "--model-arg takes KEY=VALUE (e.g. width=32), got 'width'"),
+    ("--model-arg", "widht=3", 2, "model 'convnet' has no option 'widht'"),
     ("--optimizer", "lbfgs", 2, "--optimizer must be one of"),
     ("--n-nets", "0", 2, "--n-nets must be a positive integer"),
     ("--real-epochs", "0", 2, "--real-epochs must be positive"),
     ("--model", "resnet9000", 2, "unknown model"),
 ])
 def test_cli_pretrain_errors_are_one_line(tmp_path, fixture_root, flag, value, code, needle):
-    r = runner.invoke(app, ["pretrain", "mnist", "--data-root", str(fixture_root), flag, value,
-                            "-o", str(tmp_path / "p")])
+    r = runner.invoke(app, ["pretrain", "mnist", "--data-root", str(fixture_root), "--model",
+                            "convnet", flag, value, "-o", str(tmp_path / "p")])
     assert r.exit_code == code, r.output
     err = r.stderr.strip()
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in r.output

@@ -221,3 +221,49 @@ def test_chance_warning_on_the_cli_is_one_line(tmp_path, fixture_root):
 def test_eval_config_round_trips_with_the_new_fields():
     cfg = EvalConfig(protocol="dsa", decay_epoch=5, reset_momentum=True, augment="dc:crop")
     assert EvalConfig(**{**cfg.to_dict(), "baselines": ()}) == dataclasses.replace(cfg)
+
+
+# --- opt-in bf16 autocast for the train protocols ------------------------------------
+
+def test_bf16_precision_trains_and_tests_under_autocast(tmp_path, monkeypatch):
+    import ddcli.evaluate._evaluate as ev
+
+    data, path = _toy_bundle(tmp_path)
+    seen = []
+    real_run_train = ev.run_train
+
+    def spy(job, lr):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        conv = torch.nn.Conv2d(1, 2, 3)
+        seen.append(conv(torch.zeros(1, 1, 5, 5)).dtype)  # what the nets' convolutions give
+        return real_run_train(job, lr)
+
+    monkeypatch.setattr(ev, "run_train", spy)
+    kw = dict(data=data, protocol="dsa", train_epochs=20, n_nets=2, train_lr=0.05)
+    bf16 = evaluate_bundle(path, precision="bf16", **kw)
+    assert seen == [(True, torch.bfloat16), torch.bfloat16]
+    assert bf16.settings["precision"] == "bf16"
+    assert any("bf16 autocast" in n and "dsa protocol's code runs fp32" in n for n in bf16.notes)
+    seen.clear()
+    fp32 = evaluate_bundle(path, **kw)
+    assert seen[0][0] is False and seen[1] == torch.float32
+    assert fp32.settings["precision"] == "fp32" and not any("autocast" in n for n in fp32.notes)
+    assert not torch.is_autocast_enabled("cpu")  # the context ends with the evaluation
+    # the same nets and batches: bf16 rounding moves the weights, not what they learn
+    assert abs(bf16.primary.mean - fp32.primary.mean) <= 0.2
+    assert min(bf16.primary.accuracies) > 0.5  # three classes: chance is a third
+
+
+def test_bf16_precision_is_refused_for_replays_in_one_line(tmp_path, mnist_bundle,  # noqa: F811
+                                                           fixture_root):
+    data, path = _toy_bundle(tmp_path)
+    with pytest.raises(ConfigError, match="--precision bf16 is for the train protocols"):
+        evaluate_bundle(path, data=data, precision="bf16")  # a bundle's default: replay
+    with pytest.raises(ConfigError, match="--precision must be fp32 or bf16"):
+        EvalConfig(precision="fp16").validate()
+    r = run("eval", mnist_bundle, "--data-root", fixture_root, "--precision", "bf16")
+    assert one_line_error(r, 2) == ("error: --precision bf16 is for the train protocols (train, "
+                                 "dc, dsa, mtt); a replay runs the set's own steps in fp32")
+    r = run("eval", mnist_bundle, "--data-root", fixture_root, "--protocol", "train",
+            "--precision", "fp16")
+    assert one_line_error(r, 2).startswith("error: --precision must be fp32")

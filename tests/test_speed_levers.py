@@ -227,3 +227,59 @@ def test_resume_is_bit_exact_on_a_conv_net_with_the_cpu_levers(tmp_path, precisi
     assert torch.equal(full.bundle.images, resumed.bundle.images)
     assert torch.equal(full.bundle.raw_lrs, resumed.bundle.raw_lrs)
     assert full.bundle.config["run"]["precision"] == precision
+
+
+# --- torch.compile'd training steps of the train protocols ---------------------------
+
+def test_compiled_training_steps_equal_the_eager_ones():
+    from torch._dynamo.utils import counters
+
+    from ddcli.core import steps
+    from ddcli.core.augment import parse_augment
+    from ddcli.evaluate import train_nets
+
+    torch.manual_seed(0)
+    model = create_model("convnet", in_channels=1, num_classes=3, image_size=8, width=4,
+                         depth=2)
+    p0 = {k: v.detach() for k, v in model.named_parameters()}
+    x, y = torch.randn(12, 1, 8, 8), torch.arange(3).repeat_interleave(4)
+    kw = dict(lr=0.05, epochs=6, seeds=[3], batch_size=5, batched=False, decay_epoch=3,
+              reset_momentum=True, augment=parse_augment("dsa"))
+    graphs = counters["stats"]["unique_graphs"]
+    [(_, eager)] = train_nets(model, [p0], x, y, **kw)
+    assert model not in steps._COMPILED and counters["stats"]["unique_graphs"] == graphs
+    [(_, compiled)] = train_nets(model, [p0], x, y, compiled=True, **kw)
+    assert model in steps._COMPILED
+    # batches of 5, 5 and 2: one graph per shape, compiled once and reused
+    assert counters["stats"]["unique_graphs"] - graphs == 2
+    for k in eager:
+        assert not torch.equal(eager[k], p0[k][None])
+        # 18 SGD steps with momentum; fused kernels round differently, nothing more
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-6)
+
+
+def test_eval_compile_flag_reaches_the_training_step(tmp_path, monkeypatch):
+    from ddcli.core import steps
+    from ddcli.evaluate import evaluate_bundle
+    from tests.test_protocols import _toy_bundle
+
+    calls = []
+
+    def eager_grads(model):  # the wiring, without a minute of compiling
+        step = StepFn(model)
+
+        def grads(params, x, y):
+            calls.append(x.shape[0])
+            with torch.enable_grad():
+                return step.grads(params, x, y, create_graph=False)
+        return grads
+
+    monkeypatch.setattr(steps, "compiled_grads", eager_grads)
+    data, path = _toy_bundle(tmp_path)
+    kw = dict(data=data, protocol="train", train_epochs=3, n_nets=2, train_lr=0.05)
+    plain = evaluate_bundle(path, **kw)
+    assert calls == []
+    rep = evaluate_bundle(path, compile=True, **kw)
+    assert len(calls) == 2 * 3  # 2 nets x 3 epochs of one batch
+    assert rep.settings["compile"] is True and rep.primary.accuracies == plain.primary.accuracies
+    assert any("torch.compile" in n for n in rep.notes)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ddcli.config import OUTPUT
+from ddcli.errors import ConfigError
 from ddcli.pool.pretrain import PretrainRecipe, PretrainResult, pretrain, recipe_flags
 from ddcli.cli._app import app
 from ddcli.cli._options import (DataRoot, DatasetArg, Device, Json, Model, Quiet, Seed,
@@ -25,8 +26,8 @@ EXAMPLES = """
 dd pretrain mnist --n-nets 10 --real-epochs 2 -o mnist-pool
 # grow it to 20 nets (the 10 already there are kept)
 dd pretrain mnist --n-nets 20 --real-epochs 2 -o mnist-pool
-# ConvNets on CIFAR-10, SGD with momentum
-dd pretrain cifar10 --model convnet --optimizer sgd -o cifar-pool
+# ConvNets of width 32 on CIFAR-10, SGD with momentum
+dd pretrain cifar10 --model convnet --model-arg width=32 --optimizer sgd -o cifar-pool
 # expert trajectories for trajectory matching (MTT): weights after each of 50 epochs
 dd pretrain cifar10 --model convnet --optimizer sgd --lr 0.01 --real-epochs 50 --trajectories -o cifar-experts
 """
@@ -38,6 +39,7 @@ def pretrain_command(
     dataset: DatasetArg,
     out: Annotated[Path, Opt("--out", "-o", help="Pool folder (created; nets already in it are kept).", show_default=False, rich_help_panel="Output")],
     model: Model = None,
+    model_arg: Annotated[Optional[list[str]], Opt("--model-arg", metavar="KEY=VALUE", help="A model option, e.g. width=32 for convnet (repeatable).", show_default=False)] = None,
     n_nets: Annotated[int, Opt(help="Networks the pool should hold.")] = 10,
     init_scheme: Annotated[str, Opt(help="Weight init of every net (as in dd distill).")] = "xavier",
     nets_per_batch: Annotated[Optional[int], Opt(help="Networks trained together with torch.func.vmap.", show_default="1 on CPU, 16 on a GPU")] = None,
@@ -54,9 +56,25 @@ def pretrain_command(
                                if flags.get(f.dest) is not None})
     with PretrainProgress(quiet=quiet or json_out) as progress:
         result = pretrain(dataset, out=out, n_nets=n_nets, model=model, recipe=recipe,
+                          model_kwargs=parse_model_args(model_arg or []),
                           init_scheme=init_scheme, seed=seed or 0, nets_per_batch=nets_per_batch,
                           data_root=data_root, device=device or "auto", callbacks=progress)
     print_pretrain_result(result, json_out)
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["width=32", "norm=none"]`` -> ``{"width": 32, "norm": "none"}`` (JSON values, else
+    strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--model-arg takes KEY=VALUE (e.g. width=32), got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def print_pretrain_result(result: PretrainResult, json_out: bool) -> None:

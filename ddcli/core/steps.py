@@ -25,6 +25,7 @@ Update rules act elementwise, so they are the same code for one or N nets.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -139,6 +140,44 @@ class Adam:
         return new_params, new_state
 
 
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
+#: Compiled graphs one process may keep (one per model, shape and autocast state); past
+#: torch's default of 8, torch.compile would quietly fall back to eager.
+COMPILED_GRAPHS = 64
+
+
+def compiled_grads(model: nn.Module):
+    """``(params, x, y) -> grads``: the inner loss's gradient under ``torch.compile``
+    (inductor fuses instance norm, ReLU and pooling with their backward passes), cached
+    per model. Only the gradient is compiled: the update rule runs eagerly, as
+    inductor (torch 2.14, CPU) computed a wrong Linear weight step when the gradient
+    and an update that reads the weight were one graph. Not bit-exact with the eager
+    gradient: fused kernels round differently (tests/test_steps.py states the tolerance).
+    """
+    if model not in _COMPILED:
+        import logging
+
+        import torch._dynamo
+
+        # inductor's C++ toolchain probe warns that this machine has no CUDA: not news
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, COMPILED_GRAPHS)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit,
+                                              4 * COMPILED_GRAPHS)
+
+        def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
+            return inner_loss(functional_call(model, params, (x,)), y)
+
+        _COMPILED[model] = torch.compile(grad(loss), dynamic=False)
+    return _COMPILED[model]
+
+
+def detached_params(params: Params) -> Params:
+    return {k: v.detach() for k, v in params.items()}
+
+
 def _sqrt(v: Tensor) -> Tensor:
     """sqrt(v) for v >= 0, bit for bit, whose derivative at v = 0 is 0 (not inf)."""
     if not v.requires_grad:
@@ -158,6 +197,8 @@ class StepFn:
             its own batch); shared by all nets otherwise.
         per_net_targets: with ``batched``, y carries a leading N dimension (default:
             as ``per_net_data``).
+        compiled: run graph-free steps of one net through ``torch.compile``
+            (``compiled_grads``); steps with ``create_graph`` and stacked nets stay eager.
 
     Example:
         >>> step = StepFn(model, SGD(momentum=0.9))  # doctest: +SKIP
@@ -167,7 +208,7 @@ class StepFn:
 
     def __init__(self, model: nn.Module, rule: UpdateRule | None = None, *,
                  batched: bool = False, per_net_data: bool = False,
-                 per_net_targets: bool | None = None) -> None:
+                 per_net_targets: bool | None = None, compiled: bool = False) -> None:
         self.model, self.rule = model, rule or GD()
         self.batched, self.per_net_data = batched, per_net_data
         self.per_net_targets = per_net_data if per_net_targets is None else per_net_targets
@@ -176,6 +217,8 @@ class StepFn:
             return inner_loss(functional_call(model, params, (x,)), y)
 
         self._loss = loss
+        self.compiled = compiled and not batched
+        self._compiled_grads = compiled_grads(model) if self.compiled else None
         if batched:
             dims = (0, 0 if per_net_data else None, 0 if self.per_net_targets else None)
             self._grads = vmap(grad(loss), in_dims=dims)
@@ -183,7 +226,7 @@ class StepFn:
 
     def with_rule(self, rule: UpdateRule) -> "StepFn":
         return StepFn(self.model, rule, batched=self.batched, per_net_data=self.per_net_data,
-                      per_net_targets=self.per_net_targets)
+                      per_net_targets=self.per_net_targets, compiled=self.compiled)
 
     def batched_like(self, *, per_net_data: bool = False,
                      per_net_targets: bool | None = None) -> "StepFn":
@@ -193,7 +236,7 @@ class StepFn:
 
     def single_like(self) -> "StepFn":
         """The same step (model and rule) for one net."""
-        return StepFn(self.model, self.rule)
+        return StepFn(self.model, self.rule, compiled=self.compiled)
 
     def init(self, params: Params) -> State:
         return self.rule.init(params)
@@ -230,6 +273,11 @@ class StepFn:
     def __call__(self, params: Params, state: State, x: Tensor, y: Tensor, lr: Rate, *,
                  create_graph: bool) -> tuple[Params, State]:
         """New weights and state as new tensors; ``params`` and ``state`` are untouched."""
+        if self._compiled_grads is not None and not create_graph:
+            with torch.no_grad():
+                grads = self._compiled_grads(detached_params(params), x, y)
+                new, new_state = self.rule.update(params, grads, state, lr)
+            return {k: v.detach() for k, v in new.items()}, new_state
         grads = self.grads(params, x, y, create_graph=create_graph)
         if create_graph:
             return self.rule.update(params, grads, state, lr)

@@ -46,6 +46,9 @@ class IterationInfo:
     label_mass_min: float | None = None
     label_mass_mean: float | None = None
     label_mass_max: float | None = None
+    # CPU seconds of training (every thread of this process), over every process that
+    # ran it: the run's compute, whatever else the machine was doing.
+    cpu_s: float = 0.0
 
 
 @dataclass

@@ -216,6 +216,7 @@ class _Run:
             num_params=sum(p.numel() for p in rt.model.parameters()),
         ))
         t0, elapsed_before = time.perf_counter(), st.elapsed
+        c0, cpu_before = time.process_time(), st.cpu_s
         pending = Pending()
         alone = rt.dist.world == 1
         try:
@@ -225,8 +226,9 @@ class _Run:
                     record = self.outer_step(st.iteration, stop.requested)
                     st.iteration += 1
                     st.elapsed = elapsed_before + time.perf_counter() - t0
+                    st.cpu_s = cpu_before + time.process_time() - c0
                     pending.add(st.iteration, record, st.elapsed,
-                                st.optimizer.param_groups[0]["lr"])
+                                st.optimizer.param_groups[0]["lr"], st.cpu_s)
                     # Ranks must agree on where to stop, so with several processes a
                     # Ctrl-C travels in the all-reduce and is acted on at a sync point.
                     if not self._sync_due(stop.requested and alone):
@@ -239,6 +241,7 @@ class _Run:
                             f"saved to {path}; continue with "
                             f"`dd distill --resume {self.folder.path}`", exit_code=stop.exit_code)
             st.elapsed = elapsed_before + time.perf_counter() - t0
+            st.cpu_s = cpu_before + time.process_time() - c0
             self.save_checkpoint()
             bundle = make_bundle(self.rt, self.state, self.source)
             if rt.dist.is_main:
@@ -269,7 +272,7 @@ class _Run:
         A non-finite loss or gradient raises here, before any checkpoint can hold it.
         """
         stop = False
-        for it, v, elapsed, meta_lr in pending.drain():
+        for it, v, elapsed, meta_lr, cpu_s in pending.drain():
             if v[FINITE] != 1.0:
                 raise DivergedError(self._diverged_message(it - 1, v[LOSS]))
             self.state.last_loss = v[LOSS]
@@ -278,6 +281,7 @@ class _Run:
             self._after_iteration(IterationInfo(
                 iteration=it, total=self.rt.total, loss=v[LOSS], lr_min=v[LR_MIN],
                 lr_mean=v[LR_MEAN], lr_max=v[LR_MAX], meta_lr=meta_lr, elapsed=elapsed,
+                cpu_s=cpu_s,
                 label_mass_min=mass[0], label_mass_mean=mass[1], label_mass_max=mass[2]))
         return stop
 
@@ -299,7 +303,8 @@ class _Run:
                     if info.label_mass_mean is not None else {})
             self.folder.log({"iteration": it, "loss": info.loss, "lr_min": info.lr_min,
                              "lr_mean": info.lr_mean, "lr_max": info.lr_max, **mass,
-                             "meta_lr": info.meta_lr, "elapsed": round(info.elapsed, 3)})
+                             "meta_lr": info.meta_lr, "elapsed": round(info.elapsed, 3),
+                             "cpu_s": round(info.cpu_s, 3)})
         if not self.rt.dist.is_main or it != self.state.iteration:
             return  # evaluate and checkpoint the state the sync point left, on rank 0
         if r.eval_every and (it % r.eval_every == 0 or it == self.rt.total):
@@ -313,7 +318,7 @@ class _Run:
                                    **{k: v.detach().cpu().clone()
                                       for k, v in self.state.learned.items()}}
             self.folder.log({"iteration": it, ev.key: ev.mean, f"{ev.key}s": ev.accuracies,
-                             "elapsed": round(info.elapsed, 3)})
+                             "elapsed": round(info.elapsed, 3), "cpu_s": round(info.cpu_s, 3)})
             self._emit("on_eval", ev)
         if r.snapshot_every and (it % r.snapshot_every == 0 or it == self.rt.total):
             self.folder.snapshot(it, self.state.learned)

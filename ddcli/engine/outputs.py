@@ -77,6 +77,7 @@ def make_bundle(rt, state: RunState, source) -> Bundle:
         "iterations": state.iteration,
         "final_loss": state.last_loss,
         "elapsed_s": round(state.elapsed, 2),
+        "cpu_s": round(state.cpu_s, 2),
         "device": str(rt.device),
         "processes": rt.dist.world,
         "nets_batched": rt.nets.batched,

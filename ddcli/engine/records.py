@@ -27,16 +27,17 @@ class Pending:
     """
 
     def __init__(self) -> None:
-        self._items: list[tuple[int, torch.Tensor, float, float]] = []
+        self._items: list[tuple[int, torch.Tensor, float, float, float]] = []
 
-    def add(self, iteration: int, record: torch.Tensor, elapsed: float, meta_lr: float) -> None:
-        self._items.append((iteration, record, elapsed, meta_lr))
+    def add(self, iteration: int, record: torch.Tensor, elapsed: float, meta_lr: float,
+            cpu_s: float = 0.0) -> None:
+        self._items.append((iteration, record, elapsed, meta_lr, cpu_s))
 
-    def drain(self) -> list[tuple[int, list[float], float, float]]:
+    def drain(self) -> list[tuple[int, list[float], float, float, float]]:
         if not self._items:
             return []
-        values = torch.stack([r for _, r, _, _ in self._items]).tolist()
-        out = [(it, v, el, lr) for (it, _, el, lr), v in zip(self._items, values)]
+        values = torch.stack([r for _, r, _, _, _ in self._items]).tolist()
+        out = [(it, v, el, lr, cpu) for (it, _, el, lr, cpu), v in zip(self._items, values)]
         self._items = []
         return out
 

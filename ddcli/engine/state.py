@@ -49,6 +49,9 @@ class RunState:
     total_iterations: int
     fixed_params: Params | None = None  # fixed and pretrained-fixed: the one init
     elapsed: float = 0.0  # seconds of training, over every process that ran it
+    # CPU seconds of training (all threads of rank 0's process), over every process that
+    # ran it; 0 for the iterations of a run started before ddcli recorded it.
+    cpu_s: float = 0.0
     last_loss: float = float("nan")
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"iteration", "accuracies"}
     soft_labels: Tensor | None = None  # (S, n, classes) learned labels (--learn-labels)

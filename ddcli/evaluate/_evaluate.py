@@ -20,7 +20,7 @@ from ddcli.models import check_functional, create_model, model_label
 from ddcli.evaluate._many_nets import supports_vmap
 from ddcli.evaluate._job import Job, count_stages
 from ddcli.evaluate._replay_protocol import checkpoints, inner_loop_of, run_replay
-from ddcli.evaluate._report import BATCHING, EvalConfig, EvalReport
+from ddcli.evaluate._report import BATCHING, NAMED, EvalConfig, EvalReport
 from ddcli.evaluate.ddranking import FullDataProtocol, ddranking_scores, full_data_accuracy
 from ddcli.evaluate.initial_nets import RANDOM
 from ddcli.evaluate.pool_eval import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
@@ -77,6 +77,7 @@ def evaluate_bundle(
         source, bundle = str(bundle), Bundle.load(bundle)
     pool = options.pop("pool", None)
     if is_pool_bundle(bundle) and cfg.protocol != "train":
+        _fp32_replay(cfg.precision)
         device = resolve_device(cfg.device)
         with retain_freed_memory(device):  # see _evaluate
             report = evaluate_pool_bundle(
@@ -128,6 +129,8 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
     # A set whose rates were not learned (distribution matching) has no inner loop to replay.
     protocol = cfg.protocol or ("replay" if s.kind == "bundle" and _rates_learned(s) else "train")
     cfg = dataclasses.replace(cfg, protocol=protocol)
+    if protocol == "replay":
+        _fp32_replay(cfg.precision)
     if protocol == "replay" and s.bundle is None:
         raise ConfigError(f"a {s.kind} set carries no init or model to replay; "
                           "evaluate it with --protocol train")
@@ -202,7 +205,14 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
         if cfg.ddranking and "random-real" not in cfg.baselines:  # IOR needs it
             job.cfg = cfg = dataclasses.replace(cfg, baselines=("random-real", *cfg.baselines))
             job.stages = count_stages(cfg, 1)
-        rows = run_train(job, lr)
+        if cfg.precision != "fp32":
+            notes.append(f"{cfg.precision} autocast for the nets' convolutions and matmuls"
+                         + (f" (the {protocol} protocol's code runs fp32)"
+                            if protocol in NAMED else ""))
+        if cfg.compile:
+            notes.append("each net's training step ran through torch.compile")
+        with precision_context(cfg.precision, device):
+            rows = run_train(job, lr)
     scores = _ddranking(cfg, rows, data, spec, scheme, device) if cfg.ddranking else None
     rate = (f"lr {resolved['train_lr']:.4g} ({resolved['lr_source']}); try another --train-lr"
             if protocol != "replay" else "the set's learned rates")
@@ -214,6 +224,18 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
         provenance={"set": made, "eval": provenance.collect(device=str(device))},
         ddranking=scores,
     )
+
+
+def _fp32_replay(precision: str) -> None:
+    if precision != "fp32":
+        raise ConfigError(f"--precision {precision} is for the train protocols (train, dc, "
+                          "dsa, mtt); a replay runs the set's own steps in fp32")
+
+
+def precision_context(precision: str, device: torch.device):
+    """The train protocols' autocast: bf16 convolutions and matmuls, fp32 weights."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
 
 
 def _emit(callbacks: Any, name: str, payload: Any) -> None:

@@ -203,6 +203,7 @@ def train_nets(
     batched: bool = True,
     augment: Callable[[Tensor, int], Tensor] | None = None,
     progress: Progress | None = None,
+    compiled: bool = False,
 ) -> Iterator[tuple[range, Params]]:
     """Train each init on a small image set with SGD; yield the trained weights by group.
 
@@ -221,6 +222,8 @@ def train_nets(
         augment: ``augment(x, seed)`` on every batch (``DSA``, ``DCAugment``), net j's
             draws seeded by (seeds[j], step), so a net trains the same batched or alone.
         progress: called as ``progress(done, total)`` in net-epochs, once an epoch.
+        compiled: one net at a time, each step through ``torch.compile``
+            (``ddcli.core.steps.compiled_grads``); vmapped groups stay eager.
 
     Yields:
         (net indices, their weights stacked as (G, ...)), in order.
@@ -229,7 +232,7 @@ def train_nets(
     per_net = x.dim() == 5
     m = x.shape[1] if per_net else x.shape[0]
     rates = [float(lr), float(lr) * float(lr_decay)]  # floats: torch.optim.SGD's arithmetic, bit for bit
-    one = StepFn(model, SGD(momentum=momentum, weight_decay=weight_decay))
+    one = StepFn(model, SGD(momentum=momentum, weight_decay=weight_decay), compiled=compiled)
     per_epoch, total = -(-m // batch_size), len(inits) * epochs
 
     def epochs_done(first: int, nets: int):

@@ -45,7 +45,8 @@ def run_train(job: Job, lr: float) -> list[EvalRow]:
             job.model, inits, xs, ys, test_x, test_y, lr=lr, epochs=epochs, seeds=net_seeds,
             batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             lr_decay=cfg.lr_decay, decay_epoch=decay, reset_momentum=cfg.reset_momentum,
-            batched=job.batched, augment=augment,
+            batched=False if cfg.compile else job.batched, augment=augment,
+            compiled=cfg.compile,
             progress=job.progress("training nets", "net-epochs"),
         )
 
