@@ -154,7 +154,7 @@ class OptimConfig(Section):
                                resumable=True)
     iterations: int | None = _flag(None, "Budget in outer iterations (wins over "
                                    "--real-epochs).", BUDGET, resumable=True)
-    label_lr: float | None = _flag(None, "Adam's step size for learned labels.", BUDGET,
+    label_lr: float | None = _flag(None, "Step size of learned labels.", BUDGET,
                                    default_text="--meta-lr")
     # RaT-BPTT: the meta-gradient's norm is capped at K x a moving average of its norms
     # (ddcli.engine.clipping); K = 2, decay 0.9 in the published code.

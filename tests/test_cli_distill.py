@@ -83,6 +83,34 @@ def test_bad_config_file(tmp_path):
     assert "stepz" in err
 
 
+def test_model_args_set_the_models_options(tmp_path, fixture_root):
+    # --model-arg KEY=VALUE (JSON values, else strings) lands in model.kwargs
+    from ddcli import Bundle
+    from ddcli.cli._options import parse_model_args
+
+    assert parse_model_args(["width=4", "hidden=[8, 8]", "norm=none"]) == {
+        "width": 4, "hidden": [8, 8], "norm": "none"}
+    out = tmp_path / "x.safetensors"
+    r = run("distill", "mnist", "--data-root", fixture_root, "--model", "convnet",
+            "--model-arg", "width=4", "--model-arg", "depth=2", "--steps", "1", "--epochs", "1",
+            "--iterations", "1", "-o", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    b = Bundle.load(out)
+    assert (b.model["width"], b.model["depth"]) == (4, 2)
+    assert b.config["model"]["kwargs"] == {"width": 4, "depth": 2}
+    err = one_line_error(run("distill", "--model-arg", "width", "-o", tmp_path / "y.safetensors"), 2)
+    assert "--model-arg takes KEY=VALUE (e.g. width=32), got 'width'" in err
+
+
+def test_resume_refuses_new_model_args(tmp_path):
+    run_dir = tmp_path / "m.run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(build_config().to_dict()))
+    err = one_line_error(run("distill", "--resume", run_dir, "--model-arg", "width=3",
+                             "--dry-run"), 2)
+    assert "model.kwargs can't change when resuming" in err
+
+
 def test_resume_missing_run_dir(tmp_path):
     err = one_line_error(run("distill", "--resume", tmp_path / "nope"), 1)
     assert "no run folder" in err

@@ -115,7 +115,7 @@ def test_pool_must_fit_the_run(pool_dir, tmp_path):
         distill(cfg(pool_dir), out=tmp_path / "a.safetensors", data=toy_data(hw=10))
     with pytest.raises(PoolError, match="3 classes but toy has 4"):
         distill(cfg(pool_dir), out=tmp_path / "b.safetensors", data=toy_data(classes=4))
-    with pytest.raises(PoolError, match="match the model options"):
+    with pytest.raises(PoolError, match=r"match the model options \(--model-arg hidden=\[16\]\)"):
         distill(cfg(pool_dir, model={"kwargs": {"hidden": [8]}}), out=tmp_path / "c.safetensors",
                 data=toy_data())
     with pytest.raises(PoolError, match="pretrained on toy"):

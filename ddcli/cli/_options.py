@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 
 from ddcli.config import OUTPUT, config_flags
+from ddcli.errors import ConfigError
 from ddcli.infra.sections import Flag
 
 
@@ -100,3 +102,18 @@ def _panel(p: inspect.Parameter) -> str:
     if isinstance(info, typer.models.ArgumentInfo):
         return "Arguments"
     return getattr(info, "rich_help_panel", None) or "Options"
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["width=32", "norm=none"]`` -> ``{"width": 32, "norm": "none"}`` (JSON values, else
+    strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--model-arg takes KEY=VALUE (e.g. width=32), got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

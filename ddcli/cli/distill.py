@@ -17,7 +17,7 @@ from ddcli.engine import events as _events
 from ddcli.engine import loop as _engine
 from ddcli.errors import DivergedError, Interrupted
 from ddcli.cli._app import app
-from ddcli.cli._options import Json, Quiet, config_options
+from ddcli.cli._options import Json, Quiet, config_options, parse_model_args
 from ddcli.cli._progress import DistillProgress
 from ddcli.cli._scale import forward_args, print_dry_run, resumed_config
 from ddcli.infra.text import count
@@ -58,6 +58,7 @@ def distill_command(
     quiet: Quiet = False,
     json_out: Json = False,
     dry_run: Annotated[bool, Opt("--dry-run", help="Estimate peak memory and run time, then exit.", rich_help_panel=config.SCALE)] = False,
+    model_arg: Annotated[Optional[list[str]], Opt("--model-arg", metavar="KEY=VALUE", help="A model option, e.g. width=32 (repeatable).", show_default=False, rich_help_panel=config.MODEL)] = None,
     **flags: Any,  # one per config flag (added by config_options); None: not given
 ) -> None:
     """Learn a tiny synthetic training set and its learning rates; write a bundle.
@@ -70,6 +71,8 @@ def distill_command(
     if flags["nproc"] is None and _distributed.inside_launcher():
         flags["nproc"] = _distributed.env_world()[1]  # recorded, so --resume relaunches alike
     overrides = config.flag_overrides(flags)
+    if model_arg:
+        overrides.setdefault("model", {})["kwargs"] = parse_model_args(model_arg)
     if resume is not None:
         cfg = resumed_config(resume, overrides)
     else:

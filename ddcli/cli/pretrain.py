@@ -10,11 +10,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ddcli.config import OUTPUT
-from ddcli.errors import ConfigError
 from ddcli.pool.pretrain import PretrainRecipe, PretrainResult, pretrain, recipe_flags
 from ddcli.cli._app import app
 from ddcli.cli._options import (DataRoot, DatasetArg, Device, Json, Model, Quiet, Seed,
-                                config_options)
+                                config_options, parse_model_args)
 from ddcli.cli._progress import PretrainProgress
 from ddcli.infra.signals import rearm_interrupt
 
@@ -60,21 +59,6 @@ def pretrain_command(
                           init_scheme=init_scheme, seed=seed or 0, nets_per_batch=nets_per_batch,
                           data_root=data_root, device=device or "auto", callbacks=progress)
     print_pretrain_result(result, json_out)
-
-
-def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """``["width=32", "norm=none"]`` -> ``{"width": 32, "norm": "none"}`` (JSON values, else
-    strings)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--model-arg takes KEY=VALUE (e.g. width=32), got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def print_pretrain_result(result: PretrainResult, json_out: bool) -> None:

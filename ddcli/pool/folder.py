@@ -272,8 +272,11 @@ class Pool:
             raise PoolError(f"{where} holds {self.model.get('name')} nets but this run builds "
                             f"{model_spec.get('name')}; pass --model {self.model.get('name')}")
         if dict(self.model) != dict(model_spec):
+            fix = " ".join(f"--model-arg {k}={json.dumps(v)}" for k, v in self.model.items()
+                           if k != "name" and model_spec.get(k) != v)
             raise PoolError(f"{where} holds nets built as {json.dumps(self.model)} but this run "
-                            f"builds {json.dumps(model_spec)}; match the model options")
+                            f"builds {json.dumps(model_spec)}; match the model options"
+                            + (f" ({fix})" if fix else ""))
 
     def describe(self) -> dict[str, Any]:
         return {"pool": str(self.path.absolute()), "pool_dataset": self.dataset,
