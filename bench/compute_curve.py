@@ -138,7 +138,7 @@ def evaluate_points(args) -> None:
              for p in bundle_points(paths.split(","))]
     data = None
     for name, run_dir, point in jobs:
-        if point["iteration"] < args.min_iteration:
+        if point["iteration"] < args.min_iteration or f"{name}@{point['iteration']}" in args.skip:
             continue
         if (name, point["iteration"], args.protocol, args.n_nets) in done:
             continue
@@ -210,6 +210,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--min-iteration", type=int, default=0)
+    ap.add_argument("--skip", action="append", default=[], metavar="NAME@ITERATION",
+                    help="leave one point out (the budget)")
     ap.add_argument("--data-root", default=os.environ.get("DDCLI_DATA_ROOT"))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--table", action="store_true", help="print the table of --out")

@@ -127,9 +127,9 @@ class EvalConfig:
                            "and matmuls under bfloat16 autocast: ~1.8x on CPUs with AMX; "
                            "its accuracy is measured in docs/eval.md).", TRAIN,
                            metavar="fp32|bf16")
-    compile: bool = _flag(False, "Train protocols: compile each net's training step with "
-                          "torch.compile (about a minute once per model and shape; then "
-                          "~1.2x fp32, ~1.7x with bf16, on a CPU).", TRAIN)
+    compile: bool = _flag(False, "Train protocols: compile each net's gradient with "
+                          "torch.compile (about a minute once per model and shape; with "
+                          "bf16 about 1.7x again on a CPU, in fp32 nothing).", TRAIN)
     ddranking: bool = _flag(False, "Train protocol: DD-Ranking's IOR, HLR and LRS, from "
                             "fractions (adds random-real; trains a full-data net once, "
                             "cached).", TRAIN)
