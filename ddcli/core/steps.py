@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from ddcli.core.params import Params
+from ddcli.core.params import Params, detached
 
 State = dict[str, Tensor]
 Rate = Tensor | float  # a tensor when it is learned (differentiated), else a float
@@ -140,6 +140,13 @@ class Adam:
         return new_params, new_state
 
 
+def model_loss(model: nn.Module):
+    """``(params, x, y) -> loss``: the inner loss of ``model`` run with ``params``."""
+    def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
+        return inner_loss(functional_call(model, params, (x,)), y)
+    return loss
+
+
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
 #: Compiled graphs one process may keep (one per model, shape and autocast state); past
 #: torch's default of 8, torch.compile would quietly fall back to eager.
@@ -152,7 +159,7 @@ def compiled_grads(model: nn.Module):
     per model. Only the gradient is compiled: the update rule runs eagerly, as
     inductor (torch 2.14, CPU) computed a wrong Linear weight step when the gradient
     and an update that reads the weight were one graph. Not bit-exact with the eager
-    gradient: fused kernels round differently (tests/test_steps.py states the tolerance).
+    gradient: fused kernels round differently (tests/test_speed_levers.py states the tolerance).
     """
     if model not in _COMPILED:
         import logging
@@ -167,15 +174,8 @@ def compiled_grads(model: nn.Module):
         cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit,
                                               4 * COMPILED_GRAPHS)
 
-        def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
-            return inner_loss(functional_call(model, params, (x,)), y)
-
-        _COMPILED[model] = torch.compile(grad(loss), dynamic=False)
+        _COMPILED[model] = torch.compile(grad(model_loss(model)), dynamic=False)
     return _COMPILED[model]
-
-
-def detached_params(params: Params) -> Params:
-    return {k: v.detach() for k, v in params.items()}
 
 
 def _sqrt(v: Tensor) -> Tensor:
@@ -213,10 +213,7 @@ class StepFn:
         self.batched, self.per_net_data = batched, per_net_data
         self.per_net_targets = per_net_data if per_net_targets is None else per_net_targets
 
-        def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
-            return inner_loss(functional_call(model, params, (x,)), y)
-
-        self._loss = loss
+        self._loss = loss = model_loss(model)
         self.compiled = compiled and not batched
         self._compiled_grads = compiled_grads(model) if self.compiled else None
         if batched:
@@ -248,6 +245,8 @@ class StepFn:
             # only stops the outer level from recording a graph nobody will use.
             with contextlib.nullcontext() if create_graph else torch.no_grad():
                 return self._grads(params, x, y)
+        if self._compiled_grads is not None and not create_graph:
+            return self._compiled_grads(detached(params), x, y)
         if not create_graph and not all(p.requires_grad for p in params.values()):
             params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         loss = self._loss(params, x, y)
@@ -273,11 +272,6 @@ class StepFn:
     def __call__(self, params: Params, state: State, x: Tensor, y: Tensor, lr: Rate, *,
                  create_graph: bool) -> tuple[Params, State]:
         """New weights and state as new tensors; ``params`` and ``state`` are untouched."""
-        if self._compiled_grads is not None and not create_graph:
-            with torch.no_grad():
-                grads = self._compiled_grads(detached_params(params), x, y)
-                new, new_state = self.rule.update(params, grads, state, lr)
-            return {k: v.detach() for k, v in new.items()}, new_state
         grads = self.grads(params, x, y, create_graph=create_graph)
         if create_graph:
             return self.rule.update(params, grads, state, lr)
