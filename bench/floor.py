@@ -4,13 +4,17 @@
     .venv/bin/python bench/floor.py --preset paper-cifar10-fixed --no-measure
     .venv/bin/python bench/floor.py --preset quick-mnist --set synth.epochs=10
     .venv/bin/python bench/floor.py --preset ratbptt-mnist-ipc10 --width 32 128 --threads 1
+    .venv/bin/python bench/floor.py --preset dm-cifar10-ipc10 --threads 1        # a DM iteration
+    .venv/bin/python bench/floor.py --preset mtt-mnist-ipc10 --set init.pool='"POOL"'  # MTT
     .venv/bin/python bench/floor.py --train-protocol --width 128 --epochs 300 --threads 1
     .venv/bin/python bench/floor.py --train-protocol --augment dsa --precision bf16 --compile
 
 The count is taken with ``torch.utils.flop_counter.FlopCounterMode`` over one real
 meta-gradient, called as the engine calls it (its ``Runtime``, built on random images of
-the dataset's shape: the T inner steps with their double backward and the outer loss
-on the real batch with its gradient). Only matmuls and convolutions are
+the dataset's shape, and the run's objective: for the unrolled family the T inner steps
+with their double backward and the outer loss on the real batch with its gradient; for
+DM the class-wise real and synthetic embeddings and the images' gradient; for MTT the
+N steps from an expert of the ``init.pool`` and the distance to its target). Only matmuls and convolutions are
 counted (what FlopCounterMode knows); elementwise ops, pooling and the optimiser step
 are left out, so the floor is a lower bound. The rate is a 2048^2 float32 matmul
 (``bench/machine.py``), the best case for the same kernels; floor = FLOPs / rate.
@@ -47,6 +51,7 @@ from ddcli.core.augment import parse_augment
 from ddcli.core.metrics import correct_counts
 from ddcli.core.params import init_params, stack_params
 from ddcli.data import RealData, dataset_info
+from ddcli.core.objectives import CLASS_BATCHES, make_objective
 from ddcli.engine.runtime import Runtime
 from ddcli.evaluate import train_accuracies, train_nets
 from ddcli.infra.device import retain_freed_memory
@@ -85,7 +90,8 @@ def problem(preset: str, overrides: list[str], device: str = "cpu"):
     info = dataset_info(cfg.data.dataset)
     c, hw, classes = info.in_channels, info.image_size, info.num_classes
     g = torch.Generator().manual_seed(0)
-    n = 2 * cfg.data.batch_size
+    per_class = make_objective(cfg, classes).needs == CLASS_BATCHES  # DM: a batch per class
+    n = 2 * cfg.data.batch_size * (classes if per_class else 1)
     data = RealData(name=info.name, train_x=torch.randn(n, c, hw, hw, generator=g),
                     train_y=torch.arange(n) % classes,
                     test_x=torch.randn(classes, c, hw, hw, generator=g),
@@ -95,12 +101,16 @@ def problem(preset: str, overrides: list[str], device: str = "cpu"):
     state = rt.fresh_state(Path("floor.safetensors"))
     rt.restore(state)
     learned = state.learned
-    inits = rt.init_source(state).sample(0)
-    x, y = rt.real_batch(0, torch.Generator().manual_seed(0))
+    # What the engine's outer step hands the objective (``engine/loop.py``): the real data
+    # it needs, the starts (and an expert's targets), the inner plan.
+    inits, targets = rt.init_source(state).segments(0)
+    batch = rt.outer_batch(0, torch.Generator().manual_seed(0))
+    batch.targets = targets
     schedule, window = rt.inner_plan(0)
 
     def once():
-        return rt.nets(inits, learned, x, y, labels=rt.labels, schedule=schedule, window=window)
+        return rt.objective.meta_gradient(rt.nets, inits, learned, batch, labels=rt.labels,
+                                          schedule=schedule, window=window)
 
     return cfg, once
 

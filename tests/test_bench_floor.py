@@ -48,3 +48,18 @@ def test_train_problem_has_the_dataset_shape_and_classes():
     assert x.shape == (20, 1, 28, 28) and test_x.shape == (30, 1, 28, 28)
     assert y.tolist() == list(range(10)) * 2 and test_y.bincount().tolist() == [3] * 10
     assert model.features[0].out_channels == 8
+
+
+def test_a_dm_iteration_is_counted_as_the_objective_runs_it():
+    """DM, an MLP d -> h -> k, B real images and ipc synthetic ones per class: every
+    image runs the whole net forward (the embedding is the last layer's input), and only
+    the synthetic images are differentiated, through the first layer's input alone."""
+    d, h, k, b, ipc = 28 * 28, 16, 10, 8, 2
+    cfg, once = floor.problem("dm-mnist-ipc10", [
+        'model.name="mlp"', f'model.kwargs={{"hidden": [{h}]}}', 'data.augment="none"',
+        f"data.batch_size={b}", f"synth.images_per_class={ipc}"])
+    assert cfg.objective.kind == "distribution"
+    forward = d * h + h * k
+    expected = 2 * (k * b * forward + k * ipc * forward + k * ipc * d * h)
+    flops, by_op = floor.count(once)
+    assert flops == expected, by_op

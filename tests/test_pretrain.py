@@ -48,6 +48,11 @@ def test_pool_is_loadable_and_accuracies_match_a_recomputation(tmp_path):
     assert len(seeds) == 3
     manifest = json.loads((tmp_path / "pool" / MANIFEST).read_text())
     assert manifest["format"] == "ddcli-pool" and len(manifest["nets"]) == 3
+    # Each net's CPU time: its group's, shared (nets_per_batch=2: nets 0 and 1 together).
+    spent = [n["cpu_s"] for n in manifest["nets"]]
+    assert all(c > 0 for c in spent) and spent[0] == spent[1]
+    assert sum(spent) == pytest.approx(result.cpu_seconds, abs=0.01)
+    assert result.pool_cpu_seconds == pytest.approx(sum(spent))
 
 
 def test_resume_keeps_existing_nets_and_grows_the_pool(tmp_path):
@@ -58,6 +63,9 @@ def test_resume_keeps_existing_nets_and_grows_the_pool(tmp_path):
     for i, data in before.items():
         assert (tmp_path / "pool" / net_file(i)).read_bytes() == data
     assert Pool.load(tmp_path / "pool").indices == [0, 1, 2, 3]
+    kept = [n.cpu_s for n in Pool.load(tmp_path / "pool").nets]
+    assert result.pool_cpu_seconds == pytest.approx(sum(kept))
+    assert result.cpu_seconds == pytest.approx(sum(kept[2:]), abs=0.01)
     # A crash after writing net files but before the manifest loses nothing.
     (tmp_path / "pool" / MANIFEST).unlink()
     again = make_pool(tmp_path / "pool", n=4)
@@ -124,8 +132,29 @@ def test_cli_pretrain_json_and_resume(tmp_path, fixture_root):
     rec = json.loads(r.stdout)
     assert rec["n_nets"] == 2 and rec["trained"] == [0, 1] and rec["s_per_net_epoch"] > 0
     assert 0 <= rec["test_acc"]["min"] <= rec["test_acc"]["max"] <= 1
+    assert rec["cpu_s"] > 0 and rec["pool_cpu_s"] == pytest.approx(rec["cpu_s"], abs=0.02)
     r = runner.invoke(app, args[:-1] + ["--quiet"])
     assert r.exit_code == 0 and "0 trained now, 2 kept" in r.stdout
+    assert "0.00 CPU-hours now, " in r.stdout and "for the whole pool" in r.stdout
+    # A net made before ddcli recorded CPU time (neither its file nor the manifest has
+    # it): the pool loads, grows, and its total says what it lacks.
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    manifest, net0 = tmp_path / "p" / MANIFEST, tmp_path / "p" / net_file(0)
+    with safe_open(str(net0), "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "cpu_s"}
+    save_file(load_file(str(net0)), str(net0), metadata=meta)
+    old = json.loads(manifest.read_text())
+    for net in old["nets"]:
+        del net["cpu_s"]
+    manifest.write_text(json.dumps(old))
+    assert all(n.cpu_s is None for n in Pool.load(tmp_path / "p").nets)
+    r = runner.invoke(app, [*args[:-1], "--n-nets", "3", "--quiet"])
+    assert r.exit_code == 0 and "1 trained now, 2 kept" in r.stdout, r.output
+    assert "some kept nets predate the record of CPU time" in r.stdout
+    nets = json.loads(manifest.read_text())["nets"]
+    assert "cpu_s" not in nets[0] and nets[1]["cpu_s"] > 0 and nets[2]["cpu_s"] > 0
 
 
 def test_cli_pretrain_model_args_build_the_pool_model(tmp_path, fixture_root):

@@ -338,3 +338,37 @@ def test_cli_pretrain_trajectories_need_whole_epochs(fixture_root, tmp_path):
     err = one_line_error(run("pretrain", "mnist", "--data-root", fixture_root, "--model", "mlp",
                              "--real-epochs", "0.5", "--trajectories", "-o", tmp_path / "p"), 2)
     assert "--real-epochs must be a whole number" in err
+
+
+@pytest.fixture(scope="module")
+def mnist_experts(tmp_path_factory):
+    from pathlib import Path
+
+    from ddcli.data import load_dataset
+
+    path = tmp_path_factory.mktemp("pools") / "mnist-mlp-traj"
+    data = load_dataset("mnist", root=Path(__file__).parent / "fixtures")
+    pretrain(data, out=path, n_nets=1, model="mlp",
+             recipe=PretrainRecipe(real_epochs=2, trajectories=True))
+    return path
+
+
+def test_cli_dry_run_of_trajectory_matching_counts_no_real_batch(mnist_experts, fixture_root,
+                                                                  tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ddcli.cli import app
+    from ddcli.engine import timing
+
+    monkeypatch.setattr(timing, "estimate_time", lambda cfg, **kw: timing.TimeEstimate(
+        iterations=1, s_per_iteration=1.0, measured=1, evaluations=0, s_per_eval=0.0))
+    args = ["distill", "mnist", "--data-root", str(fixture_root), "--model", "mlp",
+            "--objective", "trajectory", "--init-mode", "pretrained-random", "--pool",
+            str(mnist_experts), "--pool-holdout", "0", "--max-start-epoch", "0",
+            "--expert-epochs", "1", "--dry-run", "-o", str(tmp_path / "m.safetensors")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "no real batch (the outer loss is a distance to expert weights)" in r.stdout
+    est = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)["estimate_bytes"]
+    assert est["real_batch"] == 0 and est["outer_graph"] == 2 * est["weights"]
+    assert not (tmp_path / "m.safetensors").exists()

@@ -225,6 +225,23 @@ def test_memory_estimate_matches_the_graphs_autograd_keeps():
     assert long.modes["recompute"] < long.modes["full"] / 2
 
 
+def test_memory_estimate_of_trajectory_matching_has_no_real_batch():
+    """MTT's outer loss is a distance to expert weights: no real batch and no forward pass,
+    but a target's weights per net and the closed-form adjoint (theta_N - target) / len."""
+    model = _lenet_problem(1)[0]
+    cfg = DistillConfig.from_dict({"synth": {"steps": 2, "epochs": 3},
+                                   "data": {"batch_size": 256}})
+    real = estimate_memory(cfg, model=model, train_size=600, test_size=500)
+    seg = estimate_memory(cfg, model=model, train_size=600, test_size=500,
+                          needs="expert-segment")
+    assert real.real_batch == 256 * 28 * 28 * 4 and seg.real_batch == 0
+    assert seg.step_graph == real.step_graph and seg.steps == real.steps == 6
+    assert seg.outer_graph == 2 * seg.weights < real.outer_graph
+    assert seg.common - real.common == seg.weights - real.real_batch
+    for mode in seg.modes:
+        assert seg.graphs[mode] - real.graphs[mode] == seg.outer_graph - real.outer_graph
+
+
 def _rule_peak(rule, steps: int, window: tuple[int, int] | None = None) -> int:
     from ddcli.core.meta_gradient import NetsMetaGradient
     from ddcli.core.steps import StepFn

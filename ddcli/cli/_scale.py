@@ -69,8 +69,10 @@ def print_dry_run(cfg: DistillConfig, *, nproc: int, json_out: bool) -> None:
     state = f" and update-rule state {fmt(est.state)}" if est.state else ""
     typer.echo(
         f"memory estimate per process: {r.dataset} / {r.model}, "
-        f"T = {count(est.steps, 'GD step')}{window}, {count(est.nets, 'net')} at once, real batch "
-        f"{r.real_batch_images}, {count(nproc, 'process')}, on {r.device}")
+        f"T = {count(est.steps, 'GD step')}{window}, {count(est.nets, 'net')} at once, "
+        + (f"real batch {r.real_batch_images}" if r.real_batch_images
+           else "no real batch (the outer loss is a distance to expert weights)")
+        + f", {count(nproc, 'process')}, on {r.device}")
     peaks = r.peak_rss()
     header = f"  {'mode':10s} {'graphs':>12s} {'tensors':>12s}"
     header += f" {'peak RSS':>12s}" if peaks else ""

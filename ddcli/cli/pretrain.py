@@ -70,6 +70,9 @@ def print_pretrain_result(result: PretrainResult, json_out: bool) -> None:
         "test_acc": {"mean": statistics.fmean(accs), "min": min(accs), "max": max(accs)},
         "recipe": pool.recipe, "elapsed_s": round(result.elapsed, 2),
         "train_s": round(result.train_seconds, 2),
+        "cpu_s": round(result.cpu_seconds, 2),
+        "pool_cpu_s": (None if result.pool_cpu_seconds is None
+                       else round(result.pool_cpu_seconds, 2)),
         "s_per_net_epoch": (round(result.seconds_per_net_epoch, 3)
                             if result.trained else None),
     }
@@ -82,4 +85,12 @@ def print_pretrain_result(result: PretrainResult, json_out: bool) -> None:
         f"{pool.path}: {len(pool.nets)} {record['model']} nets on {pool.dataset} "
         f"({len(result.trained)} trained now, {len(result.kept)} kept), test accuracy mean "
         f"{record['test_acc']['mean']:.2%} (min {min(accs):.2%}, max {max(accs):.2%}), "
-        f"{result.elapsed:.0f}s{speed}")
+        f"{result.elapsed:.0f}s{speed}; {_cpu_hours(result)}")
+
+
+def _cpu_hours(result: PretrainResult) -> str:
+    now = f"{result.cpu_seconds / 3600:.2f} CPU-hours now"
+    total = result.pool_cpu_seconds
+    if total is None:
+        return now + " (some kept nets predate the record of CPU time)"
+    return now + f", {total / 3600:.2f} for the whole pool"

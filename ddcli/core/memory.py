@@ -74,7 +74,8 @@ class MemoryEstimate:
 
 def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: int,
                     nproc: int = 1, device_type: str = "cpu",
-                    inner: InnerLoop | None = None) -> MemoryEstimate:
+                    inner: InnerLoop | None = None,
+                    needs: str = "real-batch") -> MemoryEstimate:
     """Estimate each memory mode's peak for ``cfg`` with ``model``'s architecture.
 
     Args:
@@ -86,13 +87,17 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
             at a time on the CPU and all together elsewhere (see ``ddcli.core.meta_gradient``).
         inner: the set's inner loop; default the one ``cfg`` describes (as distillation
             builds it).
+        needs: what the objective's outer loss takes (``Objective.needs``): a real batch
+            (a forward and backward of the net on it), or an expert segment (no real
+            batch; a target's weights per net, and the distance's adjoint, in closed form).
     """
     spec = model.ddcli_spec
     c, hw, classes = spec["in_channels"], spec["image_size"], spec["num_classes"]
     n = classes * cfg.synth.images_per_class
     inner = inner or InnerLoop.from_config(cfg, n)
     total_steps, window = inner.length, inner.differentiated
-    batch = min(cfg.data.batch_size, train_size)
+    segment = needs == "expert-segment"
+    batch = 0 if segment else min(cfg.data.batch_size, train_size)
     elem = 4  # float32
     image = c * hw * hw * elem
     params = {k: torch.empty_like(v, device="meta") for k, v in model.named_parameters()}
@@ -102,8 +107,11 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
 
     step_graph = _step_graph_bytes(model, inner.rule, params, inner.batch_size, c, hw,
                                    classes, soft=inner.soft_labels)
-    outer_saved, outer_largest = _outer_graph_bytes(model, params, batch, c, hw, classes)
-    outer_graph = outer_saved + 2 * outer_largest
+    if segment:  # theta_N - target, scaled: the adjoint, and one temporary of its size
+        outer_graph = 2 * weights
+    else:
+        outer_saved, outer_largest = _outer_graph_bytes(model, params, batch, c, hw, classes)
+        outer_graph = outer_saved + 2 * outer_largest
 
     nets = 1
     if samples_nets(cfg.init.mode) and cfg.run.batch_nets:
@@ -112,7 +120,8 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
     slots = inner.steps * inner.images_per_step
     soft = slots * classes * elem if inner.soft_labels else 0
     synthetic = 4 * (slots * image + total_steps * elem + soft)  # value, grad, Adam m and v
-    common = data + synthetic + nets * (weights + state) + batch * image
+    held = weights + state + (weights if segment else 0)  # per net: start (+ target)
+    common = data + synthetic + nets * held + batch * image
     outer = (1 if device_type == "cpu" else nets) * outer_graph
     unrolls = {
         "full": (window + 1) * step_graph,

@@ -48,7 +48,8 @@ def dry_run(cfg: DistillConfig, *, nproc: int = 1) -> DryRun:
     Raises:
         ConfigError: the objective unrolls nothing (there is no unroll to estimate).
     """
-    if not make_objective(cfg, None).unrolls:
+    objective = make_objective(cfg, None)
+    if not objective.unrolls:
         raise ConfigError(f"--dry-run estimates an unroll's memory; --objective "
                           f"{cfg.objective.kind} unrolls nothing (its memory is a few "
                           "forward passes of the real batches)")
@@ -59,7 +60,7 @@ def dry_run(cfg: DistillConfig, *, nproc: int = 1) -> DryRun:
     device = resolve_device(cfg.run.device)
     est = _memory.estimate_memory(cfg, model=model, train_size=data.train_x.shape[0],
                                   test_size=data.test_x.shape[0], nproc=nproc,
-                                  device_type=device.type)
+                                  device_type=device.type, needs=objective.needs)
     # What this process holds once it has loaded the data and used what a run uses: the
     # framework's share of a training process's RSS, which the tensor counts leave out.
     _memory.warm_framework(model)

@@ -233,9 +233,15 @@ def _fp32_replay(precision: str) -> None:
 
 
 def precision_context(precision: str, device: torch.device):
-    """The train protocols' autocast: bf16 convolutions and matmuls, fp32 weights."""
+    """The train protocols' autocast: bf16 convolutions and matmuls, fp32 weights.
+
+    Without autocast's cast cache: every SGD step has new weight tensors, so the cache
+    only grows (one bf16 copy of every weight per step, kept until the context ends),
+    and on a CPU those small survivors pin the freed activations' heap: RSS grew by
+    about 20 MB per step for a ConvNet on 100 CIFAR-10 images, past 24 GB in one
+    300-epoch evaluation. Nothing reuses a cached cast, so nothing is lost."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=precision == "bf16")
+                          enabled=precision == "bf16", cache_enabled=False)
 
 
 def _emit(callbacks: Any, name: str, payload: Any) -> None:

@@ -72,12 +72,17 @@ class PoolNet:
     sha256: str
     trajectory: str | None = None  # traj-NNNNN.safetensors, if the pool keeps trajectories
     trajectory_sha256: str | None = None
+    # Process CPU seconds its training and test pass took (its group's, shared equally
+    # when nets train together); None in pools made before ddcli recorded it.
+    cpu_s: float | None = None
 
     def record(self) -> dict[str, Any]:
         """The manifest's record: the trajectory keys only where there is one."""
         out = asdict(self)
         if self.trajectory is None:
             del out["trajectory"], out["trajectory_sha256"]
+        if self.cpu_s is None:
+            del out["cpu_s"]
         return out
 
 
@@ -166,7 +171,7 @@ class Pool:
         _io.write_json(self.path / MANIFEST, self.to_manifest())
 
     def write_net(self, index: int, params: Params, *, seed: int, test_acc: float,
-                  trajectory: Params | None = None) -> PoolNet:
+                  trajectory: Params | None = None, cpu_s: float | None = None) -> PoolNet:
         """Write one network's file atomically and add (or replace) its record.
 
         ``trajectory``: its weights after every epoch, each parameter (E + 1, *shape);
@@ -176,6 +181,9 @@ class Pool:
                   "index": str(index), "seed": str(seed), "test_acc": repr(float(test_acc)),
                   "recipe": json.dumps(self.recipe, sort_keys=True),
                   "model": json.dumps(self.model, sort_keys=True)}
+        if cpu_s is not None:
+            cpu_s = round(float(cpu_s), 3)
+            record["cpu_s"] = repr(cpu_s)
         traj_name = traj_hash = None
         if trajectory is not None:
             epochs = next(iter(trajectory.values())).shape[0] - 1
@@ -188,7 +196,7 @@ class Pool:
         _io.write_bytes(self.path / net_file(index), data)
         net = PoolNet(index=index, file=net_file(index), seed=seed, test_acc=float(test_acc),
                       sha256=hashlib.sha256(data).hexdigest(), trajectory=traj_name,
-                      trajectory_sha256=traj_hash)
+                      trajectory_sha256=traj_hash, cpu_s=cpu_s)
         self.nets = [n for n in self.nets if n.index != index] + [net]
         self.nets.sort(key=lambda n: n.index)
         return net

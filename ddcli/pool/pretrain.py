@@ -130,6 +130,14 @@ class PretrainResult:
     train_seconds: float  # seconds spent in training steps only
     net_epochs: float  # nets trained x real epochs
     recipe: PretrainRecipe = field(default_factory=PretrainRecipe)
+    cpu_seconds: float = 0.0  # process CPU time of this call's training and test passes
+
+    @property
+    def pool_cpu_seconds(self) -> float | None:
+        """CPU seconds every net of the pool took, this call's and earlier calls'; None
+        when a kept net predates the record."""
+        spent = [n.cpu_s for n in self.pool.nets]
+        return None if any(c is None for c in spent) else float(sum(spent))
 
     @property
     def seconds_per_net_epoch(self) -> float:
@@ -215,24 +223,27 @@ def pretrain(
     net.to(dev)
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
-    train_seconds = 0.0
+    train_seconds = cpu_seconds = 0.0
     for start in range(0, len(todo), nets_per_batch):
         group = todo[start : start + nets_per_batch]
         seeds = [derive_seed(seed, "pool-net", i) for i in group]
-        t_group = time.perf_counter()
+        t_group, c_group = time.perf_counter(), time.process_time()
         stacked, trajectory = _train_group(net, group, seeds, init_scheme, seed, recipe,
                                            total_steps, train_x, train_y, callbacks)
         train_seconds += time.perf_counter() - t_group
         accs = stacked_accuracy(net, stacked, test_x, test_y)
+        spent = time.process_time() - c_group
+        cpu_seconds += spent
         for j, (i, s) in enumerate(zip(group, seeds)):
             own = None if trajectory is None else {k: v[:, j] for k, v in trajectory.items()}
             pool.write_net(i, {k: v[j] for k, v in stacked.items()}, seed=s, test_acc=accs[j],
-                           trajectory=own)
+                           trajectory=own, cpu_s=spent / len(group))
             _emit(callbacks, "on_net", PretrainNetInfo(index=i, seed=s, test_acc=accs[j]))
         pool.save_manifest()  # after the group's files: a crash never lists a missing net
     return PretrainResult(
         pool=pool, trained=todo, kept=kept, elapsed=time.perf_counter() - t0,
-        train_seconds=train_seconds, net_epochs=len(todo) * recipe.real_epochs, recipe=recipe)
+        train_seconds=train_seconds, net_epochs=len(todo) * recipe.real_epochs, recipe=recipe,
+        cpu_seconds=cpu_seconds)
 
 
 def _open_pool(path: Path, data: RealData, spec: dict, init_scheme: str, seed: int,
@@ -277,9 +288,18 @@ def _open_pool(path: Path, data: RealData, spec: dict, init_scheme: str, seed: i
             traj = {"trajectory": trajectory_file(index), "trajectory_sha256": t["sha256"]}
         fresh.nets.append(PoolNet(index=index, file=file.name, seed=int(rec["seed"]),
                                   test_acc=float(rec["test_acc"]), sha256=rec["sha256"],
+                                  cpu_s=_seconds(rec.get("cpu_s")),
                                   **traj))
     path.mkdir(parents=True, exist_ok=True)
     return fresh
+
+
+def _seconds(text: str | None) -> float | None:
+    """A net file's recorded CPU seconds; None if it has none (made before ddcli kept it)."""
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
 
 
 def _json(obj: Any) -> str:
