@@ -11,11 +11,16 @@ Steps, each printed as one line, and any failure ends the run with a non-zero st
 1. ``distill mnist``: a short paper-mnist-fixed run (LeNet), timed in a fresh process
    (``bench/_common.py``); its floor is ``bench/floor.py``'s count of the same config.
 2. ``distill cifar10``: the same for paper-cifar10-fixed (AlexCifarNet).
+   ``distill dm cifar10``: the same for dm-cifar10-ipc10 (DM, ConvNet; no unroll, the
+   class-wise real embeddings are most of its FLOPs).
 3. ``eval train``: one fresh ConvNet trained on 10 MNIST images per class and tested
    (``bench/floor.py``'s train protocol, timed and counted on the real images).
 4. ``eval cli``: `dd eval --protocol train` on step 1's bundle, as a user runs it.
 5. ``vmap batching``: several nets trained together (vmap over stacked weights) and one
    after another; both times, their floor ratios and how far their accuracies differ.
+6. ``eval levers``: `dd eval --protocol dsa` on step 1's bundle in fp32 and with
+   ``--precision bf16 --compile`` (bf16 only on a CPU, where compiling takes a minute);
+   both times and both accuracies.
 
 The floor is FLOPs over the device's float32 matmul rate (``bench/machine.py``). Without
 ``--data-root`` the data are stand-ins: MNIST from ``tests/fixtures`` (600 training
@@ -52,9 +57,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # that still takes every path.
 BUDGETS = {
     "cuda": dict(gemm=4096, batch=512, sets=[], warmup=3, iterations=20, width=128,
-                 epochs=300, nets=8, vmap_epochs=100, cli_nets=4),
+                 epochs=300, nets=8, vmap_epochs=100, cli_nets=4,
+                 levers=["--precision", "bf16", "--compile"]),
+    # The CPU leaves --compile out: a minute of compiling per process is the suite's
+    # budget, and tests/test_speed_levers.py covers the compiled step.
     "cpu": dict(gemm=2048, batch=32, sets=["synth.steps=2", "synth.epochs=1"], warmup=1,
-                iterations=2, width=16, epochs=2, nets=3, vmap_epochs=2, cli_nets=2),
+                iterations=2, width=16, epochs=2, nets=3, vmap_epochs=2, cli_nets=2,
+                levers=["--precision", "bf16"]),
 }
 
 
@@ -156,20 +165,37 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def cli_step(bundle: Path, budget: dict, device: str, root: Path) -> None:
-    cmd = [sys.executable, "-m", "ddcli", "eval", str(bundle), "--protocol", "train",
+def dd_eval(bundle: Path, protocol: str, budget: dict, device: str, root: Path,
+            flags: list[str] = ()) -> tuple[dict, float]:
+    """`dd eval` in a fresh process: (its first row, wall seconds)."""
+    cmd = [sys.executable, "-m", "ddcli", "eval", str(bundle), "--protocol", protocol,
            "--n-nets", str(budget["cli_nets"]), "--train-epochs", str(budget["epochs"]),
-           "--device", device, "--data-root", str(root), "--json", "--quiet"]
+           "--device", device, "--data-root", str(root), "--json", "--quiet", *flags]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     took = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"dd eval failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    report = json.loads(done.stdout)
-    row = report["rows"][0]
+        raise SystemExit(f"dd eval {' '.join(flags)} failed (exit {done.returncode}):\n"
+                         f"{done.stderr[-3000:]}")
+    return json.loads(done.stdout)["rows"][0], took
+
+
+def cli_step(bundle: Path, budget: dict, device: str, root: Path) -> None:
+    row, took = dd_eval(bundle, "train", budget, device, root)
     print(f"eval cli: dd eval --protocol train, {budget['cli_nets']} nets, {budget['epochs']} "
           f"epochs: accuracy {row['mean']:.4f} +- {row['std']:.4f}, {took:.1f} s (exit 0)",
           flush=True)
+
+
+def levers_step(bundle: Path, budget: dict, device: str, root: Path) -> None:
+    """The DSA protocol in fp32 and with the speed levers, the same nets: both times and
+    how far the mean accuracies differ (bf16 rounding, not a different result)."""
+    fp32, t_fp32 = dd_eval(bundle, "dsa", budget, device, root)
+    fast, t_fast = dd_eval(bundle, "dsa", budget, device, root, budget["levers"])
+    print(f"eval levers: dd eval --protocol dsa {' '.join(budget['levers'])}, "
+          f"{budget['cli_nets']} nets, {budget['epochs']} epochs: {t_fast:.1f} s, fp32 "
+          f"{t_fp32:.1f} s ({t_fp32 / t_fast:.2f}x), accuracy {fast['mean']:.4f} vs fp32 "
+          f"{fp32['mean']:.4f}", flush=True)
 
 
 def main() -> None:
@@ -197,8 +223,11 @@ def main() -> None:
         distill_step("mnist", "paper-mnist-fixed", budget, device, rate, root, bundle)
         distill_step("cifar10", "paper-cifar10-fixed", budget, device, rate, root,
                      Path(tmp) / "cifar10.safetensors")
+        distill_step("dm cifar10", "dm-cifar10-ipc10", budget, device, rate, root,
+                     Path(tmp) / "dm-cifar10.safetensors")
         eval_step(budget, device, rate, root)
         cli_step(bundle, budget, device, root)
+        levers_step(bundle, budget, device, root)
     print(f"gpu_check: all steps passed in {time.perf_counter() - started:.1f} s")
 
 
