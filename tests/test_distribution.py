@@ -39,8 +39,8 @@ def _set(classes=3, k=2, steps=1, hw=8, seed=0):
     return images, real
 
 
-def _grad(objective, model, inits, images, real, seed=3):
-    nets = NetsMetaGradient(StepFn(model), mode="full", batch=False)
+def _grad(objective, model, inits, images, real, seed=3, nhwc=False):
+    nets = NetsMetaGradient(StepFn(model), mode="full", batch=False, real_nhwc=nhwc)
     out = objective.meta_gradient(nets, inits, {"images": images}, OuterBatch(seed, per_class=real))
     return out.loss, out.grads["images"]
 
@@ -75,14 +75,23 @@ def _convnet_embedding(p, x):
     return x.flatten(1)
 
 
+@pytest.mark.parametrize("nhwc", [False, True])
 @pytest.mark.parametrize("augment", [None, DSA()])
-def test_gradient_matches_plain_autograd_of_the_embedding_means(augment):
+def test_gradient_matches_plain_autograd_of_the_embedding_means(augment, nhwc):
+    """Also with both sides given channels-last (the engine's CPU policy, as for the
+    outer loss): the same loss and gradient, and the network does see NHWC strides."""
     classes, k = 3, 2
     images, real = _set(classes, k)
     model = create_model("convnet", in_channels=1, num_classes=classes, image_size=8,
                          width=4, depth=2).double()
     inits = [{n: v.double() for n, v in init_params(model, "default", s).items()} for s in (1, 2)]
-    loss, grad = _grad(DistributionMatching(classes, augment), model, inits, images, real)
+    seen = []
+    hook = model.features[0].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].stride()[1] == 1))  # C's stride 1: NHWC
+    loss, grad = _grad(DistributionMatching(classes, augment), model, inits, images, real,
+                       nhwc=nhwc)
+    hook.remove()
+    assert len(seen) == 2 * 2 * classes and set(seen) == {nhwc}
 
     leaf = images.clone().requires_grad_(True)
     siamese = DSA(siamese=True)
