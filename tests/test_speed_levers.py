@@ -186,7 +186,7 @@ def test_precision_is_validated_and_not_resumable():
 
 def test_cpu_policies_and_their_overrides(monkeypatch):
     small, large = _device.SMALL_STEP_FLOATS, _device.SMALL_STEP_FLOATS + 1
-    for var in ("DDCLI_UNROLL_ONEDNN", "DDCLI_UNROLL_THREADS"):
+    for var in ("DDCLI_UNROLL_ONEDNN", "DDCLI_UNROLL_THREADS", "DDCLI_REAL_NHWC"):
         monkeypatch.delenv(var, raising=False)
     assert _device.unroll_onednn(CPU, small) is False and _device.unroll_onednn(CPU, large) is None
     assert _device.inner_threads(CPU, small) == 1 and _device.inner_threads(CPU, large) is None
@@ -201,6 +201,10 @@ def test_cpu_policies_and_their_overrides(monkeypatch):
     assert _device.inner_threads(CPU, small) == 2
     monkeypatch.setenv("DDCLI_UNROLL_THREADS", "0")
     assert _device.inner_threads(CPU, small) is None
+    monkeypatch.setenv("DDCLI_REAL_NHWC", "0")
+    assert not _device.real_batch_nhwc(CPU)
+    monkeypatch.setenv("DDCLI_REAL_NHWC", "1")
+    assert _device.real_batch_nhwc(CPU) and _device.real_batch_nhwc(cuda)
 
 
 def _conv_cfg(**run) -> DistillConfig:

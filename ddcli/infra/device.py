@@ -131,9 +131,13 @@ def unroll_onednn(device: torch.device, step_floats: int) -> bool | None:
 
 
 def real_batch_nhwc(device: torch.device) -> bool:
-    """Whether the outer loss gets its real batch channels-last (NHWC): on the CPU,
-    oneDNN's NHWC convolutions and pooling are the faster ones for the large batch
-    (docs/performance.md). Not measured on GPUs, so left as it is there."""
+    """Whether the outer loss gets its real batch channels-last (NHWC), and DM both of
+    its sides: on the CPU, oneDNN's NHWC convolutions and pooling are the faster ones
+    for large batches (docs/performance.md). Not measured on GPUs, so left as it is
+    there. ``DDCLI_REAL_NHWC=1`` or ``0`` forces it on or off (for benchmarks)."""
+    forced = os.environ.get("DDCLI_REAL_NHWC")
+    if forced is not None:
+        return forced == "1"
     return device.type == "cpu"
 
 
