@@ -34,19 +34,19 @@ PANELS = ("Arguments", OPTIONS, PROTOCOL, BASELINE_PANEL, TRAIN, OUTPUT)
 EXAMPLES = """
 # replay the learned steps on fresh nets
 dd eval m.safetensors
-# and real-data baselines: random real, k-means, ...
-dd eval m.safetensors --compare
 # SGD on the images, with another model: a cross-architecture row
 dd eval m.safetensors --protocol train --model resnet18
 # any .pt / .npz / ImageFolder set, as one JSON object
 dd eval set.npz --dataset mnist --json
+# a run's last checkpoint (the run goes on), beside random real images
+dd eval runs/dm-mnist-ipc1 --protocol dc --baseline random-real
 """
 
 
 @app.command("eval", epilog=EXAMPLES)
 @config_options(PANELS, eval_flags(), negatable=False)
 def eval_command(
-    path: Annotated[Path, typer.Argument(help="A bundle (.safetensors), a .pt or .npz set, or an ImageFolder directory.", show_default=False)],
+    path: Annotated[Path, typer.Argument(help="A bundle (.safetensors), a .pt or .npz set, an ImageFolder directory, or a run folder (the set of its last checkpoint, while it runs too).", show_default=False)],
     seed: Seed = None,
     baseline: Annotated[Optional[List[str]], Opt("--baseline", help=f"Also evaluate a real-data baseline; repeatable: {', '.join(BASELINES)}.", show_default=False, rich_help_panel=BASELINE_PANEL)] = None,
     compare: Annotated[bool, Opt(help="Evaluate every baseline.", rich_help_panel=BASELINE_PANEL)] = False,
@@ -88,7 +88,7 @@ def eval_command(
             typer.echo(line)
         return
     if record:
-        where = record_report(report)
+        where = record_report(report, sidecar_path(path))  # a run folder's: beside it
         if not json_out and not quiet:
             stderr.print(f"recorded to {where}")
     if json_out:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ddcli.bundle import Bundle
 from ddcli.config import DistillConfig
 from ddcli.core.rates import lrs_from_raw
 from ddcli.data import RealData
@@ -113,6 +114,27 @@ def resume(
     _check_outputs(out, run_dir)
     state.out = str(out.absolute())
     return _Run(cfg, out, run_dir, data, callbacks, state=state).loop()
+
+
+def run_bundle(run_dir: str | Path, *, data: RealData | None = None,
+               data_root: str | Path | None = None) -> tuple[Bundle, RealData]:
+    """The bundle of a run folder's last checkpoint, as the run would write it if it
+    finished there, and the data it was made on. The run is only read: it may still be
+    going (checkpoints are written by rename, so a reader sees the last whole one).
+
+    ``data_root`` is the machine's, as for ``resume``. ``dd eval RUN_DIR`` uses this.
+
+    Example:
+        >>> from ddcli.engine.loop import run_bundle
+        >>> bundle, data = run_bundle("runs/dm-mnist-ipc1")  # doctest: +SKIP
+        >>> bundle.summary["iterations"]  # doctest: +SKIP
+        1200
+    """
+    state = load_checkpoint(run_dir)
+    overrides = {"data": {"data_root": str(data_root)}} if data_root is not None else None
+    rt = Runtime(resumed_config(state.config, overrides), data)
+    rt.restore(state)
+    return make_bundle(rt, state, rt.init_source(state)), rt.data
 
 
 def _check_outputs(out: Path, run_dir: Path) -> None:

@@ -36,8 +36,20 @@ CHANCE_MARGIN = 0.02
 def evaluate(source: str | os.PathLike, cfg: EvalConfig | None = None,
              **kwargs: Any) -> EvalReport | PoolEvalReport:
     """Evaluate a bundle, ``.pt``, ``.npz`` or ImageFolder path (see ``evaluate_bundle``
-    and ``evaluate_set``)."""
-    if set_kind(source) == "bundle":
+    and ``evaluate_set``), or a run folder: the bundle of its last checkpoint
+    (``ddcli.engine.loop.run_bundle``), while the run goes on or after it stopped."""
+    kind = set_kind(source)
+    if kind == "run":
+        from ddcli.engine.loop import run_bundle  # the engine imports the evaluator
+
+        cfg, options = _settings(cfg, kwargs)  # usage errors before the run is read
+        bundle, data = run_bundle(source, data=options.pop("data", None),
+                                  data_root=options.get("data_root"))
+        if options.get("dataset") not in (None, data.name):
+            data = None  # another test set: loaded as for any bundle
+        where = f"{source} (checkpoint at iteration {bundle.summary['iterations']})"
+        return evaluate_bundle(bundle, cfg, data=data, source=where, **options)
+    if kind == "bundle":
         return evaluate_bundle(source, cfg, **kwargs)
     return evaluate_set(source, cfg, **kwargs)
 
@@ -56,7 +68,8 @@ def evaluate_bundle(
         bundle: a ``Bundle`` or the path of one.
         cfg: protocol and settings; keyword arguments named like ``EvalConfig`` fields
             override it (``evaluate_bundle(b, n_nets=5)``).
-        **kwargs: also ``dataset`` (test set; default the bundle's), ``data`` (a
+        **kwargs: also ``source`` (how reports name a ``Bundle`` given as an object),
+            ``dataset`` (test set; default the bundle's), ``data`` (a
             preloaded ``RealData``), ``data_root``, ``pool`` (pool bundles: the pool
             folder, default the recorded one) and ``callbacks`` (an object with
             ``on_stage(StageInfo)``).
@@ -72,7 +85,7 @@ def evaluate_bundle(
         (0.93, 0.21)
     """
     cfg, options = _settings(cfg, kwargs)  # usage errors before any file is read
-    source = "<bundle>"
+    source = options.pop("source", None) or "<bundle>"
     if not isinstance(bundle, Bundle):
         source, bundle = str(bundle), Bundle.load(bundle)
     pool = options.pop("pool", None)

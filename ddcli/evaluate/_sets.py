@@ -42,7 +42,7 @@ from ddcli.evaluate._image_set import (  # noqa: F401  PixelSpaceWarning: ddcli.
     space_stats, torch_load, warn_unrecorded,
 )
 
-SET_KINDS = ("bundle", "pt", "npz", "imagefolder", "ddranking", "mtt", "dc")
+SET_KINDS = ("bundle", "pt", "npz", "imagefolder", "ddranking", "mtt", "dc", "run")
 _STEP_NAME = re.compile(r"step(\d+)_(\d+)$")
 
 
@@ -50,6 +50,9 @@ def set_kind(path: str | Path) -> str:
     """The format of ``path``, from its type and suffix (anything else is a bundle)."""
     path = Path(path)
     if path.is_dir():
+        if (path / "config.json").is_file() and any(
+                (path / name).is_file() for name in ("checkpoint.pt", "metrics.jsonl")):
+            return "run"  # a `dd distill` run folder: its last checkpoint's set
         for kind, (images, *_) in EVALUATOR_FILES.items():
             if (path / images).is_file():
                 return kind
