@@ -116,7 +116,7 @@ class DistributionMatching(Objective):
         for params in inits:  # one graph alive at a time
             value = distribution_loss(model, params, synthetic, batch.per_class,
                                       augment=self.augment, seed=batch.seed,
-                                      nhwc=nets.real_nhwc and images.dim() == 5)
+                                      nhwc=nets.real_nhwc)
             (g,) = torch.autograd.grad(value, images)
             loss = value.detach() if loss is None else loss + value.detach()
             grad = g if grad is None else grad + g

@@ -40,6 +40,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from ddcli.core.inner import InnerLoop
 from ddcli.core.meta_gradient import meta_gradient
+from ddcli.core.objectives import EXPERT_SEGMENT, REAL_BATCH
 from ddcli.core.steps import StepFn, UpdateRule
 from ddcli.init_modes import samples_nets
 
@@ -75,7 +76,7 @@ class MemoryEstimate:
 def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: int,
                     nproc: int = 1, device_type: str = "cpu",
                     inner: InnerLoop | None = None,
-                    needs: str = "real-batch") -> MemoryEstimate:
+                    needs: str = REAL_BATCH) -> MemoryEstimate:
     """Estimate each memory mode's peak for ``cfg`` with ``model``'s architecture.
 
     Args:
@@ -96,7 +97,7 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
     n = classes * cfg.synth.images_per_class
     inner = inner or InnerLoop.from_config(cfg, n)
     total_steps, window = inner.length, inner.differentiated
-    segment = needs == "expert-segment"
+    segment = needs == EXPERT_SEGMENT
     batch = 0 if segment else min(cfg.data.batch_size, train_size)
     elem = 4  # float32
     image = c * hw * hw * elem

@@ -130,7 +130,12 @@ class PretrainResult:
     train_seconds: float  # seconds spent in training steps only
     net_epochs: float  # nets trained x real epochs
     recipe: PretrainRecipe = field(default_factory=PretrainRecipe)
-    cpu_seconds: float = 0.0  # process CPU time of this call's training and test passes
+
+    @property
+    def cpu_seconds(self) -> float:
+        """Process CPU seconds of this call's training and test passes (its nets' records)."""
+        trained = set(self.trained)
+        return float(sum(n.cpu_s or 0.0 for n in self.pool.nets if n.index in trained))
 
     @property
     def pool_cpu_seconds(self) -> float | None:
@@ -223,7 +228,7 @@ def pretrain(
     net.to(dev)
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
-    train_seconds = cpu_seconds = 0.0
+    train_seconds = 0.0
     for start in range(0, len(todo), nets_per_batch):
         group = todo[start : start + nets_per_batch]
         seeds = [derive_seed(seed, "pool-net", i) for i in group]
@@ -233,7 +238,6 @@ def pretrain(
         train_seconds += time.perf_counter() - t_group
         accs = stacked_accuracy(net, stacked, test_x, test_y)
         spent = time.process_time() - c_group
-        cpu_seconds += spent
         for j, (i, s) in enumerate(zip(group, seeds)):
             own = None if trajectory is None else {k: v[:, j] for k, v in trajectory.items()}
             pool.write_net(i, {k: v[j] for k, v in stacked.items()}, seed=s, test_acc=accs[j],
@@ -242,8 +246,7 @@ def pretrain(
         pool.save_manifest()  # after the group's files: a crash never lists a missing net
     return PretrainResult(
         pool=pool, trained=todo, kept=kept, elapsed=time.perf_counter() - t0,
-        train_seconds=train_seconds, net_epochs=len(todo) * recipe.real_epochs, recipe=recipe,
-        cpu_seconds=cpu_seconds)
+        train_seconds=train_seconds, net_epochs=len(todo) * recipe.real_epochs, recipe=recipe)
 
 
 def _open_pool(path: Path, data: RealData, spec: dict, init_scheme: str, seed: int,
