@@ -25,7 +25,7 @@ from .infra.sections import Flag, Section, collect_flags, flag, load_config_file
 
 UNROLL_MEMORY_MODES = ("full", "stepwise", "recompute")
 PRECISIONS = ("fp32", "bf16-outer")  # ddcli.core.meta_gradient
-OBJECTIVES = ("distill", "adapt", "attack", "distribution", "trajectory")  # ddcli.core.objectives
+OBJECTIVES = ("distill", "adapt", "attack", "distribution", "trajectory", "gradient")  # ddcli.core.objectives
 TRAJECTORY_RATES = ("one", "per-step")  # ddcli.core.trajectory
 META_OPTIMIZERS = ("adam", "sgd")
 WINDOW_SAMPLING = ("last", "random")
@@ -56,8 +56,8 @@ class DataConfig(Section):
     data_root: str | None = _flag(None, "Datasets in torchvision's layout.", DATA,
                                   metavar="DIR", resumable=True,
                                   default_text="$DDCLI_DATA_ROOT, else ~/.cache/ddcli/data")
-    batch_size: int = _flag(1024, "Real images per outer iteration (distribution: per "
-                            "class).", DATA)
+    batch_size: int = _flag(1024, "Real images per outer iteration (distribution, "
+                            "gradient: per class).", DATA)
     # crop-flip: reflect-pad 4, random crop and horizontal flip of the real batches, as
     # the reference does for CIFAR. dsa: DSA's ops on the real batch and on the synthetic
     # images of every inner step; dsa:flip_rotate (etc.) for some of its op families.
@@ -181,8 +181,8 @@ class InitConfig(Section):
 
 @dataclass
 class ObjectiveConfig(Section):
-    kind: str = _flag("distill", "distill, adapt, attack, distribution (DM) or trajectory "
-                      "(MTT).", POOLS,
+    kind: str = _flag("distill", "distill, adapt, attack, distribution (DM), trajectory "
+                      "(MTT) or gradient (DC, DSA).", POOLS,
                       name="--objective",
                       choices=OBJECTIVES, metavar="KIND")
     source_dataset: str | None = _flag(None, "adapt: the dataset the pool was trained on.",
@@ -224,6 +224,9 @@ class RunConfig(Section):
     # Not resumable: bf16-outer changes the meta-gradient beyond rounding (performance.md).
     precision: str = _flag("fp32", "fp32, or bf16-outer: the real-batch loss in bfloat16.",
                            SCALE, choices=PRECISIONS, metavar="PREC")
+    # Not resumable: fused kernels round differently from eager ones.
+    compile: bool = _flag(False, "Gradient matching: the real batches' gradients under "
+                          "torch.compile.", SCALE)
     nproc: int = _flag(1, "Processes to split the nets over.", SCALE,
                        resumable=True)
     batch_nets: bool = _flag(True, "Run the sampled nets together (vmap).",
@@ -266,10 +269,10 @@ class DistillConfig(Section):
 
     def model_name(self, dataset: str | None = None) -> str:
         """--model, else the dataset's default model (its DatasetInfo); DM's ConvNet for
-        distribution."""
+        distribution and gradient matching."""
         if self.model.name:
             return self.model.name
-        if self.objective.kind == "distribution":
+        if self.objective.kind in ("distribution", "gradient"):
             return "convnet"
         from ddcli.data import default_model  # the dataset registry (imports torch)
 

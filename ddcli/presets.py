@@ -214,6 +214,39 @@ PRESETS.update({
         "As dm-mnist-ipc10 on CIFAR-10 (DM: 48.9%).", _with(_DM, data={"dataset": "cifar10"})),
 })
 
+# Gradient matching (DC, Zhao et al. 2021; DSA, Zhao & Bilen 2021) at 1 image per class,
+# as their main.py runs it there: a fresh ConvNet-128 (PyTorch's default init) every
+# iteration (outer_loop = inner_loop = 1: the network is never trained), a real batch of
+# 256 per class, DC's per-output-unit cosine distance, SGD with lr 0.1 and momentum 0.5
+# on the images, 1,000 iterations, no decay. DC matches without augmentation and is
+# evaluated with --protocol dc; DSA applies its augmentation Siamese and is evaluated
+# with --protocol dsa. Departures: images start from random real ones (DSA's README
+# uses --init real; DC's code defaults to noise), the class batches are epoch-wise
+# shuffles seeded by (seed, class) where DC draws a fresh permutation per call, and the
+# DSA seeds derive from the run's, so a run resumes exactly.
+_GM = {
+    "data": {"batch_size": 256, "augment": "none"},
+    "model": {"name": "convnet", "init_scheme": "default"},
+    "synth": {"steps": 1, "epochs": 1, "images_per_class": 1, "step_lr": 0.01,
+              "init_images": "real"},
+    "init": {"mode": "random", "n_nets": 1, "sample_n_nets": 1},
+    "objective": {"kind": "gradient"},
+    "optim": {"meta_optimizer": "sgd", "meta_lr": 0.1, "meta_momentum": 0.5,
+              "iterations": 1000, "decay_factor": 1.0},
+    "run": {"checkpoint_every": 50},
+}
+
+PRESETS.update({
+    "dc-mnist-ipc1": (
+        "Gradient matching (DC): MNIST, 10 images, fresh ConvNets, no augmentation, SGD lr "
+        "0.1 on the images, 1,000 iterations; for --protocol dc (DC: 91.7%).",
+        _with(_GM, data={"dataset": "mnist"})),
+    "dsa-cifar10-ipc1": (
+        "Gradient matching with Siamese DSA (DSA): CIFAR-10, 10 images, as dc-mnist-ipc1; "
+        "for --protocol dsa (DSA: 28.8%).",
+        _with(_GM, data={"dataset": "cifar10", "augment": "dsa"})),
+})
+
 # Trajectory matching (MTT; Cazenavette et al. 2022), its CIFAR-10 ipc10 row: 30 synthetic
 # steps (each on all 100 images, DSA on every step) from an expert's epoch t <= 20,
 # matching its epoch t + 2; one learned rate starting at the experts' rate 0.01; images

@@ -13,6 +13,8 @@ it knows nothing of any one objective.
   and synthetic images class by class under fresh networks; no unroll.
 - ``trajectory`` (``ddcli.core.trajectory``): MTT, the unroll from an expert's weights
   at epoch t aims at its weights at epoch t + M.
+- ``gradient`` (``ddcli.core.gradient_matching``): DC and DSA, matching the gradients of
+  real and synthetic batches class by class under fresh networks; no unroll.
 
 A new objective is one module: a subclass of ``Objective`` and a builder decorated with
 ``@register_objective(name)`` (imported at the bottom of this file), its name in
@@ -177,4 +179,4 @@ def _attack(cfg, num_classes: int | None) -> Objective:
 
 
 # Objectives in modules of their own register on import.
-from ddcli.core import distribution, trajectory  # noqa: E402,F401  isort: skip
+from ddcli.core import distribution, gradient_matching, trajectory  # noqa: E402,F401  isort: skip

@@ -1,0 +1,169 @@
+"""Gradient matching (DC, Zhao, Mopuri & Bilen, ICLR 2021; DSA, Zhao & Bilen, ICML 2021):
+``--objective gradient``.
+
+Notation. theta is a fresh random network, R_c a batch of real images of class c
+(``--batch-size`` of them), S_c the synthetic images of class c, and A_c one DSA
+transform drawn for class c, applied Siamese to R_c and S_c (DSA; none for DC). The
+gradients of the training loss on each side are
+
+    g_R = d/dtheta CE(f(A_c(R_c); theta), c)      (a constant: no graph)
+    g_S = d/dtheta CE(f(A_c(S_c); theta), c)      (with its graph, create_graph)
+
+and the loss of one network sums, over classes and over the network's weight tensors,
+DC's layer distance ("ours" in its code): each tensor's gradient is read as one row per
+output unit (a conv's (out, in * kh * kw), a linear layer's (out, in)), and
+
+    D(g_R, g_S) = sum_rows ( 1 - <r, s> / (|r| |s| + 1e-6) ).
+
+One-dimensional tensors (biases, the norms' scales and shifts) count zero, as in DC.
+The gradient with respect to the images is the double backward through g_S.
+
+What is and is not DC's algorithm. DC and DSA match on a fresh network for
+``outer_loop`` rounds, training that network on the synthetic set for ``inner_loop``
+steps between rounds; at 1 image per class they use one round (outer_loop = inner_loop
+= 1), so every match is on a fresh network and the network is never trained. That is
+what this objective does at every size: a fresh network each iteration
+(``--init-mode random``), the one schedule DC and DSA use at 1 image per class. At 10
+and 50 per class DC's networks are also trained on the set between matches, which this
+objective does not do (docs/methods.md). The inner rates are not learned
+(``learns_rates = False``): ``dd eval`` trains fresh nets on the set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ddcli.core.augment import DSA, parse_augment
+from ddcli.core.distribution import class_images
+from ddcli.core.meta_gradient import NetsMetaGradient, _autocast, channels_last
+from ddcli.core.objectives import CLASS_BATCHES, Objective, OuterBatch, register_objective
+from ddcli.core.params import Params
+from ddcli.core.seeds import derive_seed
+from ddcli.core.steps import compiled_grads
+from ddcli.core.unroll import MetaGradient
+from ddcli.errors import ConfigError
+from ddcli.init_modes import draws_fresh_nets
+
+EPS = 1e-6  # DC's, in the denominator of the cosine
+
+
+def layer_distance(real: Tensor, syn: Tensor) -> Tensor:
+    """DC's distance between two gradients of one weight tensor (module docstring's D).
+
+    Example:
+        >>> g = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+        >>> float(layer_distance(g, g)), float(layer_distance(g, -g))
+        (0.0, 4.0)
+    """
+    if real.dim() <= 1:
+        return real.new_zeros(())
+    r, s = real.flatten(1), syn.flatten(1)
+    cos = (r * s).sum(-1) / (r.norm(dim=-1) * s.norm(dim=-1) + EPS)
+    return (1 - cos).sum()
+
+
+def _labels(x: Tensor, label: int) -> Tensor:
+    return torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)
+
+
+def _weight_gradients(model: nn.Module, params: Params, x: Tensor, label: int, *,
+                      create_graph: bool) -> list[Tensor]:
+    loss = F.cross_entropy(functional_call(model, params, (x,)), _labels(x, label))
+    return list(torch.autograd.grad(loss, list(params.values()), create_graph=create_graph))
+
+
+def gradient_matching_loss(model: nn.Module, params: Params, synthetic: list[Tensor],
+                           real: list[Tensor], *, augment: DSA | None = None, seed: int = 0,
+                           nhwc: bool = False, precision: str = "fp32",
+                           compiled: bool = False, images: Tensor | None = None):
+    """Gradient matching under one network: the module docstring's loss, class by class.
+
+    ``params`` are the network's weights (any tensors; they are detached here).
+    ``augment`` (a Siamese ``DSA``) transforms both sides of class c with the seed
+    ``derive_seed(seed, "dsa", c)``. ``nhwc``: the real side channels-last (a CPU
+    speed-up; the same numbers to float rounding). ``precision`` "bf16-outer": the real
+    side's gradient under bfloat16 autocast; ``compiled``: under ``torch.compile``
+    (``ddcli.core.steps.compiled_grads``). With ``images`` (the leaf ``synthetic`` was
+    sliced from), returns ``(loss, d loss / d images)``, each class's graph freed before
+    the next is built; without, returns the loss with its graph.
+    """
+    theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    total, grad = None, None
+    for c, (syn, x) in enumerate(zip(synthetic, real)):
+        if augment is not None:
+            s = derive_seed(seed, "dsa", c)
+            x, syn = augment(x, s), augment(syn, s)
+        with _autocast(precision, x.device):
+            if compiled:
+                target = list(compiled_grads(model)(theta, x, _labels(x, c)).values())
+            else:
+                target = _weight_gradients(model, theta, channels_last(x) if nhwc else x, c,
+                                           create_graph=False)
+        ours = _weight_gradients(model, theta, syn, c, create_graph=True)
+        term = sum(layer_distance(r.detach(), s) for r, s in zip(target, ours))
+        if images is not None:
+            (g,) = torch.autograd.grad(term, images)
+            grad = g if grad is None else grad + g
+            term = term.detach()
+        total = term if total is None else total + term
+    return total if images is None else (total, grad)
+
+
+class GradientMatching(Objective):
+    """DC's (no augmentation) or DSA's (Siamese DSA) objective on fresh networks."""
+
+    kind = "gradient"
+    needs = CLASS_BATCHES
+    learns_rates = False
+    unrolls = False
+
+    def __init__(self, num_classes: int, augment: DSA | None = None, *,
+                 compiled: bool = False) -> None:
+        self.num_classes, self.compiled = num_classes, compiled
+        self.augment = dataclasses.replace(augment, siamese=True) if augment else None
+
+    def meta_gradient(self, nets: NetsMetaGradient, inits: list[Params],
+                      learned: dict[str, Tensor], batch: OuterBatch, **plan: Any) -> MetaGradient:
+        model = nets.step.model
+        images = learned["images"].detach().requires_grad_(True)  # (S, n, C, H, W)
+        synthetic = class_images(images, self.num_classes)
+        # Channels-last helps fp32 eager kernels on a CPU only; bf16 ones it slows (1.5x
+        # on CIFAR-10 ConvNet-128, docs/performance.md).
+        nhwc = nets.real_nhwc and nets.precision == "fp32" and not self.compiled
+        loss, grad = None, None
+        for params in inits:
+            value, g = gradient_matching_loss(
+                model, params, synthetic, batch.per_class, augment=self.augment,
+                seed=batch.seed, nhwc=nhwc, precision=nets.precision,
+                compiled=self.compiled, images=images)
+            loss = value if loss is None else loss + value
+            grad = g if grad is None else grad + g
+        return MetaGradient(loss, {"images": grad})
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "distance": "DC's per-output-unit cosine, 1-d tensors skipped",
+                "network": "fresh every iteration (DC's outer_loop = 1)",
+                "augment": "dsa, siamese per class" if self.augment else "none",
+                "learned_rates": False}
+
+
+@register_objective("gradient")
+def _gradient(cfg, num_classes: int | None) -> Objective:
+    if not draws_fresh_nets(cfg.init.mode):
+        raise ConfigError("--objective gradient matches on fresh networks every iteration: use "
+                          "--init-mode random (or --preset dsa-cifar10-ipc1)")
+    if cfg.synth.learn_labels:
+        raise ConfigError("--objective gradient matches images only; drop --learn-labels")
+    augment = cfg.data.augment
+    if augment == "crop-flip":
+        raise ConfigError("--objective gradient augments a class's real and synthetic images "
+                          "alike: use --augment dsa (DSA's) or none (DC's), not crop-flip")
+    return GradientMatching(num_classes or 0,
+                            parse_augment(augment) if augment != "none" else None,
+                            compiled=cfg.run.compile)
