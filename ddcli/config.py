@@ -56,8 +56,8 @@ class DataConfig(Section):
     data_root: str | None = _flag(None, "Datasets in torchvision's layout.", DATA,
                                   metavar="DIR", resumable=True,
                                   default_text="$DDCLI_DATA_ROOT, else ~/.cache/ddcli/data")
-    batch_size: int = _flag(1024, "Real images per outer iteration (distribution, "
-                            "gradient: per class).", DATA)
+    batch_size: int = _flag(1024, "Real images per outer iteration (DM, DC: per "
+                            "class).", DATA)
     # crop-flip: reflect-pad 4, random crop and horizontal flip of the real batches, as
     # the reference does for CIFAR. dsa: DSA's ops on the real batch and on the synthetic
     # images of every inner step; dsa:flip_rotate (etc.) for some of its op families.
@@ -182,7 +182,7 @@ class InitConfig(Section):
 @dataclass
 class ObjectiveConfig(Section):
     kind: str = _flag("distill", "distill, adapt, attack, distribution (DM), trajectory "
-                      "(MTT) or gradient (DC, DSA).", POOLS,
+                      "(MTT), gradient (DC).", POOLS,
                       name="--objective",
                       choices=OBJECTIVES, metavar="KIND")
     source_dataset: str | None = _flag(None, "adapt: the dataset the pool was trained on.",
@@ -225,8 +225,8 @@ class RunConfig(Section):
     precision: str = _flag("fp32", "fp32, or bf16-outer: the real-batch loss in bfloat16.",
                            SCALE, choices=PRECISIONS, metavar="PREC")
     # Not resumable: fused kernels round differently from eager ones.
-    compile: bool = _flag(False, "Gradient matching: the real batches' gradients under "
-                          "torch.compile.", SCALE)
+    compile: bool = _flag(False, "Gradient matching's real side under torch.compile.",
+                          SCALE)
     nproc: int = _flag(1, "Processes to split the nets over.", SCALE,
                        resumable=True)
     batch_nets: bool = _flag(True, "Run the sampled nets together (vmap).",

@@ -15,7 +15,7 @@ from ddcli.errors import ConfigError
 from ddcli.presets import PRESETS, get_preset, list_presets
 
 
-METHODS = ("soft-", "ratbptt-", "dm-", "mtt-")
+METHODS = ("soft-", "ratbptt-", "dm-", "mtt-", "dc-", "dsa-")
 
 
 @pytest.mark.parametrize("name", sorted(p for p in PRESETS if not p.startswith(METHODS)))
