@@ -196,8 +196,8 @@ def test_a_run_matches_gradients_better_and_records_its_objective(tmp_path):
     from ddcli.core.distribution import class_images
 
     def loss(images):  # under nets the run never drew, on every training image
-        return sum(float(gradient_matching_loss(model, init_params(model, "default", 1000 + s),
-                                                class_images(images, 3), real))
+        return sum(gradient_matching_loss(model, init_params(model, "default", 1000 + s),
+                                          class_images(images, 3), real).item()
                    for s in range(6))
 
     assert loss(result.bundle.images) < 0.8 * loss(start)

@@ -154,12 +154,15 @@ COMPILED_GRAPHS = 64
 
 
 def compiled_grads(model: nn.Module):
-    """``(params, x, y) -> grads``: the inner loss's gradient under ``torch.compile``
+    """``(params, x, y) -> grads``: the inner loss's gradient through ``torch.compile``
     (inductor fuses instance norm, ReLU and pooling with their backward passes), cached
-    per model. Only the gradient is compiled: the update rule runs eagerly, as
-    inductor (torch 2.14, CPU) computed a wrong Linear weight step when the gradient
-    and an update that reads the weight were one graph. Not bit-exact with the eager
-    gradient: fused kernels round differently (tests/test_speed_levers.py states the tolerance).
+    per model. The loss is compiled and differentiated by autograd, so AOTAutograd
+    compiles its backward pass too; compiling ``torch.func.grad`` of the loss instead ran
+    3.6x slower on CIFAR-10 ConvNet-128 under bf16 (docs/performance.md), hardly faster
+    than eager. The update rule runs eagerly: inductor (torch 2.14, CPU) computed a wrong
+    Linear weight step when the gradient and an update that reads the weight were one
+    graph. Not bit-exact with the eager gradient: fused kernels round differently
+    (tests/test_speed_levers.py states the tolerance).
     """
     if model not in _COMPILED:
         import logging
@@ -173,8 +176,15 @@ def compiled_grads(model: nn.Module):
         cfg.recompile_limit = max(cfg.recompile_limit, COMPILED_GRAPHS)
         cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit,
                                               4 * COMPILED_GRAPHS)
+        loss = torch.compile(model_loss(model), dynamic=False)
 
-        _COMPILED[model] = torch.compile(grad(model_loss(model)), dynamic=False)
+        def grads(params: Params, x: Tensor, y: Tensor) -> Params:
+            with torch.enable_grad():
+                leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+                g = torch.autograd.grad(loss(leaves, x, y), tuple(leaves.values()))
+            return dict(zip(leaves, g))
+
+        _COMPILED[model] = grads
     return _COMPILED[model]
 
 
