@@ -200,6 +200,12 @@ class ObjectiveConfig(Section):
     # one: MTT's single learned rate (every step's rate moves together); per-step: T rates.
     trajectory_rate: str = _flag("one", "trajectory: one rate or per-step.",
                                  POOLS, choices=TRAJECTORY_RATES, metavar="HOW")
+    # DC/DSA: each fresh net serves --outer-loop matching rounds (iterations), trained on
+    # the set for --inner-loop epochs between them; None: DC's get_loops for the ipc.
+    outer_loop: int | None = _flag(None, "gradient: rounds per fresh net.", POOLS,
+                                   metavar="N", default_text="DC's")
+    inner_loop: int | None = _flag(None, "gradient: epochs between rounds.", POOLS,
+                                   metavar="N", default_text="DC's")
 
 
 @dataclass

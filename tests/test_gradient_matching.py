@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddcli import Bundle, distill
+from ddcli import Bundle, distill, resume
 from ddcli.core.augment import DSA
 from ddcli.core.gradient_matching import (GradientMatching, gradient_matching_loss,
                                           layer_distance)
@@ -20,7 +20,7 @@ from ddcli.layering import build_config
 from ddcli.models import create_model
 
 from tests._cli import one_line_error, run
-from tests._toy import straight_and_resumed, toy_config, toy_data
+from tests._toy import distill_until_ctrl_c, straight_and_resumed, toy_config, toy_data
 
 GM = {"objective": {"kind": "gradient"}, "init": {"mode": "random"},
       "model": {"name": "convnet", "init_scheme": "default", "kwargs": {"width": 4, "depth": 2}},
@@ -225,9 +225,105 @@ def test_presets_follow_dc_and_dsa():
         o = cfg.optim
         assert (o.meta_optimizer, o.meta_lr, o.meta_momentum) == ("sgd", 0.1, 0.5)
         assert (o.iterations, o.decay_factor) == (1000, 1.0)
+    for name, dataset in (("dsa-cifar10-ipc10", "cifar10"), ("dsa-mnist-ipc10", "mnist")):
+        cfg = build_config(preset=name)
+        obj = make_objective(cfg, 10)
+        assert (cfg.data.dataset, cfg.data.augment, cfg.synth.images_per_class) == (dataset, "dsa", 10)
+        assert (obj.outer_loop, obj.inner_loop, obj.lr_net) == (10, 50, 0.01)
+        assert cfg.optim.iterations == 1000 * obj.outer_loop  # DC's 1,000 nets
 
 
 def test_cli_refuses_gradient_matching_with_a_fixed_init(tmp_path):
     err = one_line_error(run("distill", "mnist", "--objective", "gradient",
                              "-o", tmp_path / "x.safetensors"), 2)
     assert "--init-mode random" in err
+
+
+# --- DC's loop: rounds per fresh network, training between them ------------------------------
+
+def test_loops_default_to_dcs_by_images_per_class_and_are_checked():
+    for ipc, loops in ((1, (1, 1)), (10, (10, 50)), (50, (50, 10))):
+        obj = make_objective(toy_config(GM, synth={"images_per_class": ipc}), 3)
+        assert (obj.outer_loop, obj.inner_loop) == loops
+    obj = make_objective(toy_config(GM, synth={"images_per_class": 3},
+                                    objective={"outer_loop": 4, "inner_loop": 2}), 3)
+    assert (obj.outer_loop, obj.inner_loop) == (4, 2)
+    assert obj.describe()["outer_loop"] == 4
+    with pytest.raises(ConfigError, match="give --outer-loop and --inner-loop for 3"):
+        make_objective(toy_config(GM, synth={"images_per_class": 3}), 3)
+    with pytest.raises(ConfigError, match="--outer-loop must be at least 1"):
+        make_objective(toy_config(GM, objective={"outer_loop": 0, "inner_loop": 1}), 3)
+    with pytest.raises(ConfigError, match="--nproc 1"):
+        make_objective(toy_config(GM, objective={"outer_loop": 2, "inner_loop": 1},
+                                  run={"nproc": 2}), 3)
+
+
+def test_later_rounds_match_on_the_network_trained_on_the_updated_set():
+    """Round 0 on the fresh net; round 1 on it after inner_loop full-batch SGD epochs
+    on the set as it is then (written out here: one batch holds the whole set); a new
+    fresh net when the rounds are done, and the memory emptied."""
+    classes, k, lr, epochs = 3, 2, 0.05, 3
+    images, real = _set(classes, k)
+    model, inits = _model(classes)
+    inits = inits[:1]
+    obj = GradientMatching(classes, outer_loop=2, inner_loop=epochs, lr_net=lr)
+    nets = NetsMetaGradient(StepFn(model), mode="full", batch=False)
+    memory = {}
+
+    def step(it, x):
+        out = obj.meta_gradient(nets, inits, {"images": x},
+                                OuterBatch(7 + it, iteration=it, per_class=real, memory=memory))
+        return out.loss
+
+    first = step(0, images)
+    assert memory["iteration"] == 0 and len(memory["nets"]) == 1
+    updated = images - 0.5  # the images after an outer update
+    second = step(1, updated)
+    assert memory == {}  # the last round: nothing carried
+
+    labels = torch.arange(classes).repeat_interleave(k)
+    p = {n: v.clone() for n, v in inits[0].items()}
+    for _ in range(epochs):
+        leaves = {n: v.clone().requires_grad_(True) for n, v in p.items()}
+        loss = F.cross_entropy(_convnet(leaves, updated[0]), labels)
+        p = {n: (v - lr * g).detach() for (n, v), g in
+             zip(leaves.items(), torch.autograd.grad(loss, list(leaves.values())))}
+    want = _independent_loss([p], updated.clone().requires_grad_(True), real, k, False, seed=8)
+    torch.testing.assert_close(second, want.detach(), rtol=1e-9, atol=1e-12)
+    want_first = _independent_loss(inits, images.clone().requires_grad_(True), real, k, False,
+                                   seed=7)
+    torch.testing.assert_close(first, want_first.detach(), rtol=1e-9, atol=1e-12)
+    third = step(2, updated)  # a new cycle: the fresh net again
+    assert memory["iteration"] == 2
+    torch.testing.assert_close(third, _independent_loss(
+        inits, updated.clone().requires_grad_(True), real, k, False, seed=9).detach(),
+        rtol=1e-9, atol=1e-12)
+
+
+def test_a_lost_network_is_an_error_not_a_silent_fresh_start():
+    classes = 3
+    images, real = _set(classes)
+    model, inits = _model(classes)
+    obj = GradientMatching(classes, outer_loop=3, inner_loop=1)
+    nets = NetsMetaGradient(StepFn(model), mode="full", batch=False)
+    with pytest.raises(RuntimeError, match="lost its networks"):
+        obj.meta_gradient(nets, inits, {"images": images},
+                          OuterBatch(1, iteration=4, per_class=real, memory={}))
+
+
+@pytest.mark.parametrize("augment", ["none", "dsa"])
+def test_resume_in_the_middle_of_a_networks_rounds_is_bit_exact(tmp_path, augment):
+    """outer_loop 2: the run stops after iteration 3 (0-based 0..2 done), so the resumed
+    run's first iteration is a second round, on the network the checkpoint carries."""
+    data = toy_data()
+    c = toy_config(GM, data={"augment": augment}, synth={"images_per_class": 2},
+                   objective={"outer_loop": 2, "inner_loop": 2}, run={"checkpoint_every": 1})
+    full = distill(c, out=tmp_path / "full.safetensors", data=data)
+    distill_until_ctrl_c(c, tmp_path / "part.safetensors", data, at=3)
+    state = torch.load(tmp_path / "part.run" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 3
+    memory = state["objective_state"]
+    assert memory["iteration"] == 2 and len(memory["nets"]) == 1
+    resumed = resume(tmp_path / "part.run", data=data)
+    assert torch.equal(full.bundle.images, resumed.bundle.images)
+    assert full.final_loss == resumed.final_loss

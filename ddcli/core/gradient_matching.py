@@ -18,15 +18,18 @@ output unit (a conv's (out, in * kh * kw), a linear layer's (out, in)), and
 One-dimensional tensors (biases, the norms' scales and shifts) count zero, as in DC.
 The gradient with respect to the images is the double backward through g_S.
 
-What is and is not DC's algorithm. DC and DSA match on a fresh network for
-``outer_loop`` rounds, training that network on the synthetic set for ``inner_loop``
-steps between rounds; at 1 image per class they use one round (outer_loop = inner_loop
-= 1), so every match is on a fresh network and the network is never trained. That is
-what this objective does at every size: a fresh network each iteration
-(``--init-mode random``), the one schedule DC and DSA use at 1 image per class. At 10
-and 50 per class DC's networks are also trained on the set between matches, which this
-objective does not do (docs/methods.md). The inner rates are not learned
-(``learns_rates = False``): ``dd eval`` trains fresh nets on the set.
+DC's loop. DC and DSA take a fresh network for each of their iterations and match on it
+for ``outer_loop`` rounds, each round one update of the images; between rounds they
+train the network on the synthetic set for ``inner_loop`` epochs (SGD at ``lr_net``,
+batches of 256, DSA's augmentation per image when DSA is on). Here one round is one
+iteration: iteration i matches on a fresh network (``--init-mode random``) when
+i % outer_loop == 0, and otherwise on the previous iteration's network after those
+epochs on the set as it now is (after the previous update), which is DC's order.
+The networks live in the run's ``objective_state`` between iterations, so a checkpoint
+holds them and a resumed run is bit-exact. The defaults are DC's ``get_loops``: 1 and 1
+at 1 image per class (every match on a fresh network), 10 and 50 at 10, ..., 50 and 10
+at 50. The training rate is ``--step-lr`` (DC's ``lr_net``, 0.01). The inner rates are
+not learned (``learns_rates = False``): ``dd eval`` trains fresh nets on the set.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ from ddcli.errors import ConfigError
 from ddcli.init_modes import draws_fresh_nets
 
 EPS = 1e-6  # DC's, in the denominator of the cosine
+#: DC's get_loops: images per class -> (outer_loop, inner_loop)
+DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+TRAIN_BATCH = 256  # DC's batch_train
 
 
 def layer_distance(real: Tensor, syn: Tensor) -> Tensor:
@@ -116,7 +122,8 @@ def gradient_matching_loss(model: nn.Module, params: Params, synthetic: list[Ten
 
 
 class GradientMatching(Objective):
-    """DC's (no augmentation) or DSA's (Siamese DSA) objective on fresh networks."""
+    """DC's (no augmentation) or DSA's (Siamese DSA) objective: ``outer_loop`` rounds per
+    fresh network, ``inner_loop`` epochs of training on the set between rounds."""
 
     kind = "gradient"
     needs = CLASS_BATCHES
@@ -124,31 +131,83 @@ class GradientMatching(Objective):
     unrolls = False
 
     def __init__(self, num_classes: int, augment: DSA | None = None, *,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, outer_loop: int = 1, inner_loop: int = 1,
+                 lr_net: float = 0.01) -> None:
         self.num_classes, self.compiled = num_classes, compiled
+        self.outer_loop, self.inner_loop, self.lr_net = outer_loop, inner_loop, lr_net
         self.augment = dataclasses.replace(augment, siamese=True) if augment else None
+        # DSA trains its networks on the set with per-image augmentation
+        self.train_augment = dataclasses.replace(augment, siamese=False) if augment else None
+
+    def networks(self, inits: list[Params], images: Tensor, labels: Tensor,
+                 batch: OuterBatch, model: nn.Module) -> list[Params]:
+        """The iteration's networks: ``inits`` at a round's start, else the previous
+        iteration's networks (from ``batch.memory``) trained on the set as it is now."""
+        memory = batch.memory if batch.memory is not None else {}
+        if self.outer_loop == 1 or batch.iteration % self.outer_loop == 0:
+            return inits
+        if memory.get("iteration") != batch.iteration - 1:
+            raise RuntimeError(f"gradient matching lost its networks: iteration "
+                               f"{batch.iteration} continues iteration {batch.iteration - 1}'s, "
+                               f"but the run holds those of {memory.get('iteration')}")
+        x, y = images.detach().flatten(0, 1), labels.flatten().to(images.device)
+        return [self.train(model, {k: v.to(images.device) for k, v in p.items()}, x, y,
+                           derive_seed(batch.seed, "gm-train", i))
+                for i, p in enumerate(memory["nets"])]
+
+    def train(self, model: nn.Module, params: Params, x: Tensor, y: Tensor,
+              seed: int) -> Params:
+        """``inner_loop`` epochs of SGD (``lr_net``) on (x, y) in shuffled batches of 256,
+        DSA per image when DSA is on: DC's ``epoch('train', ...)`` on the synthetic set."""
+        g = torch.Generator().manual_seed(seed)
+        grads_of = compiled_grads(model) if self.compiled else None
+        for epoch in range(self.inner_loop):
+            order = torch.randperm(x.shape[0], generator=g).to(x.device)
+            for start in range(0, x.shape[0], TRAIN_BATCH):
+                idx = order[start:start + TRAIN_BATCH]
+                xb, yb = x[idx], y[idx]
+                if self.train_augment is not None:
+                    xb = self.train_augment(xb, derive_seed(seed, "dsa", epoch, start))
+                if grads_of is not None:
+                    grads = grads_of(params, xb, yb)
+                else:
+                    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+                    loss = F.cross_entropy(functional_call(model, leaves, (xb,)), yb)
+                    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+                params = {k: (v - self.lr_net * grads[k]).detach() for k, v in params.items()}
+        return params
 
     def meta_gradient(self, nets: NetsMetaGradient, inits: list[Params],
                       learned: dict[str, Tensor], batch: OuterBatch, **plan: Any) -> MetaGradient:
         model = nets.step.model
         images = learned["images"].detach().requires_grad_(True)  # (S, n, C, H, W)
         synthetic = class_images(images, self.num_classes)
+        labels = plan.get("labels")
+        if labels is None:  # class-major slots in every step
+            labels = torch.arange(self.num_classes).repeat_interleave(
+                images.shape[1] // self.num_classes).expand(images.shape[0], -1)
+        current = self.networks(inits, images, labels, batch, model)
         # Channels-last helps fp32 eager kernels on a CPU only; bf16 ones it slows (1.5x
         # on CIFAR-10 ConvNet-128, docs/performance.md).
         nhwc = nets.real_nhwc and nets.precision == "fp32" and not self.compiled
         loss, grad = None, None
-        for params in inits:
+        for params in current:
             value, g = gradient_matching_loss(
                 model, params, synthetic, batch.per_class, augment=self.augment,
                 seed=batch.seed, nhwc=nhwc, precision=nets.precision,
                 compiled=self.compiled, images=images)
             loss = value if loss is None else loss + value
             grad = g if grad is None else grad + g
+        if self.outer_loop > 1 and batch.memory is not None:
+            batch.memory.clear()
+            if (batch.iteration + 1) % self.outer_loop:  # another round on these nets
+                batch.memory.update(iteration=batch.iteration,
+                                    nets=[{k: v.detach() for k, v in p.items()} for p in current])
         return MetaGradient(loss, {"images": grad})
 
     def describe(self) -> dict:
         return {"kind": self.kind, "distance": "DC's per-output-unit cosine, 1-d tensors skipped",
-                "network": "fresh every iteration (DC's outer_loop = 1)",
+                "outer_loop": self.outer_loop, "inner_loop": self.inner_loop,
                 "augment": "dsa, siamese per class" if self.augment else "none",
                 "learned_rates": False}
 
@@ -164,6 +223,20 @@ def _gradient(cfg, num_classes: int | None) -> Objective:
     if augment == "crop-flip":
         raise ConfigError("--objective gradient augments a class's real and synthetic images "
                           "alike: use --augment dsa (DSA's) or none (DC's), not crop-flip")
+    o, ipc = cfg.objective, cfg.synth.images_per_class
+    outer, inner = o.outer_loop, o.inner_loop
+    if outer is None or inner is None:
+        if ipc not in DC_LOOPS:
+            raise ConfigError(f"--objective gradient has DC's loops for {', '.join(map(str, DC_LOOPS))} "
+                              f"images per class; give --outer-loop and --inner-loop for {ipc}")
+        outer, inner = (outer or DC_LOOPS[ipc][0]), (inner or DC_LOOPS[ipc][1])
+    for flag, value in (("--outer-loop", outer), ("--inner-loop", inner)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if outer > 1 and cfg.run.nproc > 1:
+        raise ConfigError("--objective gradient with --outer-loop above 1 keeps its networks "
+                          "between rounds in one process: use --nproc 1")
     return GradientMatching(num_classes or 0,
                             parse_augment(augment) if augment != "none" else None,
-                            compiled=cfg.run.compile)
+                            compiled=cfg.run.compile, outer_loop=outer, inner_loop=inner,
+                            lr_net=cfg.synth.step_lr)

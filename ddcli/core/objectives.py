@@ -50,10 +50,14 @@ class OuterBatch:
     """What one iteration hands its objective; only the fields ``needs`` names are set."""
 
     seed: int  # the iteration's seed, for randomness the loss draws itself (Siamese DSA)
+    iteration: int = 0  # the outer iteration, counted from 0 (the iterations done before it)
     x: Tensor | None = None  # (B, C, H, W)
     y: Tensor | None = None  # (B,)
     per_class: list[Tensor] | None = None  # class c's real images, (B_c, C, H, W)
     targets: list[Params] | None = None  # net i's target weights (EXPERT_SEGMENT)
+    # The run's RunState.objective_state: what an objective keeps between iterations,
+    # changed in place and checkpointed with the run (None outside a run: keep nothing).
+    memory: dict | None = None
 
 
 class Objective(abc.ABC):

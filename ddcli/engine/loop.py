@@ -178,6 +178,7 @@ class _Run:
         # 1. What the objective needs from the real data: a batch (augmented if asked),
         #    a batch of every class, or nothing.
         batch = rt.outer_batch(it, st.aug_rng)
+        batch.memory = st.objective_state  # the objective's, across iterations
         # 2. This iteration's initial weights: every rank draws all, each uses its share.
         #    Trajectory matching's source also gives each net its target.
         inits, targets = self.source.segments(it)

@@ -170,7 +170,7 @@ class Runtime:
     # --- per iteration --------------------------------------------------------------------------
     def outer_batch(self, it: int, aug_gen: torch.Generator) -> OuterBatch:
         """What the objective needs from the real data at iteration ``it``."""
-        batch = OuterBatch(seed=derive_seed(self.cfg.init.seed, "outer", it))
+        batch = OuterBatch(seed=derive_seed(self.cfg.init.seed, "outer", it), iteration=it)
         if self.objective.needs == REAL_BATCH:
             batch.x, batch.y = self.real_batch(it, aug_gen)
         elif self.objective.needs == CLASS_BATCHES:

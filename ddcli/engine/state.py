@@ -64,6 +64,9 @@ class RunState:
     # --clip-ema-factor: the moving average of the meta-gradient's norm (0-dim; NaN
     # before the first iteration), ddcli.engine.clipping.
     clip_average: Tensor | None = None
+    # What the objective keeps from one iteration to the next (gradient matching: the
+    # networks between rounds), changed in place through ``OuterBatch.memory``.
+    objective_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def learned(self) -> dict[str, Tensor]:
@@ -98,6 +101,10 @@ def _stored(value: Any) -> Any:
     """A live field as a checkpoint holds it."""
     if isinstance(value, Tensor):
         return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _stored(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_stored(v) for v in value]
     if isinstance(value, torch.Generator):
         return value.get_state()
     if isinstance(value, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)):
