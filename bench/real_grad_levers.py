@@ -4,10 +4,11 @@ of real images, under each speed lever, in one process (same sitting, same load)
     OMP_NUM_THREADS=1 python bench/real_grad_levers.py [--dataset cifar10] [--batch 256]
 
 Variants: eager fp32 NCHW (the default), eager fp32 channels-last (DM's CPU layout),
-eager bf16 autocast, ``torch.compile`` of ``torch.func.grad`` of the loss (what
-``ddcli.core.steps.compiled_grads`` did before), and ``compiled_grads`` as it is (the
-loss compiled, its backward by AOTAutograd), each in fp32 and bf16. Random images of the
-dataset's shape: the time does not depend on the pixels.
+eager bf16 autocast, ``torch.compile`` of ``torch.func.grad`` of the loss
+(``ddcli.core.steps.compiled_grads``, ``dd eval --compile``'s), and
+``compiled_loss_grads`` (the loss compiled, its backward by AOTAutograd; gradient
+matching's ``--compile``), each in fp32 and bf16. Random images of the dataset's shape:
+the time does not depend on the pixels.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import argparse
 import time
 
 import torch
-from torch.func import grad
 
 from ddcli.core.params import init_params
-from ddcli.core.steps import compiled_grads, model_loss
+from ddcli.core.steps import compiled_grads, compiled_loss_grads, model_loss
 from ddcli.models import create_model
 from machine import cpu_info, gemm_gflops
 
@@ -38,9 +38,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, channels, size, size, generator=g)
     y = torch.zeros(args.batch, dtype=torch.long)
-    eager, loss = _eager(model), model_loss(model)
-    func_grad = torch.compile(grad(loss), dynamic=False)
-    aot = compiled_grads(model)
+    eager = _eager(model)
+    func_grad = compiled_grads(model)
+    aot = compiled_loss_grads(model)
 
     def leaves():
         return {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -50,10 +50,10 @@ def main() -> None:
         ("eager fp32 channels-last", False,
          lambda: eager(leaves(), x.contiguous(memory_format=torch.channels_last), y)),
         ("eager bf16", True, lambda: eager(leaves(), x, y)),
-        ("compile(func.grad) fp32 (before)", False, lambda: func_grad(leaves(), x, y)),
-        ("compile(func.grad) bf16 (before)", True, lambda: func_grad(leaves(), x, y)),
-        ("compiled_grads fp32 (now)", False, lambda: aot(leaves(), x, y)),
-        ("compiled_grads bf16 (now)", True, lambda: aot(leaves(), x, y)),
+        ("compiled_grads fp32 (func.grad)", False, lambda: func_grad(leaves(), x, y)),
+        ("compiled_grads bf16 (func.grad)", True, lambda: func_grad(leaves(), x, y)),
+        ("compiled_loss_grads fp32", False, lambda: aot(leaves(), x, y)),
+        ("compiled_loss_grads bf16", True, lambda: aot(leaves(), x, y)),
     ]
     threads = torch.get_num_threads()
     sgemm = gemm_gflops(2048, threads, torch.float32, 3)

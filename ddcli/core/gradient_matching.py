@@ -48,7 +48,7 @@ from ddcli.core.meta_gradient import NetsMetaGradient, _autocast, channels_last
 from ddcli.core.objectives import CLASS_BATCHES, Objective, OuterBatch, register_objective
 from ddcli.core.params import Params
 from ddcli.core.seeds import derive_seed
-from ddcli.core.steps import compiled_grads
+from ddcli.core.steps import compiled_loss_grads
 from ddcli.core.unroll import MetaGradient
 from ddcli.errors import ConfigError
 from ddcli.init_modes import draws_fresh_nets
@@ -95,7 +95,7 @@ def gradient_matching_loss(model: nn.Module, params: Params, synthetic: list[Ten
     ``derive_seed(seed, "dsa", c)``. ``nhwc``: the real side channels-last (a CPU
     speed-up; the same numbers to float rounding). ``precision`` "bf16-outer": the real
     side's gradient under bfloat16 autocast; ``compiled``: under ``torch.compile``
-    (``ddcli.core.steps.compiled_grads``). With ``images`` (the leaf ``synthetic`` was
+    (``ddcli.core.steps.compiled_loss_grads``). With ``images`` (the leaf ``synthetic`` was
     sliced from), returns ``(loss, d loss / d images)``, each class's graph freed before
     the next is built; without, returns the loss with its graph.
     """
@@ -107,7 +107,7 @@ def gradient_matching_loss(model: nn.Module, params: Params, synthetic: list[Ten
             x, syn = augment(x, s), augment(syn, s)
         with _autocast(precision, x.device):
             if compiled:
-                target = list(compiled_grads(model)(theta, x, _labels(x, c)).values())
+                target = list(compiled_loss_grads(model)(theta, x, _labels(x, c)).values())
             else:
                 target = _weight_gradients(model, theta, channels_last(x) if nhwc else x, c,
                                            create_graph=False)
@@ -160,7 +160,7 @@ class GradientMatching(Objective):
         """``inner_loop`` epochs of SGD (``lr_net``) on (x, y) in shuffled batches of 256,
         DSA per image when DSA is on: DC's ``epoch('train', ...)`` on the synthetic set."""
         g = torch.Generator().manual_seed(seed)
-        grads_of = compiled_grads(model) if self.compiled else None
+        grads_of = compiled_loss_grads(model) if self.compiled else None
         for epoch in range(self.inner_loop):
             order = torch.randperm(x.shape[0], generator=g).to(x.device)
             for start in range(0, x.shape[0], TRAIN_BATCH):

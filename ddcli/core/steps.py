@@ -153,29 +153,50 @@ _COMPILED: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDicti
 COMPILED_GRAPHS = 64
 
 
+def _compile_settings() -> None:
+    import logging
+
+    import torch._dynamo
+
+    # inductor's C++ toolchain probe warns that this machine has no CUDA: not news
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, COMPILED_GRAPHS)
+    cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * COMPILED_GRAPHS)
+
+
 def compiled_grads(model: nn.Module):
-    """``(params, x, y) -> grads``: the inner loss's gradient through ``torch.compile``
+    """``(params, x, y) -> grads``: the inner loss's gradient under ``torch.compile``
     (inductor fuses instance norm, ReLU and pooling with their backward passes), cached
-    per model. The loss is compiled and differentiated by autograd, so AOTAutograd
-    compiles its backward pass too; compiling ``torch.func.grad`` of the loss instead ran
-    3.6x slower on CIFAR-10 ConvNet-128 under bf16 (docs/performance.md), hardly faster
-    than eager. The update rule runs eagerly: inductor (torch 2.14, CPU) computed a wrong
-    Linear weight step when the gradient and an update that reads the weight were one
-    graph. Not bit-exact with the eager gradient: fused kernels round differently
+    per model; ``dd eval --compile``'s training step. Only the gradient is compiled: the
+    update rule runs eagerly, as inductor (torch 2.14, CPU) computed a wrong Linear
+    weight step when the gradient and an update that reads the weight were one graph.
+    Not bit-exact with the eager gradient: fused kernels round differently
     (tests/test_speed_levers.py states the tolerance).
+
+    This compiles ``torch.func.grad`` of the loss; ``compiled_loss_grads`` is faster
+    (AOTAutograd compiles the backward too), by 5 % on an evaluation's training step,
+    but its rounding differs, and every ``--compile`` figure in results/index.json,
+    which bench/check_results.py reproduces to 4 decimals, was made with this one.
     """
     if model not in _COMPILED:
-        import logging
+        _compile_settings()
+        _COMPILED[model] = torch.compile(grad(model_loss(model)), dynamic=False)
+    return _COMPILED[model]
 
-        import torch._dynamo
 
-        # inductor's C++ toolchain probe warns that this machine has no CUDA: not news
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+_COMPILED_LOSS: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
 
-        cfg = torch._dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, COMPILED_GRAPHS)
-        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit,
-                                              4 * COMPILED_GRAPHS)
+
+def compiled_loss_grads(model: nn.Module):
+    """``(params, x, y) -> grads``, as ``compiled_grads``, with the loss compiled and
+    differentiated by autograd, so AOTAutograd compiles its backward pass as well:
+    4.1x eager fp32 under bf16 on a CIFAR-10 ConvNet-128 batch of 256, where compiling
+    ``torch.func.grad`` gave 1.3x (docs/performance.md). Gradient matching's real side
+    and its networks' training between rounds use it.
+    """
+    if model not in _COMPILED_LOSS:
+        _compile_settings()
         loss = torch.compile(model_loss(model), dynamic=False)
 
         def grads(params: Params, x: Tensor, y: Tensor) -> Params:
@@ -184,8 +205,8 @@ def compiled_grads(model: nn.Module):
                 g = torch.autograd.grad(loss(leaves, x, y), tuple(leaves.values()))
             return dict(zip(leaves, g))
 
-        _COMPILED[model] = grads
-    return _COMPILED[model]
+        _COMPILED_LOSS[model] = grads
+    return _COMPILED_LOSS[model]
 
 
 def _sqrt(v: Tensor) -> Tensor:
