@@ -327,3 +327,18 @@ def test_resume_in_the_middle_of_a_networks_rounds_is_bit_exact(tmp_path, augmen
     resumed = resume(tmp_path / "part.run", data=data)
     assert torch.equal(full.bundle.images, resumed.bundle.images)
     assert full.final_loss == resumed.final_loss
+
+
+def test_dry_run_says_gradient_matching_unrolls_nothing(fixture_root):
+    err = one_line_error(run("distill", "mnist", "--preset", "dc-mnist-ipc1", "--dry-run",
+                             "--data-root", fixture_root), 2)
+    assert "unrolls nothing" in err
+
+
+def test_dd_eval_trains_fresh_nets_on_a_gradient_matched_set(tmp_path):
+    from ddcli.evaluate import evaluate_bundle
+
+    data = toy_data()
+    distill(toy_config(GM), out=tmp_path / "gm.safetensors", data=data)
+    report = evaluate_bundle(tmp_path / "gm.safetensors", data=data, n_nets=1, train_epochs=2)
+    assert report.protocol == "train"  # the rates were not learned: nothing to replay
