@@ -220,23 +220,15 @@ PRESETS.update({
 # iterations) and trained on the set for inner_loop epochs between rounds (DC's
 # get_loops: 1 and 1 at 1 image per class, 10 and 50 at 10), a real batch of 256 per
 # class, DC's per-output-unit cosine distance, SGD with lr 0.1 and momentum 0.5 on the
-# images, no decay. DC matches without augmentation and is
-# evaluated with --protocol dc; DSA applies its augmentation Siamese and is evaluated
+# images, no decay (otherwise _DM's settings, above). DC matches without augmentation
+# and is evaluated with --protocol dc; DSA applies its augmentation Siamese and is evaluated
 # with --protocol dsa. Departures: images start from random real ones (DSA's README
 # uses --init real; DC's code defaults to noise), the class batches are epoch-wise
 # shuffles seeded by (seed, class) where DC draws a fresh permutation per call, and the
 # DSA seeds derive from the run's, so a run resumes exactly.
-_GM = {
-    "data": {"batch_size": 256, "augment": "none"},
-    "model": {"name": "convnet", "init_scheme": "default"},
-    "synth": {"steps": 1, "epochs": 1, "images_per_class": 1, "step_lr": 0.01,
-              "init_images": "real"},
-    "init": {"mode": "random", "n_nets": 1, "sample_n_nets": 1},
-    "objective": {"kind": "gradient"},
-    "optim": {"meta_optimizer": "sgd", "meta_lr": 0.1, "meta_momentum": 0.5,
-              "iterations": 1000, "decay_factor": 1.0},
-    "run": {"checkpoint_every": 50},
-}
+_GM = _with(_DM, data={"augment": "none"}, synth={"images_per_class": 1},
+            objective={"kind": "gradient"}, optim={"meta_lr": 0.1, "iterations": 1000},
+            run={"checkpoint_every": 50})
 
 PRESETS.update({
     "dc-mnist-ipc1": (

@@ -129,16 +129,24 @@ class DistributionMatching(Objective):
                 "learned_rates": False}
 
 
-@register_objective("distribution")
-def _distribution(cfg, num_classes: int | None) -> Objective:
+def matching_augment(cfg, kind: str, preset: str, dsa: str, none: str = "none") -> DSA | None:
+    """The settings every objective that matches real and synthetic images class by class
+    on fresh networks refuses (one line each), and its augmentation, to be applied
+    Siamese: DSA's, or None. ``preset``, ``dsa`` and ``none`` name what the messages
+    suggest."""
     if not draws_fresh_nets(cfg.init.mode):
-        raise ConfigError("--objective distribution draws fresh networks every iteration: use "
-                          "--init-mode random (or --preset dm-mnist-ipc10)")
+        raise ConfigError(f"--objective {kind} draws fresh networks every iteration: use "
+                          f"--init-mode random (or --preset {preset})")
     if cfg.synth.learn_labels:
-        raise ConfigError("--objective distribution matches images only; drop --learn-labels")
+        raise ConfigError(f"--objective {kind} matches images only; drop --learn-labels")
     augment = cfg.data.augment
     if augment == "crop-flip":
-        raise ConfigError("--objective distribution augments a class's real and synthetic "
-                          "images alike: use --augment dsa (DM's) or none, not crop-flip")
+        raise ConfigError(f"--objective {kind} augments a class's real and synthetic images "
+                          f"alike: use --augment dsa ({dsa}) or {none}, not crop-flip")
+    return parse_augment(augment) if augment != "none" else None
+
+
+@register_objective("distribution")
+def _distribution(cfg, num_classes: int | None) -> Objective:
     return DistributionMatching(num_classes or 0,
-                                parse_augment(augment) if augment != "none" else None)
+                                matching_augment(cfg, "distribution", "dm-mnist-ipc10", "DM's"))

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ddcli.core.augment import DSA, parse_augment
-from ddcli.core.distribution import class_images
+from ddcli.core.augment import DSA
+from ddcli.core.distribution import class_images, matching_augment
 from ddcli.core.meta_gradient import NetsMetaGradient, _autocast, channels_last
 from ddcli.core.objectives import CLASS_BATCHES, Objective, OuterBatch, register_objective
 from ddcli.core.params import Params
@@ -51,7 +51,6 @@ from ddcli.core.seeds import derive_seed
 from ddcli.core.steps import compiled_loss_grads
 from ddcli.core.unroll import MetaGradient
 from ddcli.errors import ConfigError
-from ddcli.init_modes import draws_fresh_nets
 
 EPS = 1e-6  # DC's, in the denominator of the cosine
 #: DC's get_loops: images per class -> (outer_loop, inner_loop)
@@ -78,9 +77,9 @@ def _labels(x: Tensor, label: int) -> Tensor:
     return torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)
 
 
-def _weight_gradients(model: nn.Module, params: Params, x: Tensor, label: int, *,
+def _weight_gradients(model: nn.Module, params: Params, x: Tensor, y: Tensor, *,
                       create_graph: bool) -> list[Tensor]:
-    loss = F.cross_entropy(functional_call(model, params, (x,)), _labels(x, label))
+    loss = F.cross_entropy(functional_call(model, params, (x,)), y)
     return list(torch.autograd.grad(loss, list(params.values()), create_graph=create_graph))
 
 
@@ -109,9 +108,9 @@ def gradient_matching_loss(model: nn.Module, params: Params, synthetic: list[Ten
             if compiled:
                 target = list(compiled_loss_grads(model)(theta, x, _labels(x, c)).values())
             else:
-                target = _weight_gradients(model, theta, channels_last(x) if nhwc else x, c,
-                                           create_graph=False)
-        ours = _weight_gradients(model, theta, syn, c, create_graph=True)
+                target = _weight_gradients(model, theta, channels_last(x) if nhwc else x,
+                                           _labels(x, c), create_graph=False)
+        ours = _weight_gradients(model, theta, syn, _labels(syn, c), create_graph=True)
         term = sum(layer_distance(r.detach(), s) for r, s in zip(target, ours))
         if images is not None:
             (g,) = torch.autograd.grad(term, images)
@@ -139,18 +138,21 @@ class GradientMatching(Objective):
         # DSA trains its networks on the set with per-image augmentation
         self.train_augment = dataclasses.replace(augment, siamese=False) if augment else None
 
-    def networks(self, inits: list[Params], images: Tensor, labels: Tensor,
-                 batch: OuterBatch, model: nn.Module) -> list[Params]:
+    def networks(self, inits: list[Params], images: Tensor, batch: OuterBatch,
+                 model: nn.Module) -> list[Params]:
         """The iteration's networks: ``inits`` at a round's start, else the previous
         iteration's networks (from ``batch.memory``) trained on the set as it is now."""
-        memory = batch.memory if batch.memory is not None else {}
-        if self.outer_loop == 1 or batch.iteration % self.outer_loop == 0:
+        if batch.iteration % self.outer_loop == 0:
             return inits
+        memory = batch.memory if batch.memory is not None else {}
         if memory.get("iteration") != batch.iteration - 1:
             raise RuntimeError(f"gradient matching lost its networks: iteration "
                                f"{batch.iteration} continues iteration {batch.iteration - 1}'s, "
                                f"but the run holds those of {memory.get('iteration')}")
-        x, y = images.detach().flatten(0, 1), labels.flatten().to(images.device)
+        steps, n = images.shape[:2]  # every step's slots are class-major (class_images)
+        x = images.detach().flatten(0, 1)
+        y = torch.arange(self.num_classes, device=x.device).repeat_interleave(
+            n // self.num_classes).repeat(steps)
         return [self.train(model, {k: v.to(images.device) for k, v in p.items()}, x, y,
                            derive_seed(batch.seed, "gm-train", i))
                 for i, p in enumerate(memory["nets"])]
@@ -169,12 +171,12 @@ class GradientMatching(Objective):
                 if self.train_augment is not None:
                     xb = self.train_augment(xb, derive_seed(seed, "dsa", epoch, start))
                 if grads_of is not None:
-                    grads = grads_of(params, xb, yb)
+                    grads = list(grads_of(params, xb, yb).values())
                 else:
                     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-                    loss = F.cross_entropy(functional_call(model, leaves, (xb,)), yb)
-                    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
-                params = {k: (v - self.lr_net * grads[k]).detach() for k, v in params.items()}
+                    grads = _weight_gradients(model, leaves, xb, yb, create_graph=False)
+                params = {k: (v - self.lr_net * g).detach()
+                          for (k, v), g in zip(params.items(), grads)}
         return params
 
     def meta_gradient(self, nets: NetsMetaGradient, inits: list[Params],
@@ -182,11 +184,7 @@ class GradientMatching(Objective):
         model = nets.step.model
         images = learned["images"].detach().requires_grad_(True)  # (S, n, C, H, W)
         synthetic = class_images(images, self.num_classes)
-        labels = plan.get("labels")
-        if labels is None:  # class-major slots in every step
-            labels = torch.arange(self.num_classes).repeat_interleave(
-                images.shape[1] // self.num_classes).expand(images.shape[0], -1)
-        current = self.networks(inits, images, labels, batch, model)
+        current = self.networks(inits, images, batch, model)
         # Channels-last helps fp32 eager kernels on a CPU only; bf16 ones it slows (1.5x
         # on CIFAR-10 ConvNet-128, docs/performance.md).
         nhwc = nets.real_nhwc and nets.precision == "fp32" and not self.compiled
@@ -214,15 +212,7 @@ class GradientMatching(Objective):
 
 @register_objective("gradient")
 def _gradient(cfg, num_classes: int | None) -> Objective:
-    if not draws_fresh_nets(cfg.init.mode):
-        raise ConfigError("--objective gradient matches on fresh networks every iteration: use "
-                          "--init-mode random (or --preset dsa-cifar10-ipc1)")
-    if cfg.synth.learn_labels:
-        raise ConfigError("--objective gradient matches images only; drop --learn-labels")
-    augment = cfg.data.augment
-    if augment == "crop-flip":
-        raise ConfigError("--objective gradient augments a class's real and synthetic images "
-                          "alike: use --augment dsa (DSA's) or none (DC's), not crop-flip")
+    augment = matching_augment(cfg, "gradient", "dsa-cifar10-ipc1", "DSA's", "none (DC's)")
     o, ipc = cfg.objective, cfg.synth.images_per_class
     outer, inner = o.outer_loop, o.inner_loop
     if outer is None or inner is None:
@@ -236,7 +226,5 @@ def _gradient(cfg, num_classes: int | None) -> Objective:
     if outer > 1 and cfg.run.nproc > 1:
         raise ConfigError("--objective gradient with --outer-loop above 1 keeps its networks "
                           "between rounds in one process: use --nproc 1")
-    return GradientMatching(num_classes or 0,
-                            parse_augment(augment) if augment != "none" else None,
-                            compiled=cfg.run.compile, outer_loop=outer, inner_loop=inner,
+    return GradientMatching(num_classes or 0, augment, compiled=cfg.run.compile, outer_loop=outer, inner_loop=inner,
                             lr_net=cfg.synth.step_lr)
