@@ -112,6 +112,7 @@ def problem(preset: str, overrides: list[str], device: str = "cpu"):
         return rt.objective.meta_gradient(rt.nets, inits, learned, batch, labels=rt.labels,
                                           schedule=schedule, window=window)
 
+    once.runtime = rt  # for variants that change one lever of it
     return cfg, once
 
 
@@ -122,19 +123,26 @@ def count(once) -> tuple[int, dict[str, int]]:
     return counter.get_total_flops(), by_op
 
 
-def best_time(once, repeats: int, device: str = "cpu") -> float:
+def best_times(runs, repeats: int, device: str = "cpu") -> list[float]:
+    """The best of ``repeats`` timings of each of ``runs``, timed in turn (A B A B ...)
+    after one warm-up call each (which compiles a compiled one)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    # With the engine's allocator setting, or page faults on fresh blocks are timed too.
     with retain_freed_memory(torch.device(device)):
-        once()
-        best = float("inf")
+        for run in runs:
+            run()
+        best = [float("inf")] * len(runs)
         for _ in range(repeats):
-            sync()
-            t = time.perf_counter()
-            once()
-            sync()
-            best = min(best, time.perf_counter() - t)
+            for i, run in enumerate(runs):
+                sync()
+                t = time.perf_counter()
+                run()
+                sync()
+                best[i] = min(best[i], time.perf_counter() - t)
     return best
+
+
+def best_time(once, repeats: int, device: str = "cpu") -> float:
+    return best_times([once], repeats, device)[0]
 
 
 def train_protocol(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -201,12 +209,28 @@ def _preset_rows(args, threads: list[int], rates: dict[int, float]) -> list[dict
         for width in args.width or [None]:
             sets = args.set + ([f'model.kwargs={{"width": {width}}}'] if width else [])
             cfg, once = problem(preset, sets)
-            flops, by_op = count(once)
-            row = {"name": f"{preset} ({cfg.model_name()}{f', width {width}' if width else ''})",
-                   "T": cfg.total_steps, "batch": cfg.data.batch_size, "gflop": flops / 1e9,
-                   "gflop_by_op": {k: v / 1e9 for k, v in by_op.items()}}
-            _time(row, threads, rates, lambda: best_time(once, args.repeats), args.measure)
-            rows.append(row)
+            flops, by_op = count(once)  # counted eagerly: FLOPs don't depend on compiling
+            # --compile: the eager and the compiled iteration (as `dd distill --compile`),
+            # timed in turn, so that a change in the machine's load hits both
+            variants = [("", once)]
+            if args.compile:
+                variants.append((", compiled", problem(preset, sets + ["run.compile=true"])[1]))
+            for how, _ in variants:
+                row = {"name": f"{preset} ({cfg.model_name()}"
+                               f"{f', width {width}' if width else ''}{how})",
+                       "T": cfg.total_steps, "batch": cfg.data.batch_size,
+                       "gflop": flops / 1e9,
+                       "gflop_by_op": {k: v / 1e9 for k, v in by_op.items()}}
+                row["floor_s"] = {t: row["gflop"] / r for t, r in rates.items()}
+                rows.append(row)
+            if args.measure:
+                runs = [run for _, run in variants]
+                for t in threads:
+                    saved = torch.get_num_threads()
+                    torch.set_num_threads(t)
+                    for row, best in zip(rows[-len(runs):], best_times(runs, args.repeats)):
+                        row.setdefault("measured_s", {})[t] = best
+                    torch.set_num_threads(saved)
     return rows
 
 
@@ -268,7 +292,8 @@ def main() -> None:
     train.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                        help="as `dd eval --precision` (the floor stays fp32's)")
     train.add_argument("--compile", action="store_true",
-                       help="as `dd eval --compile` (compiled before the timed run)")
+                       help="as `dd eval --compile` (compiled before the timed run); with "
+                       "--preset, as `dd distill --compile`")
     args = ap.parse_args()
     threads = args.threads or sorted({1, os.cpu_count() or 1})
     rates = {t: gemm_gflops(2048, t, torch.float32, 10) for t in threads}

@@ -11,6 +11,8 @@
 """
 
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -287,3 +289,78 @@ def test_eval_compile_flag_reaches_the_training_step(tmp_path, monkeypatch):
     assert len(calls) == 2 * 3  # 2 nets x 3 epochs of one batch
     assert rep.settings["compile"] is True and rep.primary.accuracies == plain.primary.accuracies
     assert any("torch.compile" in n for n in rep.notes)
+
+
+# --- torch.compile'd graph-free work of the unrolled family (dd distill --compile) -----
+
+def _windowed_conv_problem():
+    """A ConvNet (32 px, padding 1: no bias-only border whose tied values could sit on
+    the ReLU's kink), SGD with momentum, 6 steps of which the last 3 are differentiated."""
+    from ddcli.core.schedules import CyclicSchedule
+    from ddcli.core.steps import SGD
+
+    g = torch.Generator().manual_seed(0)
+    model = create_model("convnet", in_channels=3, num_classes=4, image_size=32, width=8,
+                         depth=2)
+    init_weights(model, "xavier", generator=torch.Generator().manual_seed(1))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    learned = {"images": torch.randn(2, 8, 3, 32, 32, generator=g),
+               "raw_lrs": raw_from_lrs(torch.full((6,), 0.05))}
+    labels = torch.arange(4).repeat(2).expand(2, 8).contiguous()
+    x, y = torch.randn(48, 3, 32, 32, generator=g), torch.randint(0, 4, (48,), generator=g)
+    plan = dict(labels=labels, schedule=CyclicSchedule(2, 6), window=(3, 6))
+    return model, SGD(momentum=0.9), params, learned, x, y, plan
+
+
+@pytest.mark.parametrize("mode", ["full", "recompute"])
+def test_compiled_prefix_and_outer_loss_give_the_eager_meta_gradient(mode):
+    from ddcli.core import steps
+
+    mg = importlib.import_module("ddcli.core.meta_gradient")  # the package exports a function
+    model, rule, params, learned, x, y, plan = _windowed_conv_problem()
+    eager = NetsMetaGradient(StepFn(model, rule), mode=mode, batch=False)([params], learned,
+                                                                          x, y, **plan)
+    calls = {"grads": 0, "outer": 0}
+    step = StepFn(model, rule, compiled="loss")
+    inner = step._compiled_grads
+
+    def counted(*a):
+        calls["grads"] += 1
+        return inner(*a)
+
+    step._compiled_grads = counted
+    outer = mg.compiled_outer_loss(model, mg.outer_loss)
+    mg._COMPILED_OUTER[model][mg.outer_loss] = lambda *a: (calls.__setitem__(
+        "outer", calls["outer"] + 1), outer(*a))[1]
+    nets = NetsMetaGradient(step, mode=mode, batch=False, compiled=True, outer_chunk=16)
+    compiled = nets([params], learned, x, y, **plan)
+    # the 3 steps before the window (and, in recompute, the window's forward pass) are
+    # compiled; the outer loss is, chunk by chunk (48 images in chunks of 16)
+    assert calls == {"grads": 3 if mode == "full" else 6, "outer": 3}
+    assert model in steps._COMPILED_LOSS
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-5, atol=0)
+    for k, g in eager.grads.items():
+        assert g.abs().sum() > 0
+        # fused kernels round differently, nothing more
+        torch.testing.assert_close(compiled.grads[k], g, rtol=1e-3, atol=1e-5 * g.abs().max())
+
+
+def test_distill_compile_reaches_the_unroll_and_is_refused_where_nothing_compiles():
+    from ddcli.engine.runtime import Runtime
+    from tests._toy import toy_config
+
+    conv = {"model": {"name": "convnet", "init_scheme": "xavier",
+                      "kwargs": {"width": 4, "depth": 2}},
+            "synth": {"steps": 2, "epochs": 2, "window": 2}}
+    rt = Runtime(toy_config(conv, run={"device": "cpu", "compile": True}), toy_data())
+    assert rt.step.compiled == "loss" and rt.nets.compiled and not rt.nets.real_nhwc
+    plain = Runtime(toy_config(conv, run={"device": "cpu"}), toy_data())
+    assert plain.step.compiled is False and not plain.nets.compiled
+    dm = {"objective": {"kind": "distribution"}, "init": {"mode": "random"},
+          "synth": {"steps": 1, "epochs": 1, "images_per_class": 1, "window": None},
+          "data": {"augment": "dsa"}}
+    toy_config(conv, dm).validate()
+    with pytest.raises(ConfigError, match="--compile has nothing to compile"):
+        toy_config(conv, dm, run={"compile": True}).validate()
+    with pytest.raises(ValueError, match="compiled must be one of"):
+        StepFn(rt.model, compiled="fast")

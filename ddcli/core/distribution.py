@@ -148,5 +148,8 @@ def matching_augment(cfg, kind: str, preset: str, dsa: str, none: str = "none") 
 
 @register_objective("distribution")
 def _distribution(cfg, num_classes: int | None) -> Objective:
+    if cfg.run.compile:
+        raise ConfigError("--compile has nothing to compile under --objective distribution "
+                          "(no gradient steps); leave it off")
     return DistributionMatching(num_classes or 0,
                                 matching_augment(cfg, "distribution", "dm-mnist-ipc10", "DM's"))

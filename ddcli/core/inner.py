@@ -69,8 +69,9 @@ class InnerLoop:
             return self.inner_batch_per_class * (self.images_per_step // self.images_per_class)
         return self.inner_batch or self.images_per_step
 
-    def step_fn(self, model: nn.Module) -> StepFn:
-        return StepFn(model, self.rule)
+    def step_fn(self, model: nn.Module, *, compiled: bool | str = False) -> StepFn:
+        """The step map of this loop's rule; ``compiled``: as ``StepFn``'s."""
+        return StepFn(model, self.rule, compiled=compiled)
 
     def schedule(self, seed: int, *, per_net: bool = False, augment: bool = False) -> Schedule:
         """The schedule of one unroll: minibatches drawn from ``seed`` (pool mode), and

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+import weakref
 from typing import Callable, Iterator
 
 import torch
@@ -56,7 +57,7 @@ from torch.func import functional_call, vmap
 from ddcli.core.metrics import activation_floats
 from ddcli.core.params import Params, stack_params
 from ddcli.core.schedules import Schedule
-from ddcli.core.steps import StepFn
+from ddcli.core.steps import StepFn, _compile_settings
 from ddcli.core.unroll import MetaGradient, OuterFn, differentiate_unroll
 
 OuterLoss = Callable[[nn.Module, Params, Tensor, Tensor], Tensor]
@@ -101,14 +102,33 @@ def channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+_COMPILED_OUTER: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def compiled_outer_loss(model: nn.Module, loss_fn: OuterLoss):
+    """``(params, x, y) -> loss_fn(model, params, x, y)`` under ``torch.compile``, cached
+    per model and loss. Its gradient is taken by autograd, so AOTAutograd compiles the
+    backward pass too (inductor fuses the norm, ReLU and pooling layers with theirs)."""
+    per_model = _COMPILED_OUTER.setdefault(model, {})
+    if loss_fn not in per_model:
+        _compile_settings()
+
+        def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
+            return loss_fn(model, params, x, y)
+
+        per_model[loss_fn] = torch.compile(loss, dynamic=False)
+    return per_model[loss_fn]
+
+
 def real_batch_adjoint(model: nn.Module, loss_fn: OuterLoss, real_x: Tensor, real_y: Tensor,
                        *, chunk: int | None = None, precision: str = "fp32",
-                       batched: bool = False, nhwc: bool = False):
+                       batched: bool = False, nhwc: bool = False, compiled: bool = False):
     """The ``outer`` of ``loss_fn`` (a mean over the real images): L and a_N, by chunks.
 
     ``batched``: the final weights are N stacked nets, evaluated together with vmap;
     the value is the sum of their losses. ``nhwc``: give the model its images
-    channels-last (the same numbers; other kernels).
+    channels-last (the same numbers; other kernels). ``compiled``: one net's loss
+    through ``compiled_outer_loss`` (the same value and gradient to rounding).
     """
     n = real_x.shape[0]
     parts = outer_chunks(n, chunk)
@@ -118,6 +138,8 @@ def real_batch_adjoint(model: nn.Module, loss_fn: OuterLoss, real_x: Tensor, rea
 
         def loss(params, x, y):
             return per_net(params, x, y).sum()
+    elif compiled:
+        loss = compiled_outer_loss(model, loss_fn)
     else:
         def loss(params, x, y):
             return loss_fn(model, params, x, y)
@@ -166,6 +188,7 @@ def batched_outer(model: nn.Module, loss_fn: OuterLoss, real_x: Tensor, real_y: 
                   **options):
     if real_x.device.type == "cpu":
         return looped_outer(model, loss_fn, real_x, real_y, **options)
+    options.pop("compiled", None)  # N nets stacked under vmap stay eager
     return real_batch_adjoint(model, loss_fn, real_x, real_y, batched=True, **options)
 
 
@@ -207,18 +230,23 @@ class NetsMetaGradient:
         outer_chunk: real images per outer-loss chunk; None: what
             ``OUTER_ACTIVATION_BUDGET`` allows for this model; 0: the whole batch at once.
         precision: "fp32", or "bf16-outer" (the outer loss under bfloat16 autocast).
-        real_nhwc: give a convolutional model its real batch channels-last.
+        real_nhwc: give a convolutional model its real batch channels-last (not when
+            ``compiled``: inductor picks its own layouts).
+        compiled: one net's outer loss and its gradient through ``torch.compile``
+            (``compiled_outer_loss``); the step map's graph-free steps are compiled by
+            ``StepFn(compiled=...)``, not here.
     """
 
     def __init__(self, step: StepFn, *, mode: str, batch: bool = True,
                  inner_threads: int | None = None, inner_onednn: bool | None = None,
                  loss_fn: OuterLoss = outer_loss, outer_chunk: int | None = None,
-                 precision: str = "fp32", real_nhwc: bool = False) -> None:
+                 precision: str = "fp32", real_nhwc: bool = False,
+                 compiled: bool = False) -> None:
         _check_precision(precision)
-        self.step, self.mode, self.batch = step, mode, batch
+        self.step, self.mode, self.batch, self.compiled = step, mode, batch, compiled
         self.inner_threads, self.inner_onednn, self.loss_fn = inner_threads, inner_onednn, loss_fn
         self.outer_chunk, self.precision = outer_chunk, precision
-        self.real_nhwc = real_nhwc and any(isinstance(m, nn.Conv2d) for m in step.model.modules())
+        self.real_nhwc = real_nhwc and not compiled and any(isinstance(m, nn.Conv2d) for m in step.model.modules())
         self.fallback_reason: str | None = None
         self._chunks: dict[tuple[int, ...], int] = {}
 
@@ -242,7 +270,7 @@ class NetsMetaGradient:
                  loss_fn: OuterLoss | None = None) -> MetaGradient:
         model, loss_fn = self.step.model, loss_fn or self.loss_fn
         options = dict(chunk=self.chunk_for(real_x), precision=self.precision,
-                       nhwc=self.real_nhwc and real_x.dim() == 4)
+                       nhwc=self.real_nhwc and real_x.dim() == 4, compiled=self.compiled)
 
         one: list[OuterFn] = []  # every net's outer is the same function: build it once
 

@@ -209,6 +209,10 @@ def compiled_loss_grads(model: nn.Module):
     return _COMPILED_LOSS[model]
 
 
+#: ``StepFn(compiled=...)``: eager, ``compiled_grads`` (True or "grad"), ``compiled_loss_grads``.
+COMPILE_KINDS = (False, True, "grad", "loss")
+
+
 def _sqrt(v: Tensor) -> Tensor:
     """sqrt(v) for v >= 0, bit for bit, whose derivative at v = 0 is 0 (not inf)."""
     if not v.requires_grad:
@@ -228,8 +232,11 @@ class StepFn:
             its own batch); shared by all nets otherwise.
         per_net_targets: with ``batched``, y carries a leading N dimension (default:
             as ``per_net_data``).
-        compiled: run graph-free steps of one net through ``torch.compile``
-            (``compiled_grads``); steps with ``create_graph`` and stacked nets stay eager.
+        compiled: run graph-free steps of one net through ``torch.compile``: True or
+            "grad" compiles ``torch.func.grad`` of the loss (``compiled_grads``, the
+            evaluation's), "loss" the loss with AOTAutograd's backward
+            (``compiled_loss_grads``, distillation's); steps with ``create_graph`` and
+            stacked nets stay eager.
 
     Example:
         >>> step = StepFn(model, SGD(momentum=0.9))  # doctest: +SKIP
@@ -239,14 +246,19 @@ class StepFn:
 
     def __init__(self, model: nn.Module, rule: UpdateRule | None = None, *,
                  batched: bool = False, per_net_data: bool = False,
-                 per_net_targets: bool | None = None, compiled: bool = False) -> None:
+                 per_net_targets: bool | None = None, compiled: bool | str = False) -> None:
         self.model, self.rule = model, rule or GD()
         self.batched, self.per_net_data = batched, per_net_data
         self.per_net_targets = per_net_data if per_net_targets is None else per_net_targets
 
         self._loss = loss = model_loss(model)
-        self.compiled = compiled and not batched
-        self._compiled_grads = compiled_grads(model) if self.compiled else None
+        if compiled not in COMPILE_KINDS:
+            raise ValueError(f"compiled must be one of {COMPILE_KINDS}, got {compiled!r}")
+        self.compiled = compiled if compiled and not batched else False
+        self._compiled_grads = None
+        if self.compiled:
+            use = compiled_loss_grads if self.compiled == "loss" else compiled_grads
+            self._compiled_grads = use(model)
         if batched:
             dims = (0, 0 if per_net_data else None, 0 if self.per_net_targets else None)
             self._grads = vmap(grad(loss), in_dims=dims)

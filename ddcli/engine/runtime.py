@@ -59,7 +59,11 @@ class Runtime:
         self.model.to(self.device)
         k = cfg.synth.images_per_class
         self.inner = InnerLoop.from_config(cfg, d.num_classes * k)
-        self.step = self.inner.step_fn(self.model)
+        self.objective = make_objective(cfg, d.num_classes)
+        # --compile: the unroll's graph-free steps and the real-batch outer loss under
+        # torch.compile (an objective that does not unroll compiles its own work)
+        compiled = cfg.run.compile and self.objective.unrolls
+        self.step = self.inner.step_fn(self.model, compiled="loss" if compiled else False)
         step_floats = self.inner.batch_size * activation_floats(
             self.model, (d.in_channels, d.image_size, d.image_size))
         self.nets = NetsMetaGradient(self.step, mode=cfg.run.unroll_memory,
@@ -67,7 +71,8 @@ class Runtime:
                                      inner_threads=_device.inner_threads(self.device, step_floats),
                                      inner_onednn=_device.unroll_onednn(self.device, step_floats),
                                      precision=cfg.run.precision,
-                                     real_nhwc=_device.real_batch_nhwc(self.device))
+                                     real_nhwc=_device.real_batch_nhwc(self.device),
+                                     compiled=compiled)
         self.train_x, self.train_y = d.train_x.to(self.device), d.train_y.to(self.device)
         self.val_x = self.val_y = None
         if cfg.data.validation:  # real batches never come from the held-out images
@@ -76,7 +81,6 @@ class Runtime:
             self.train_x, self.train_y = self.train_x[train], self.train_y[train]
         self.test_x, self.test_y = d.test_x.to(self.device), d.test_y.to(self.device)
         self.real_dsa = self.inner.augment  # DSA on the real batch too
-        self.objective = make_objective(cfg, d.num_classes)
         if self.objective.needs == CLASS_BATCHES:
             self.sampler = ClassBatchSampler(self.train_y, d.num_classes, cfg.data.batch_size,
                                              derive_seed(cfg.init.seed, "class-batches"))
