@@ -57,7 +57,7 @@ from torch.func import functional_call, vmap
 from ddcli.core.metrics import activation_floats
 from ddcli.core.params import Params, stack_params
 from ddcli.core.schedules import Schedule
-from ddcli.core.steps import StepFn, _compile_settings
+from ddcli.core.steps import StepFn, compile_settings
 from ddcli.core.unroll import MetaGradient, OuterFn, differentiate_unroll
 
 OuterLoss = Callable[[nn.Module, Params, Tensor, Tensor], Tensor]
@@ -111,7 +111,7 @@ def compiled_outer_loss(model: nn.Module, loss_fn: OuterLoss):
     backward pass too (inductor fuses the norm, ReLU and pooling layers with theirs)."""
     per_model = _COMPILED_OUTER.setdefault(model, {})
     if loss_fn not in per_model:
-        _compile_settings()
+        compile_settings()
 
         def loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
             return loss_fn(model, params, x, y)
@@ -246,7 +246,8 @@ class NetsMetaGradient:
         self.step, self.mode, self.batch, self.compiled = step, mode, batch, compiled
         self.inner_threads, self.inner_onednn, self.loss_fn = inner_threads, inner_onednn, loss_fn
         self.outer_chunk, self.precision = outer_chunk, precision
-        self.real_nhwc = real_nhwc and not compiled and any(isinstance(m, nn.Conv2d) for m in step.model.modules())
+        convolutional = any(isinstance(m, nn.Conv2d) for m in step.model.modules())
+        self.real_nhwc = real_nhwc and not compiled and convolutional
         self.fallback_reason: str | None = None
         self._chunks: dict[tuple[int, ...], int] = {}
 

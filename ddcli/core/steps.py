@@ -153,7 +153,8 @@ _COMPILED: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDicti
 COMPILED_GRAPHS = 64
 
 
-def _compile_settings() -> None:
+def compile_settings() -> None:
+    """torch.compile's process-wide settings for ddcli's compiled functions."""
     import logging
 
     import torch._dynamo
@@ -180,7 +181,7 @@ def compiled_grads(model: nn.Module):
     which bench/check_results.py reproduces to 4 decimals, was made with this one.
     """
     if model not in _COMPILED:
-        _compile_settings()
+        compile_settings()
         _COMPILED[model] = torch.compile(grad(model_loss(model)), dynamic=False)
     return _COMPILED[model]
 
@@ -196,7 +197,7 @@ def compiled_loss_grads(model: nn.Module):
     and its networks' training between rounds use it.
     """
     if model not in _COMPILED_LOSS:
-        _compile_settings()
+        compile_settings()
         loss = torch.compile(model_loss(model), dynamic=False)
 
         def grads(params: Params, x: Tensor, y: Tensor) -> Params:
