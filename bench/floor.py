@@ -112,7 +112,6 @@ def problem(preset: str, overrides: list[str], device: str = "cpu"):
         return rt.objective.meta_gradient(rt.nets, inits, learned, batch, labels=rt.labels,
                                           schedule=schedule, window=window)
 
-    once.runtime = rt  # for variants that change one lever of it
     return cfg, once
 
 
@@ -127,6 +126,7 @@ def best_times(runs, repeats: int, device: str = "cpu") -> list[float]:
     """The best of ``repeats`` timings of each of ``runs``, timed in turn (A B A B ...)
     after one warm-up call each (which compiles a compiled one)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    # With the engine's allocator setting, or page faults on fresh blocks are timed too.
     with retain_freed_memory(torch.device(device)):
         for run in runs:
             run()
@@ -216,21 +216,14 @@ def _preset_rows(args, threads: list[int], rates: dict[int, float]) -> list[dict
             if args.compile:
                 variants.append((", compiled", problem(preset, sets + ["run.compile=true"])[1]))
             for how, _ in variants:
-                row = {"name": f"{preset} ({cfg.model_name()}"
-                               f"{f', width {width}' if width else ''}{how})",
-                       "T": cfg.total_steps, "batch": cfg.data.batch_size,
-                       "gflop": flops / 1e9,
-                       "gflop_by_op": {k: v / 1e9 for k, v in by_op.items()}}
-                row["floor_s"] = {t: row["gflop"] / r for t, r in rates.items()}
-                rows.append(row)
-            if args.measure:
-                runs = [run for _, run in variants]
-                for t in threads:
-                    saved = torch.get_num_threads()
-                    torch.set_num_threads(t)
-                    for row, best in zip(rows[-len(runs):], best_times(runs, args.repeats)):
-                        row.setdefault("measured_s", {})[t] = best
-                    torch.set_num_threads(saved)
+                rows.append({"name": f"{preset} ({cfg.model_name()}"
+                                     f"{f', width {width}' if width else ''}{how})",
+                             "T": cfg.total_steps, "batch": cfg.data.batch_size,
+                             "gflop": flops / 1e9,
+                             "gflop_by_op": {k: v / 1e9 for k, v in by_op.items()}})
+            runs = [run for _, run in variants]
+            _time(rows[-len(runs):], threads, rates,
+                  lambda runs=runs: best_times(runs, args.repeats), args.measure)
     return rows
 
 
@@ -247,23 +240,26 @@ def _train_rows(args, threads: list[int], rates: dict[int, float]) -> list[dict[
                    f"epochs, augment {args.augment}, {args.n_test} test images, "
                    f"{' '.join(how)}",
                    T=args.epochs, batch=min(x.shape[0], 256))
-        _time(row, threads, rates, lambda: train_protocol(
+        _time([row], threads, rates, lambda: [train_protocol(
             model, x, y, test_x, test_y, precision=args.precision, compiled=args.compile,
-            **size)["measured_s"], args.measure)
+            **size)["measured_s"]], args.measure)
         rows.append(row)
     return rows
 
 
-def _time(row: dict[str, Any], threads: list[int], rates: dict[int, float], timer,
+def _time(rows: list[dict[str, Any]], threads: list[int], rates: dict[int, float], timer,
           measure: bool) -> None:
-    row["floor_s"] = {t: row["gflop"] / r for t, r in rates.items()}
+    """Each row's floor at each thread count; with ``measure``, its measured time:
+    ``timer()`` returns one time per row, for all of them at once (timed in turn)."""
+    for row in rows:
+        row["floor_s"] = {t: row["gflop"] / r for t, r in rates.items()}
     if not measure:
         return
-    row["measured_s"] = {}
     saved = torch.get_num_threads()
     for t in threads:
         torch.set_num_threads(t)
-        row["measured_s"][t] = timer()
+        for row, seconds in zip(rows, timer()):
+            row.setdefault("measured_s", {})[t] = seconds
     torch.set_num_threads(saved)
 
 
