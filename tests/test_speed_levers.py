@@ -253,9 +253,9 @@ def test_compiled_training_steps_equal_the_eager_ones():
               reset_momentum=True, augment=parse_augment("dsa"))
     graphs = counters["stats"]["unique_graphs"]
     [(_, eager)] = train_nets(model, [p0], x, y, **kw)
-    assert model not in steps._COMPILED and counters["stats"]["unique_graphs"] == graphs
+    assert model not in steps._COMPILED_LOSS and counters["stats"]["unique_graphs"] == graphs
     [(_, compiled)] = train_nets(model, [p0], x, y, compiled=True, **kw)
-    assert model in steps._COMPILED
+    assert model in steps._COMPILED_LOSS and model not in steps._COMPILED
     # batches of 5, 5 and 2: one graph per shape, compiled once and reused
     assert counters["stats"]["unique_graphs"] - graphs == 2
     for k in eager:
@@ -280,7 +280,7 @@ def test_eval_compile_flag_reaches_the_training_step(tmp_path, monkeypatch):
                 return step.grads(params, x, y, create_graph=False)
         return grads
 
-    monkeypatch.setattr(steps, "compiled_grads", eager_grads)
+    monkeypatch.setattr(steps, "compiled_loss_grads", eager_grads)
     data, path = _toy_bundle(tmp_path)
     kw = dict(data=data, protocol="train", train_epochs=3, n_nets=2, train_lr=0.05)
     plain = evaluate_bundle(path, **kw)
@@ -289,6 +289,49 @@ def test_eval_compile_flag_reaches_the_training_step(tmp_path, monkeypatch):
     assert len(calls) == 2 * 3  # 2 nets x 3 epochs of one batch
     assert rep.settings["compile"] is True and rep.primary.accuracies == plain.primary.accuracies
     assert any("torch.compile" in n for n in rep.notes)
+
+
+@pytest.mark.parametrize("in_ch, padding, size", [(1, 3, 28), (1, 1, 8), (3, 1, 7)])
+def test_conv3x3_as_1x1_is_the_convolution(in_ch, padding, size):
+    from ddcli.models._convnet import conv3x3_as_1x1
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, in_ch, size, size + 2, dtype=torch.float64, generator=g)
+    w = torch.randn(5, in_ch, 3, 3, dtype=torch.float64, generator=g)
+    b = torch.randn(5, dtype=torch.float64, generator=g)
+    for t in (x, w, b):
+        t.requires_grad_(True)
+    want = F.conv2d(x, w, b, padding=padding)
+    got = conv3x3_as_1x1(x, w, b, padding)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    cot = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    for gw, gg in zip(torch.autograd.grad(want, (x, w, b), cot),
+                      torch.autograd.grad(got, (x, w, b), cot)):
+        torch.testing.assert_close(gg, gw, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_one_channel_convnet_takes_the_1x1_form():
+    import torch._dynamo
+
+    graphs = []
+
+    def capture(gm, example_inputs):  # a torch.compile backend that keeps the graph
+        graphs.append(gm)
+        return gm.forward
+
+    for in_ch, stacked in ((1, True), (3, False)):
+        model = create_model("convnet", in_channels=in_ch, num_classes=3, image_size=28,
+                             width=4, depth=2).double()
+        x = torch.randn(2, in_ch, 28, 28, dtype=torch.float64)
+        torch._dynamo.reset()
+        graphs.clear()
+        out = torch.compile(model, backend=capture, fullgraph=True)(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-10, atol=1e-12)
+        [gm] = graphs
+        code = gm.code
+        assert ("torch.cat" in code) == stacked, code
+        assert code.count("conv2d") == 2  # the first (either form) and the second
 
 
 # --- torch.compile'd graph-free work of the unrolled family (dd distill --compile) -----

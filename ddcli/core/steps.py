@@ -169,16 +169,17 @@ def compile_settings() -> None:
 def compiled_grads(model: nn.Module):
     """``(params, x, y) -> grads``: the inner loss's gradient under ``torch.compile``
     (inductor fuses instance norm, ReLU and pooling with their backward passes), cached
-    per model; ``dd eval --compile``'s training step. Only the gradient is compiled: the
-    update rule runs eagerly, as inductor (torch 2.14, CPU) computed a wrong Linear
-    weight step when the gradient and an update that reads the weight were one graph.
-    Not bit-exact with the eager gradient: fused kernels round differently
-    (tests/test_speed_levers.py states the tolerance).
+    per model. Only the gradient is compiled: the update rule runs eagerly, as inductor
+    (torch 2.14, CPU) computed a wrong Linear weight step when the gradient and an
+    update that reads the weight were one graph. Not bit-exact with the eager gradient:
+    fused kernels round differently (tests/test_speed_levers.py states the tolerance).
 
-    This compiles ``torch.func.grad`` of the loss; ``compiled_loss_grads`` is faster
-    (AOTAutograd compiles the backward too), by 5 % on an evaluation's training step,
-    but its rounding differs, and every ``--compile`` figure in results/index.json,
-    which bench/check_results.py reproduces to 4 decimals, was made with this one.
+    This compiles ``torch.func.grad`` of the loss (``StepFn(compiled="grad")``);
+    ``compiled_loss_grads``, where AOTAutograd compiles the backward pass too, is what
+    ddcli uses: 1.7x this on an evaluation's training step (ConvNet-128, bf16; with the
+    one-channel first layer as ``conv3x3_as_1x1``, MNIST's too). The rows in
+    results/index.json evaluated with ``--compile`` before 2026-12-07 used this one and
+    name the commit that reproduces them.
     """
     if model not in _COMPILED:
         compile_settings()
@@ -193,8 +194,9 @@ def compiled_loss_grads(model: nn.Module):
     """``(params, x, y) -> grads``, as ``compiled_grads``, with the loss compiled and
     differentiated by autograd, so AOTAutograd compiles its backward pass as well:
     4.1x eager fp32 under bf16 on a CIFAR-10 ConvNet-128 batch of 256, where compiling
-    ``torch.func.grad`` gave 1.3x (docs/performance.md). Gradient matching's real side
-    and its networks' training between rounds use it.
+    ``torch.func.grad`` gave 1.3x (docs/performance.md). ``dd eval --compile``'s training
+    steps, gradient matching's real side and its networks' training between rounds, and
+    the graph-free steps of ``dd distill --compile`` use it.
     """
     if model not in _COMPILED_LOSS:
         compile_settings()
@@ -210,7 +212,7 @@ def compiled_loss_grads(model: nn.Module):
     return _COMPILED_LOSS[model]
 
 
-#: ``StepFn(compiled=...)``: eager, ``compiled_grads`` (True or "grad"), ``compiled_loss_grads``.
+#: ``StepFn(compiled=...)``: eager, ``compiled_loss_grads`` (True or "loss"), ``compiled_grads`` ("grad").
 COMPILE_KINDS = (False, True, "grad", "loss")
 
 
@@ -234,9 +236,9 @@ class StepFn:
         per_net_targets: with ``batched``, y carries a leading N dimension (default:
             as ``per_net_data``).
         compiled: run graph-free steps of one net through ``torch.compile``: True or
-            "grad" compiles ``torch.func.grad`` of the loss (``compiled_grads``, the
-            evaluation's), "loss" the loss with AOTAutograd's backward
-            (``compiled_loss_grads``, distillation's); steps with ``create_graph`` and
+            "loss" compiles the loss with AOTAutograd's backward
+            (``compiled_loss_grads``), "grad" ``torch.func.grad`` of the loss
+            (``compiled_grads``, kept for comparison); steps with ``create_graph`` and
             stacked nets stay eager.
 
     Example:
@@ -258,7 +260,7 @@ class StepFn:
         self.compiled = compiled if compiled and not batched else False
         self._compiled_grads = None
         if self.compiled:
-            use = compiled_loss_grads if self.compiled == "loss" else compiled_grads
+            use = compiled_grads if self.compiled == "grad" else compiled_loss_grads
             self._compiled_grads = use(model)
         if batched:
             dims = (0, 0 if per_net_data else None, 0 if self.per_net_targets else None)

@@ -223,7 +223,7 @@ def train_nets(
             draws seeded by (seeds[j], step), so a net trains the same batched or alone.
         progress: called as ``progress(done, total)`` in net-epochs, once an epoch.
         compiled: one net at a time, each step through ``torch.compile``
-            (``ddcli.core.steps.compiled_grads``); vmapped groups stay eager.
+            (``ddcli.core.steps.compiled_loss_grads``); vmapped groups stay eager.
 
     Yields:
         (net indices, their weights stacked as (G, ...)), in order.

@@ -69,7 +69,7 @@ class EvalConfig:
         precision: train protocols: "fp32", or "bf16" (training and testing under
             bfloat16 autocast; the weights and the SGD update stay fp32).
         compile: train protocols: each net's gradient through ``torch.compile``
-            (``ddcli.core.steps.compiled_grads``; nets one at a time, not vmapped).
+            (``ddcli.core.steps.compiled_loss_grads``; nets one at a time, not vmapped).
         baseline_labels: sets with learned soft labels: the baselines train on their real
             images' classes ("hard") or on the set's labels slot by slot ("set").
         init_scheme: weight init of fresh nets (default: the bundle's, else xavier).
