@@ -109,6 +109,60 @@ def test_gradient_matches_plain_autograd_of_the_embedding_means(augment, nhwc):
     torch.testing.assert_close(grad, leaf.grad, rtol=1e-10, atol=1e-12)
 
 
+def _plain_dm(model, inits, images, real, classes, k, real_embedding=None):
+    """The DM loss and image gradient by plain autograd, the real side given or eager."""
+    leaf = images.clone().requires_grad_(True)
+    total = 0
+    for p in inits:
+        for c in range(classes):
+            r, s = real[c], leaf[0, c * k:(c + 1) * k]
+            t = real_embedding(p, r) if real_embedding else _convnet_embedding(p, r).mean(0)
+            total = total + (t.detach() - _convnet_embedding(p, s).mean(0)).pow(2).sum()
+    total.backward()
+    return total.detach(), leaf.grad
+
+
+def test_the_compiled_real_side_gives_the_same_loss_and_gradient():
+    classes, k = 3, 2
+    images, real = _set(classes, k)
+    model = create_model("convnet", in_channels=1, num_classes=classes, image_size=8,
+                         width=4, depth=2).double()
+    inits = [{n: v.double() for n, v in init_params(model, "default", s).items()} for s in (1, 2)]
+    assert make_objective(toy_config(DM, run={"compile": True}), classes).compiled
+    loss, grad = _grad(DistributionMatching(classes, compiled=True), model, inits, images,
+                       real, nhwc=True)
+    want_loss, want = _plain_dm(model, inits, images, real, classes, k)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-12)
+
+
+def test_bf16_outer_computes_the_real_side_only_under_bfloat16():
+    classes, k = 3, 2
+    images64, real64 = _set(classes, k)
+    images, real = images64.float(), [r.float() for r in real64]
+    model = create_model("convnet", in_channels=1, num_classes=classes, image_size=8,
+                         width=4, depth=2)
+    inits = [init_params(model, "default", 1)]
+    autocast = []
+    hook = model.features[0].register_forward_pre_hook(
+        lambda m, args: autocast.append(torch.is_autocast_enabled("cpu")))
+    nets = NetsMetaGradient(StepFn(model), mode="full", batch=False, precision="bf16-outer")
+    out = DistributionMatching(classes).meta_gradient(
+        nets, inits, {"images": images}, OuterBatch(3, per_class=real))
+    hook.remove()
+    assert autocast == [True, False] * classes  # each class: the real side, then ours
+
+    def real_bf16(p, r):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return _convnet_embedding(p, r).mean(0).float()
+
+    want_loss, want = _plain_dm(model, inits, images, real, classes, k, real_bf16)
+    torch.testing.assert_close(out.loss, want_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.grads["images"], want, rtol=1e-5, atol=1e-6)
+    fp32_loss, _ = _plain_dm(model, inits, images, real, classes, k)
+    assert out.loss != fp32_loss and torch.isclose(out.loss, fp32_loss, rtol=0.05)
+
+
 def test_embedding_is_the_input_of_the_last_linear_layer():
     model = create_model("convnet", in_channels=1, num_classes=3, image_size=8, width=4, depth=2)
     p = init_params(model, "default", 0)

@@ -388,7 +388,7 @@ def test_compiled_prefix_and_outer_loss_give_the_eager_meta_gradient(mode):
         torch.testing.assert_close(compiled.grads[k], g, rtol=1e-3, atol=1e-5 * g.abs().max())
 
 
-def test_distill_compile_reaches_the_unroll_and_is_refused_where_nothing_compiles():
+def test_distill_compile_reaches_the_unroll_and_dm_s_real_side():
     from ddcli.engine.runtime import Runtime
     from tests._toy import toy_config
 
@@ -402,8 +402,8 @@ def test_distill_compile_reaches_the_unroll_and_is_refused_where_nothing_compile
     dm = {"objective": {"kind": "distribution"}, "init": {"mode": "random"},
           "synth": {"steps": 1, "epochs": 1, "images_per_class": 1, "window": None},
           "data": {"augment": "dsa"}}
-    toy_config(conv, dm).validate()
-    with pytest.raises(ConfigError, match="--compile has nothing to compile"):
-        toy_config(conv, dm, run={"compile": True}).validate()
+    # DM unrolls nothing: --compile reaches its real side (tests/test_distribution.py)
+    dm_rt = Runtime(toy_config(conv, dm, run={"device": "cpu", "compile": True}), toy_data())
+    assert dm_rt.objective.compiled and dm_rt.step.compiled is False
     with pytest.raises(ValueError, match="compiled must be one of"):
         StepFn(rt.model, compiled="fast")
