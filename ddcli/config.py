@@ -228,10 +228,10 @@ class RunConfig(Section):
                            resumable=True)
     log_every: int = _flag(10, "Append to metrics.jsonl.", OUTPUT, resumable=True)
     # Not resumable: bf16-outer changes the meta-gradient beyond rounding (performance.md).
-    precision: str = _flag("fp32", "fp32, or bf16-outer: the real-batch loss in bfloat16.",
+    precision: str = _flag("fp32", "fp32, or bf16-outer: the real-batch side in bfloat16.",
                            SCALE, choices=PRECISIONS, metavar="PREC")
     # Not resumable: fused kernels round differently from eager ones.
-    compile: bool = _flag(False, "torch.compile the graph-free gradients.",
+    compile: bool = _flag(False, "torch.compile the graph-free work (steps, real side).",
                           SCALE)
     nproc: int = _flag(1, "Processes to split the nets over.", SCALE,
                        resumable=True)
