@@ -55,6 +55,7 @@ runs the preset's default (``full``). Random draws (init, images, batches) diffe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -249,6 +250,23 @@ def ddcli_config(dataset: str, data_root: str | None) -> dict[str, Any]:
         "data": {"data_root": data_root}, "run": quiet}).to_dict()
 
 
+def with_settings(config: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    """``config`` with SECTION.KEY=VALUE settings (VALUE read as JSON, else a string)."""
+    out = json.loads(json.dumps(config))
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and section in out and isinstance(out[section], dict)):
+            raise SystemExit(f"error: --also {item!r}: expected SECTION.KEY=VALUE with a "
+                             f"section of the config ({', '.join(sorted(out))})")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[section][name] = value
+    return out
+
+
 def _check_deps(python: str, env: dict[str, str]) -> None:
     code = "import " + ", ".join(REFERENCE_DEPS)
     proc = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True)
@@ -272,14 +290,20 @@ def caption(threads: int | None) -> str:
 
 
 def summary(runs: list[dict[str, Any]]) -> list[list[Any]]:
-    """Min and median of each side over the rounds, and ddcli / reference."""
+    """Min and median of each ddcli variant and of the reference over the rounds, and
+    the variant / reference; then each side's peak RSS."""
+    sides = list(dict.fromkeys(r["side"] for r in runs if r["side"] != "reference"))
+    by = {side: [r for r in runs if r["side"] == side] for side in ["reference", *sides]}
     rows = []
-    by = {side: [r for r in runs if r["side"] == side] for side in ("reference", "ddcli")}
-    for stat, f in (("min", min), ("median", statistics.median)):
-        ref, dd = (f(r["s_per_iter"] for r in by[s]) for s in ("reference", "ddcli"))
-        rows.append([stat, f"{ref:.3f}", f"{dd:.3f}", f"{dd / ref:.2f}x"])
-    ref_rss, dd_rss = (max(r["peak_rss"] for r in by[s]) for s in ("reference", "ddcli"))
-    rows.append(["peak RSS (max)", mib(ref_rss), mib(dd_rss), f"{dd_rss / ref_rss:.2f}x"])
+    for side in sides:
+        for stat, f in (("min", min), ("median", statistics.median)):
+            ref, dd = (f(r["s_per_iter"] for r in by[s]) for s in ("reference", side))
+            rows.append([f"{side}, {stat}", f"{ref:.3f}", f"{dd:.3f}", f"{dd / ref:.2f}x"])
+    ref_rss = max(r["peak_rss"] for r in by["reference"])
+    for side in sides:
+        dd_rss = max(r["peak_rss"] for r in by[side])
+        rows.append([f"{side}, peak RSS (max)", mib(ref_rss), mib(dd_rss),
+                     f"{dd_rss / ref_rss:.2f}x"])
     return rows
 
 
@@ -297,6 +321,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     ap.add_argument("--rounds", type=int, default=3, help="reference, ddcli, reference, ...")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per reference run")
+    ap.add_argument("--also", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="also time ddcli with these settings (repeatable, one variant), in "
+                         "the same rounds: e.g. run.precision=bf16-outer")
     args = ap.parse_args()
     if not args.reference.is_dir():
         raise SystemExit(f"error: --reference {args.reference} is not a folder")
@@ -312,6 +339,9 @@ def main() -> None:
     _check_deps(args.reference_python, ref_env)
     data_root = str(Path(args.data_root).resolve()) if args.data_root else None
     config = ddcli_config(args.dataset, args.data_root)
+    variants = {"ddcli": config}
+    if args.also:
+        variants["ddcli " + " ".join(args.also)] = with_settings(config, args.also)
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -326,12 +356,14 @@ def main() -> None:
             ref = measure_reference(cmd, cwd=copy, env=ref_env, warmup=args.warmup,
                                     iterations=args.iterations, timeout=args.timeout)
             runs.append({"side": "reference", "round": r + 1, **ref})
-            dd = measure(config, iterations=args.iterations, warmup=args.warmup,
-                         threads=args.threads)
-            runs.append({"side": "ddcli", "round": r + 1, **dd})
+            times = []
+            for side, cfg in variants.items():
+                dd = measure(cfg, iterations=args.iterations, warmup=args.warmup,
+                             threads=args.threads)
+                runs.append({"side": side, "round": r + 1, **dd})
+                times.append(f"{side} {dd['s_per_iter']:.3f}")
             print(f"round {r + 1}: reference {ref['s_per_iter']:.3f} s/iter (its iterations "
-                  f"{ref['first']}-{ref['last']}, from 0), ddcli {dd['s_per_iter']:.3f}",
-                  file=sys.stderr)
+                  f"{ref['first']}-{ref['last']}, from 0), {', '.join(times)}", file=sys.stderr)
 
     rows = [[r["round"], r["side"], f"{r['s_per_iter']:.3f}", f"{r['cpu_s_per_iter']:.3f}",
              mib(r["peak_rss"]),

@@ -103,15 +103,29 @@ def test_cpu_time_and_running_children_are_read_from_proc():
     sleeper.wait()
 
 
-def test_the_summary_divides_ddcli_by_the_reference():
+def test_the_summary_divides_each_ddcli_variant_by_the_reference():
     runs = [{"side": "reference", "s_per_iter": 0.4, "peak_rss": 2 << 30},
             {"side": "ddcli", "s_per_iter": 0.2, "peak_rss": 1 << 30},
+            {"side": "ddcli bf16", "s_per_iter": 0.1, "peak_rss": 4 << 30},
             {"side": "reference", "s_per_iter": 0.5, "peak_rss": 3 << 30},
-            {"side": "ddcli", "s_per_iter": 0.3, "peak_rss": 1 << 30}]
+            {"side": "ddcli", "s_per_iter": 0.3, "peak_rss": 1 << 30},
+            {"side": "ddcli bf16", "s_per_iter": 0.2, "peak_rss": 1 << 30}]
     rows = ref.summary(runs)
-    assert rows[0] == ["min", "0.400", "0.200", "0.50x"]
-    assert rows[1] == ["median", "0.450", "0.250", "0.56x"]
-    assert rows[2][0] == "peak RSS (max)" and rows[2][3] == "0.33x"
+    assert rows[0] == ["ddcli, min", "0.400", "0.200", "0.50x"]
+    assert rows[1] == ["ddcli, median", "0.450", "0.250", "0.56x"]
+    assert rows[2] == ["ddcli bf16, min", "0.400", "0.100", "0.25x"]
+    assert rows[3] == ["ddcli bf16, median", "0.450", "0.150", "0.33x"]
+    assert rows[4][0] == "ddcli, peak RSS (max)" and rows[4][3] == "0.33x"
+    assert rows[5][0] == "ddcli bf16, peak RSS (max)" and rows[5][3] == "1.33x"
+
+
+def test_also_settings_make_a_second_ddcli_config():
+    config = {"run": {"precision": "fp32", "compile": False}, "data": {"batch_size": 1024}}
+    out = ref.with_settings(config, ["run.precision=bf16-outer", "run.compile=true"])
+    assert out["run"] == {"precision": "bf16-outer", "compile": True}
+    assert config["run"]["precision"] == "fp32"  # a copy
+    with pytest.raises(SystemExit, match="expected SECTION.KEY=VALUE"):
+        ref.with_settings(config, ["precision=bf16-outer"])
 
 
 def test_a_missing_checkout_is_one_error_line():
