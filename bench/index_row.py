@@ -58,7 +58,9 @@ def report_rows(report: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(usage="%(prog)s BUNDLE --preset PRESET --report JSON "
+                                       "[--pool DIR] [--threads N] -- EVAL_ARGS...",
+                                 description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[1:]))
     ap.add_argument("bundle", type=Path, help="a bundle under results/")
@@ -66,8 +68,10 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="dd eval --json output")
     ap.add_argument("--pool", help="the pool folder a pretrained preset needs to build")
     ap.add_argument("--threads", type=int, default=1, help="the evaluation's OMP_NUM_THREADS")
-    ap.add_argument("args", nargs="*", help="the dd eval arguments (after --)")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)  # dd eval's own arguments follow --
+    args = ap.parse_args(argv[:cut])
+    args.args = argv[cut + 1:]
 
     from ddcli import Bundle, DistillConfig
     from ddcli.layering import build_config
