@@ -349,11 +349,14 @@ def main() -> None:
         for fix in prepare_reference(args.reference.resolve(), copy, args.dataset):
             print(f"compatibility fix applied to the copy: {fix}", file=sys.stderr)
         cmd = [args.reference_python, "-u", "main.py", *COMMON_FLAGS,
-               *REFERENCE_FLAGS[args.dataset], "--results_dir", str(Path(tmp) / "results")]
+               *REFERENCE_FLAGS[args.dataset]]
         if data_root:
             cmd += ["--dataset_root", data_root]
         for r in range(args.rounds):
-            ref = measure_reference(cmd, cwd=copy, env=ref_env, warmup=args.warmup,
+            # A fresh results folder each round: finding its own earlier options file
+            # there, the reference reads it with a yaml.load that PyYAML 6 refuses.
+            results = ["--results_dir", str(Path(tmp) / f"results-{r + 1}")]
+            ref = measure_reference(cmd + results, cwd=copy, env=ref_env, warmup=args.warmup,
                                     iterations=args.iterations, timeout=args.timeout)
             runs.append({"side": "reference", "round": r + 1, **ref})
             times = []
