@@ -355,15 +355,14 @@ def _windowed_conv_problem():
     return model, SGD(momentum=0.9), params, learned, x, y, plan
 
 
-@pytest.mark.parametrize("mode", ["full", "recompute"])
-def test_compiled_prefix_and_outer_loss_give_the_eager_meta_gradient(mode):
+def test_compiled_unroll_and_outer_loss_give_the_eager_meta_gradient(monkeypatch):
     from ddcli.core import steps
 
     mg = importlib.import_module("ddcli.core.meta_gradient")  # the package exports a function
     model, rule, params, learned, x, y, plan = _windowed_conv_problem()
-    eager = NetsMetaGradient(StepFn(model, rule), mode=mode, batch=False)([params], learned,
-                                                                          x, y, **plan)
-    calls = {"grads": 0, "outer": 0}
+    eager = NetsMetaGradient(StepFn(model, rule), mode="full", batch=False)([params], learned,
+                                                                           x, y, **plan)
+    calls = {"grads": 0, "outer": 0, "vjp": 0}
     step = StepFn(model, rule, compiled="loss")
     inner = step._compiled_grads
 
@@ -375,17 +374,49 @@ def test_compiled_prefix_and_outer_loss_give_the_eager_meta_gradient(mode):
     outer = mg.compiled_outer_loss(model, mg.outer_loss)
     mg._COMPILED_OUTER[model][mg.outer_loss] = lambda *a: (calls.__setitem__(
         "outer", calls["outer"] + 1), outer(*a))[1]
-    nets = NetsMetaGradient(step, mode=mode, batch=False, compiled=True, outer_chunk=16)
+    vjp_of = steps.compiled_grad_vjp
+
+    def counted_vjp(*a, **k):
+        calls["vjp"] += 1
+        return vjp_of(*a, **k)
+
+    monkeypatch.setattr(steps, "compiled_grad_vjp", counted_vjp)
+    nets = NetsMetaGradient(step, mode="full", batch=False, compiled=True, outer_chunk=16)
     compiled = nets([params], learned, x, y, **plan)
-    # the 3 steps before the window (and, in recompute, the window's forward pass) are
-    # compiled; the outer loss is, chunk by chunk (48 images in chunks of 16)
-    assert calls == {"grads": 3 if mode == "full" else 6, "outer": 3}
-    assert model in steps._COMPILED_LOSS
+    # the 6 steps' gradients are compiled (3 before the window, 3 in it), and the
+    # window's 3 VJPs; the outer loss is, chunk by chunk (48 images in chunks of 16)
+    assert calls == {"grads": 6, "outer": 3, "vjp": 3}
+    assert model in steps._COMPILED_LOSS and model in steps._COMPILED_VJP
     torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-5, atol=0)
     for k, g in eager.grads.items():
         assert g.abs().sum() > 0
         # fused kernels round differently, nothing more
         torch.testing.assert_close(compiled.grads[k], g, rtol=1e-3, atol=1e-5 * g.abs().max())
+
+
+def test_compiled_step_vjps_equal_autograd_s_double_backward_in_float64():
+    """Inner Adam and learned soft labels: each step's VJP, compiled, against the eager
+    double backward, in both memory modes, to float64 round-off (not a tolerance for
+    rounding differences: an error in any term would show at 1e-3 or more)."""
+    from ddcli.core.steps import Adam
+
+    model, _, params, learned, x, y, plan = _windowed_conv_problem()
+    model = model.double()
+    params = {k: v.double() for k, v in params.items()}
+    learned = {k: v.double() for k, v in learned.items()}
+    learned["soft_labels"] = torch.softmax(
+        torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64), -1)
+    plan.pop("labels")
+    x = x.double()
+    for mode in ("full", "recompute"):
+        eager = NetsMetaGradient(StepFn(model, Adam()), mode=mode, batch=False)(
+            [params], learned, x, y, **plan)
+        compiled = NetsMetaGradient(StepFn(model, Adam(), compiled="loss"), mode=mode,
+                                    batch=False, compiled=True)([params], learned, x, y, **plan)
+        torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-12, atol=0)
+        for k, g in eager.grads.items():
+            assert g.abs().sum() > 0, k
+            torch.testing.assert_close(compiled.grads[k], g, rtol=1e-9, atol=1e-12 * g.abs().max())
 
 
 def test_distill_compile_reaches_the_unroll_and_dm_s_real_side():

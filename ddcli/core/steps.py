@@ -212,6 +212,37 @@ def compiled_loss_grads(model: nn.Module):
     return _COMPILED_LOSS[model]
 
 
+_COMPILED_VJP: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def compiled_grad_vjp(model: nn.Module, *, soft_targets: bool):
+    """``(params, x, y, c) -> (H c, (dg/dx)^T c[, (dg/dy)^T c])``: the vector-Jacobian
+    product of the inner gradient g(params, x, y) with a cotangent ``c`` (a dict like
+    ``params``), under ``torch.compile``; the third part only for soft (learned) targets.
+
+    This is the second-order part of one step's VJP, the part of a meta-gradient that
+    ``torch.autograd.grad(create_graph=True)`` leaves eager (``torch.compile`` can't
+    differentiate through that in torch 2.14): here ``torch.func.vjp`` of
+    ``torch.func.grad`` is one graph-free function, which inductor compiles forward,
+    backward and double backward together. The update rule's own VJP (elementwise) stays
+    eager (``StepFn.vjp``): inductor (torch 2.14, CPU) got the rate's gradient of an SGD
+    update wrong when the two were one graph, as it did a Linear weight step for
+    ``compiled_grads``. Cached per model and target kind.
+    """
+    per_model = _COMPILED_VJP.setdefault(model, {})
+    if soft_targets not in per_model:
+        compile_settings()
+        g = grad(model_loss(model))
+        if soft_targets:
+            def grad_vjp(params: Params, x: Tensor, y: Tensor, c: Params):
+                return torch.func.vjp(g, params, x, y)[1](c)
+        else:
+            def grad_vjp(params: Params, x: Tensor, y: Tensor, c: Params):
+                return torch.func.vjp(lambda p, v: g(p, v, y), params, x)[1](c)
+        per_model[soft_targets] = torch.compile(grad_vjp, dynamic=False)
+    return per_model[soft_targets]
+
+
 #: ``StepFn(compiled=...)``: eager, ``compiled_loss_grads`` (True or "loss"), ``compiled_grads`` ("grad").
 COMPILE_KINDS = (False, True, "grad", "loss")
 
@@ -314,6 +345,44 @@ class StepFn:
                 loss = value.detach()
             new, new_state = self.rule.update(params, grads, state, lr)
         return {k: v.detach() for k, v in new.items()}, new_state, loss
+
+    def vjp(self, params: Params, state: State, grads: Params, x: Tensor, y: Tensor,
+            lr: Tensor, cotangent: tuple[Params, State], *, soft_targets: bool
+            ) -> tuple[Params, State, Tensor, Tensor | None, Tensor]:
+        """One step's vector-Jacobian product, compiled (one net, ``compiled`` set).
+
+        The cotangent (a_params, a_state) of the step's outputs maps to those of its
+        inputs: (a_params, a_state) before the step, then x, y (None unless
+        ``soft_targets``) and the rate ``lr`` (a 0-dim tensor). ``grads`` is the inner
+        gradient at ``params`` (the forward pass computed it). The update rule's part is
+        taken eagerly on that small graph, the gradient's part by ``compiled_grad_vjp``.
+        All inputs are plain tensors; so are the results (no graph).
+        """
+        if self.batched or not self.compiled:
+            raise ValueError("StepFn.vjp is the compiled path of one net")
+        with torch.enable_grad():
+            theta = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            g = {k: v.detach().requires_grad_(True) for k, v in grads.items()}
+            s = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in state.items()}
+            rate = lr.detach().requires_grad_(True)
+            new, new_state = self.rule.update(theta, g, s, rate)
+            outs, cots = list(new.values()), list(cotangent[0].values())
+            for k, v in new_state.items():
+                if v.requires_grad:
+                    outs.append(v)
+                    cots.append(cotangent[1][k])
+            live = [v for v in s.values() if v.requires_grad]
+            found = torch.autograd.grad(outs, (*theta.values(), *g.values(), *live, rate),
+                                        grad_outputs=cots, allow_unused=True,
+                                        materialize_grads=True)
+        n = len(theta)
+        direct, c_g = found[:n], dict(zip(g, found[n:2 * n]))
+        it = iter(found[2 * n:-1])
+        a_state = {k: next(it) if v.requires_grad else torch.zeros_like(v) for k, v in s.items()}
+        second = compiled_grad_vjp(self.model, soft_targets=soft_targets)(
+            detached(params), x.detach(), y.detach(), c_g)
+        a_params = {k: d + second[0][k] for k, d in zip(theta, direct)}
+        return a_params, a_state, second[1], second[2] if soft_targets else None, found[-1]
 
     def __call__(self, params: Params, state: State, x: Tensor, y: Tensor, lr: Rate, *,
                  create_graph: bool) -> tuple[Params, State]:

@@ -32,6 +32,11 @@ The memory modes compute exactly the recursion above, differently:
   rebuilds one step's graph at a time and frees it, so graph memory is one step's,
   whatever N is, at the cost of a second forward/backward per step.
 
+With a compiled step (``StepFn(compiled=...)``, ``dd distill --compile``) ``full`` and
+``recompute`` both run ``_compiled_reverse``: the forward pass keeps (theta_t, s_t, g_t)
+without a graph and the reverse loop takes each step's VJP as one compiled function
+(``StepFn.vjp``), the double backward included. ``stepwise`` stays eager.
+
 Invariants: theta_0 is never modified (steps build new tensors); the schedule is a pure
 function of t, so a rebuilt step sees the same inputs (and augmentation); all three
 modes agree to float64 round-off (tests/test_unroll.py).
@@ -187,6 +192,9 @@ def differentiate_unroll(
         start = run({k: v.detach() for k, v in wrt.items()}, params0, step.init(params0),
                     0, t0, create_graph=False) if t0 > 0 else Unrolled(params0, None,
                                                                      step.init(params0))
+    if step.compiled and mode in ("full", "recompute"):
+        return _compiled_reverse(step, outer, start, wrt, fixed_labels, schedule, t0, stop,
+                                 inner)
     if mode == "full":
         with inner:
             end = run(wrt, leaves(start.params), start.state, t0, stop, create_graph=True)
@@ -242,6 +250,54 @@ def _reverse_loop(run, outer, start: Unrolled, wrt: dict[str, Tensor], t0: int, 
                 total[k] += g
             adjoint = grads[len(names):]
             del ins, outs
+    return MetaGradient(value, total)
+
+
+def _compiled_reverse(step: StepFn, outer, start: Unrolled, wrt: dict[str, Tensor],
+                      fixed_labels: Tensor | None, schedule: Schedule, t0: int, stop: int,
+                      inner) -> MetaGradient:
+    """The recursion of the module docstring with each step's VJP compiled
+    (``StepFn.vjp``): the forward pass keeps (theta_t, s_t, g_t) without a graph, the
+    reverse pass takes one compiled VJP per step. Nothing here builds a double-backward
+    graph, so graph memory is one step's, as in ``recompute``."""
+    names = list(wrt)
+    plain = {k: v.detach() for k, v in wrt.items()}
+    soft = "soft_labels" in wrt
+    plain_labels = plain["soft_labels"] if soft else fixed_labels
+    lrs = lrs_from_raw(plain["raw_lrs"])
+    # Forward: (theta_t, s_t) and the inner gradient g_t at theta_t, for every t.
+    carries: list[tuple[Params, State, Params] | None] = []
+    params, state = start.params, start.state
+    with inner:
+        for t in range(t0, stop):
+            x, y = schedule.inputs(t, plain["images"], plain_labels)
+            g = step.grads(params, x, y, create_graph=False)
+            carries.append((params, state, g))
+            with torch.no_grad():
+                params, state = step.rule.update(params, g, state, lrs[schedule.rate_index(t)])
+            params = detached(params)
+    value, adjoint = outer(leaves(params))
+    a_params = dict(zip(params, adjoint))
+    a_state = {k: torch.zeros_like(v) for k, v in state.items()}
+    total = {k: torch.zeros_like(v) for k, v in wrt.items()}
+    with inner:
+        for t in reversed(range(t0, stop)):
+            theta, s, g = carries[t - t0]
+            carries[t - t0] = None
+            with torch.enable_grad():  # the schedule's own ops (selection, augmentation)
+                x, y = schedule.inputs(t, wrt["images"], wrt["soft_labels"] if soft
+                                       else fixed_labels)
+                lr = lrs_from_raw(wrt["raw_lrs"])[schedule.rate_index(t)]
+            a_params, a_state, dx, dy, dlr = step.vjp(theta, s, g, x, y, lr,
+                                                      (a_params, a_state), soft_targets=soft)
+            outs, cots = [x, lr], [dx, dlr]
+            if soft:
+                outs.append(y)
+                cots.append(dy)
+            found = torch.autograd.grad(outs, tuple(wrt.values()), grad_outputs=cots,
+                                        allow_unused=True, materialize_grads=True)
+            for k, d in zip(names, found):
+                total[k] += d
     return MetaGradient(value, total)
 
 
