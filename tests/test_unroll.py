@@ -225,6 +225,26 @@ def test_memory_estimate_matches_the_graphs_autograd_keeps():
     assert long.modes["recompute"] < long.modes["full"] / 2
 
 
+def test_memory_estimate_under_compile_is_the_compiled_reverse_loop_s():
+    """--compile on one net runs full and recompute as the compiled reverse loop: both
+    keep (theta_t, s_t, g_t) per differentiated step and one step's work at a time."""
+    model = _lenet_problem(1)[0]
+    cfg = DistillConfig.from_dict({"synth": {"steps": 2, "epochs": 1},
+                                   "data": {"batch_size": 32}, "run": {"compile": True}})
+    est = estimate_memory(cfg, model=model, train_size=600, test_size=500)
+    long = estimate_memory(replace(cfg, synth={"epochs": 50}), model=model, train_size=600,
+                           test_size=500)
+    plain = estimate_memory(replace(cfg, run={"compile": False}), model=model,
+                            train_size=600, test_size=500)
+    plain_long = estimate_memory(replace(cfg, run={"compile": False}, synth={"epochs": 50}),
+                                 model=model, train_size=600, test_size=500)
+    assert est.graphs["full"] == est.graphs["recompute"]
+    assert est.graphs["full"] - plain.graphs["recompute"] == 3 * est.weights  # g_t, T = 2
+    assert long.graphs["full"] - est.graphs["full"] == 98 * 2 * est.weights  # GD: no state
+    assert long.graphs["full"] < plain_long.graphs["full"] / 2
+    assert est.graphs["stepwise"] == plain.graphs["stepwise"]
+
+
 def test_memory_estimate_of_trajectory_matching_has_no_real_batch():
     """MTT's outer loss is a distance to expert weights: no real batch and no forward pass,
     but a target's weights per net and the closed-form adjoint (theta_N - target) / len."""

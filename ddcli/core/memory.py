@@ -18,6 +18,8 @@ per net elsewhere, see ``ddcli.core.meta_gradient``):
 
     full, stepwise   (W + 1) * step_graph                          (W graphs alive)
     recompute        (W + 1) * (|theta| + |state|) + 2 * step_graph  (one step's graph)
+    --compile, one net: full and recompute alike
+                     (W + 1) * (2 |theta| + |state|) + 2 * step_graph  (g_t kept too)
 
 on top of what every mode holds: the real data on the device, the synthetic images,
 rates and soft labels with their gradients and Adam moments, the initial weights and
@@ -129,6 +131,11 @@ def estimate_memory(cfg, *, model: torch.nn.Module, train_size: int, test_size: 
         "stepwise": (window + 1) * step_graph,
         "recompute": (window + 1) * (weights + state) + 2 * step_graph,
     }
+    if cfg.run.compile and nets == 1:
+        # --compile on one net: full and recompute both run the compiled reverse loop,
+        # which keeps (theta_t, s_t, g_t) and one step's work at a time (unroll.py)
+        unrolls["full"] = unrolls["recompute"] = ((window + 1) * (2 * weights + state)
+                                                  + 2 * step_graph)
     return MemoryEstimate(
         steps=total_steps, nets=nets, data=data, synthetic=synthetic, weights=weights,
         real_batch=batch * image, step_graph=step_graph, outer_graph=outer_graph,
