@@ -231,7 +231,7 @@ class RunConfig(Section):
     precision: str = _flag("fp32", "fp32, or bf16-outer: the real-batch side in bfloat16.",
                            SCALE, choices=PRECISIONS, metavar="PREC")
     # Not resumable: fused kernels round differently from eager ones.
-    compile: bool = _flag(False, "torch.compile the steps, their VJPs and the real side.",
+    compile: bool = _flag(False, "torch.compile steps, their VJPs, the real side.",
                           SCALE)
     nproc: int = _flag(1, "Processes to split the nets over.", SCALE,
                        resumable=True)
