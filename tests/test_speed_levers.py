@@ -395,8 +395,8 @@ def test_compiled_unroll_and_outer_loss_give_the_eager_meta_gradient(monkeypatch
 
 
 def test_compiled_step_vjps_equal_autograd_s_double_backward_in_float64():
-    """Inner Adam and learned soft labels: each step's VJP, compiled, against the eager
-    double backward, in both memory modes, to float64 round-off (not a tolerance for
+    """Inner Adam and learned soft labels, then SGD with DSA in the inner steps: each
+    step's VJP, compiled, against the eager double backward, to float64 round-off (not a tolerance for
     rounding differences: an error in any term would show at 1e-3 or more)."""
     from ddcli.core.steps import Adam
 
@@ -417,6 +417,23 @@ def test_compiled_step_vjps_equal_autograd_s_double_backward_in_float64():
         for k, g in eager.grads.items():
             assert g.abs().sum() > 0, k
             torch.testing.assert_close(compiled.grads[k], g, rtol=1e-9, atol=1e-12 * g.abs().max())
+    # SGD with momentum, hard labels, and DSA on every inner step's images (eager, in the
+    # schedule, differentiated through by autograd around the compiled VJP)
+    from ddcli.core.augment import DSA
+    from ddcli.core.schedules import CyclicSchedule
+    from ddcli.core.steps import SGD
+
+    _, _, _, _, _, _, hard = _windowed_conv_problem()
+    hard["schedule"] = CyclicSchedule(2, 6, augment=DSA())
+    learned.pop("soft_labels")
+    eager = NetsMetaGradient(StepFn(model, SGD(momentum=0.9)), mode="full", batch=False)(
+        [params], learned, x, y, **hard)
+    compiled = NetsMetaGradient(StepFn(model, SGD(momentum=0.9), compiled="loss"),
+                                mode="full", batch=False, compiled=True)(
+        [params], learned, x, y, **hard)
+    for k, g in eager.grads.items():
+        assert g.abs().sum() > 0, k
+        torch.testing.assert_close(compiled.grads[k], g, rtol=1e-9, atol=1e-12 * g.abs().max())
 
 
 def test_distill_compile_reaches_the_unroll_and_dm_s_real_side():
