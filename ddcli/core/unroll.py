@@ -280,6 +280,7 @@ def _compiled_reverse(step: StepFn, outer, start: Unrolled, wrt: dict[str, Tenso
     a_params = dict(zip(params, adjoint))
     a_state = {k: torch.zeros_like(v) for k, v in state.items()}
     total = {k: torch.zeros_like(v) for k, v in wrt.items()}
+    d_lrs = torch.zeros_like(lrs)  # dL/d eta_i, summed over the steps; to raw rates once
     with inner:
         for t in reversed(range(t0, stop)):
             theta, s, g = carries[t - t0]
@@ -287,17 +288,18 @@ def _compiled_reverse(step: StepFn, outer, start: Unrolled, wrt: dict[str, Tenso
             with torch.enable_grad():  # the schedule's own ops (selection, augmentation)
                 x, y = schedule.inputs(t, wrt["images"], wrt["soft_labels"] if soft
                                        else fixed_labels)
-                lr = lrs_from_raw(wrt["raw_lrs"])[schedule.rate_index(t)]
-            a_params, a_state, dx, dy, dlr = step.vjp(theta, s, g, x, y, lr,
+            i = schedule.rate_index(t)
+            a_params, a_state, dx, dy, dlr = step.vjp(theta, s, g, x, y, lrs[i],
                                                       (a_params, a_state), soft_targets=soft)
-            outs, cots = [x, lr], [dx, dlr]
-            if soft:
-                outs.append(y)
-                cots.append(dy)
+            d_lrs[i] += dlr
+            outs, cots = ([x, y], [dx, dy]) if soft else ([x], [dx])
             found = torch.autograd.grad(outs, tuple(wrt.values()), grad_outputs=cots,
                                         allow_unused=True, materialize_grads=True)
             for k, d in zip(names, found):
                 total[k] += d
+    with torch.enable_grad():
+        total["raw_lrs"] += torch.autograd.grad(lrs_from_raw(wrt["raw_lrs"]), wrt["raw_lrs"],
+                                                d_lrs)[0]
     return MetaGradient(value, total)
 
 
