@@ -20,6 +20,13 @@ Points are appended to ``--out`` (one JSON line each) and skipped when already t
 a stopped run resumes; ``--table`` prints the markdown table and ``--chart PNG`` draws the
 chart with ddcli's own chart code (``ddcli.viz.line_chart``).
 
+Selection. ``--validation N`` scores every point on N held-out training images instead of
+the test set (``dd eval --validation N``: the images ``dd distill --validation N`` holds
+out; the baselines and nothing else draw from the rest), and ``--select`` prints, per
+method, the point with the best validation mean and the commands that bundle it and
+measure it once on the test set. Choosing among snapshots by their test accuracy would
+report the maximum of noisy test figures; this never looks at the test set to choose.
+
 Example::
 
     OMP_NUM_THREADS=1 python bench/compute_curve.py --protocol dc --n-nets 3 \\
@@ -130,7 +137,8 @@ def evaluate_points(args) -> None:
     if out.exists():
         for line in out.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["method"], r["iteration"], r["protocol"], r["n_nets"]))
+            done.add((r["method"], r["iteration"], r["protocol"], r["n_nets"],
+                      r.get("split", "test")))
     extra = {name: float(h) for name, h in _pairs(args.extra, "--extra")}
     jobs = [(name, Path(d), p) for name, d in _pairs(args.run, "--run")
             for p in run_points(Path(d))]
@@ -140,11 +148,13 @@ def evaluate_points(args) -> None:
     for name, run_dir, point in jobs:
         if point["iteration"] < args.min_iteration or f"{name}@{point['iteration']}" in args.skip:
             continue
-        if (name, point["iteration"], args.protocol, args.n_nets) in done:
+        split = f"validation:{args.validation}" if args.validation else "test"
+        if (name, point["iteration"], args.protocol, args.n_nets, split) in done:
             continue
         data = data or load_dataset(args.dataset, root=args.data_root)
         cfg = EvalConfig(protocol=args.protocol, n_nets=args.n_nets,
-                         precision=args.precision, compile=args.compile)
+                         precision=args.precision, compile=args.compile,
+                         validation=args.validation)
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", PixelSpaceWarning)
             if run_dir is not None:
@@ -154,14 +164,42 @@ def evaluate_points(args) -> None:
                 rep = evaluate_bundle(point["bundle"], cfg, data=data)
         rec = {"method": name, **point, "cpu_h": point["cpu_h"] + extra.get(name, 0.0),
                "extra_cpu_h": extra.get(name, 0.0), "protocol": args.protocol,
-               "n_nets": args.n_nets, "precision": args.precision, "compile": args.compile,
+               "n_nets": args.n_nets, "split": split,
+               "precision": args.precision, "compile": args.compile,
                "accuracies": rep.primary.accuracies, "mean": rep.primary.mean,
                "std": rep.primary.std, "eval_s": round(rep.elapsed_s, 1),
                "provenance": provenance.collect(device="cpu")}
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"{name} @ {point['iteration']}: {100 * rec['mean']:.2f} ± {100 * rec['std']:.2f} %"
-              f" at {rec['cpu_h']:.2f} CPU-h ({point['cpu_source']})", flush=True)
+              f" on {split} at {rec['cpu_h']:.2f} CPU-h ({point['cpu_source']})", flush=True)
+
+
+def select(out: Path) -> list[dict]:
+    """Per method, the validation point with the best mean (the earliest of a tie): the
+    set to bundle and to measure once on the test set."""
+    chosen = []
+    for method, rs in load(out).items():
+        scored = [r for r in rs if str(r.get("split", "test")).startswith("validation")]
+        if scored:
+            chosen.append(max(scored, key=lambda r: (r["mean"], -r["iteration"])))
+    return chosen
+
+
+def selection_lines(out: Path, protocol: str) -> list[str]:
+    lines = []
+    for r in select(out):
+        where = r.get("snapshot") or r.get("bundle")
+        lines.append(f"{r['method']}: iteration {r['iteration']}, {100 * r['mean']:.2f} ± "
+                     f"{100 * r['std']:.2f} % on {r['split']} ({r['n_nets']} nets)")
+        if r.get("snapshot"):
+            run = Path(r["snapshot"]).parent.parent
+            bundle = f"results/{run.name}-{r['iteration']}.safetensors"
+            lines.append(f"  dd export {where} --format bundle -o {bundle}")
+            where = bundle
+        lines.append(f"  dd eval {where} --protocol {protocol} --n-nets 5 "
+                     "--baseline random-real")
+    return lines
 
 
 def load(out: Path) -> dict[str, list[dict]]:
@@ -178,6 +216,8 @@ def table(out: Path) -> str:
              "|---|---|---|---|---|---|"]
     for method, rs in load(out).items():
         for r in rs:
+            if str(r.get("split", "test")) != "test":
+                continue  # selection points: --select
             how = r["cpu_source"] + (f", + {r['extra_cpu_h']:.2f} up front" if r.get("extra_cpu_h") else "")
             lines.append(f"| {method} | {r['iteration']} | {r['cpu_h']:.2f} | {how} | "
                          f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} ({r['n_nets']}) | "
@@ -188,8 +228,10 @@ def table(out: Path) -> str:
 def chart(out: Path, png: Path, title: str, baseline: float | None) -> None:
     from ddcli.viz import line_chart, save_png
 
-    series = {m: ([r["cpu_h"] for r in rs], [100 * r["mean"] for r in rs])
+    tested = {m: [r for r in rs if str(r.get("split", "test")) == "test"]
               for m, rs in load(out).items()}
+    series = {m: ([r["cpu_h"] for r in rs], [100 * r["mean"] for r in rs])
+              for m, rs in tested.items() if rs}
     if baseline is not None:  # random real images of the same size: a flat reference
         xs = [x for s in series.values() for x in s[0]]
         series["random real"] = ([0.0, max(xs) if xs else 1.0], [baseline, baseline])
@@ -214,6 +256,10 @@ def main() -> None:
                     help="leave one point out (the budget)")
     ap.add_argument("--data-root", default=os.environ.get("DDCLI_DATA_ROOT"))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--validation", type=int, default=0, metavar="N",
+                    help="score on N held-out training images, not the test set")
+    ap.add_argument("--select", action="store_true",
+                    help="print each method's best validation point and how to test it")
     ap.add_argument("--table", action="store_true", help="print the table of --out")
     ap.add_argument("--chart", type=Path, help="draw the chart of --out to this PNG")
     ap.add_argument("--title", default="MNIST, 10 images per class: accuracy for the compute")
@@ -222,6 +268,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.run or args.bundles:
         evaluate_points(args)
+    if args.select:
+        print("\n".join(selection_lines(Path(args.out), args.protocol)))
     if args.table:
         print(table(Path(args.out)))
     if args.chart:

@@ -14,6 +14,11 @@ ddcli's own layouts (N = S * n images in the step-major order of ``Bundle.flat()
     images within step ``s``) and ``PATH/manifest.json`` with the rates, pixel space,
     class names and each file's step, label and position in the flat order.
 
+``bundle``
+    a ddcli bundle (``.safetensors``): with a run folder or one of its snapshots
+    (``RUN_DIR/snapshots/iter_K.pt``) as the input, the set of its last checkpoint or of
+    that snapshot, as ``dd distill`` would have written it there.
+
 Evaluator layouts (``ddranking``, ``mtt``, ``dc``: class-major, in each evaluator's
 own pixel space, with a manifest) are built by ``ddcli._export_evaluators``.
 """
@@ -38,10 +43,11 @@ from ddcli._export_evaluators import FILES, evaluator_manifest, evaluator_set, e
 from ddcli._version import __version__
 from ddcli.bundle import Bundle
 from ddcli.errors import ConfigError, ExportError
+from ddcli.evaluate._sets import set_kind
 from ddcli.init_modes import is_fixed
 from ddcli.viz import denormalize, to_uint8
 
-FORMATS = ("imagefolder", "pt", "npz", "ddranking", "mtt", "dc")
+FORMATS = ("imagefolder", "pt", "npz", "ddranking", "mtt", "dc", "bundle")
 FOLDER_FORMATS = ("imagefolder", "ddranking", "mtt")
 MANIFEST = "manifest.json"
 IMAGEFOLDER_FORMAT = "ddcli-imagefolder"
@@ -104,6 +110,8 @@ def export(bundle: Bundle | str | os.PathLike, fmt: str, path: str | os.PathLike
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     source: dict[str, Any] = {"path": None, "sha256": None}
+    if not isinstance(bundle, Bundle) and set_kind(bundle) in ("run", "snapshot"):
+        bundle = run_or_snapshot_bundle(bundle, data_root=data_root)
     if not isinstance(bundle, Bundle):
         bundle_path = Path(bundle)
         bundle = Bundle.load(bundle_path)
@@ -112,7 +120,9 @@ def export(bundle: Bundle | str | os.PathLike, fmt: str, path: str | os.PathLike
     _io.check_writable(path, f"the {fmt} export", folder=fmt in FOLDER_FORMATS)
     report = ExportReport(fmt, path, bundle.images.shape[0] * bundle.images.shape[1])
     try:
-        if fmt == "pt":
+        if fmt == "bundle":
+            bundle.save(path)
+        elif fmt == "pt":
             _write_pt(bundle, path)
         elif fmt == "npz":
             _write_npz(bundle, path)
@@ -138,6 +148,18 @@ def export(bundle: Bundle | str | os.PathLike, fmt: str, path: str | os.PathLike
             "not carry the init: keep the bundle, or distill with --init-mode random for "
             "data that transfers")
     return report
+
+
+def run_or_snapshot_bundle(path: str | os.PathLike, *,
+                           data_root: str | os.PathLike | None = None) -> Bundle:
+    """The bundle of a run folder's last checkpoint, or of one of its snapshots
+    (``RUN_DIR/snapshots/iter_K.pt``), as ``ddcli.engine.loop.run_bundle`` builds it."""
+    from ddcli.engine.loop import run_bundle  # the engine imports the evaluator
+
+    path = Path(path)
+    if set_kind(path) == "snapshot":
+        return run_bundle(path.parent.parent, data_root=data_root, snapshot=path)[0]
+    return run_bundle(path, data_root=data_root)[0]
 
 
 def _flat(bundle: Bundle) -> tuple[torch.Tensor, torch.Tensor]:

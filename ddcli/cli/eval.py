@@ -102,6 +102,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _split(report: EvalReport) -> str:
+    return "validation split, held-out training" if report.split == "validation" else "test set"
+
+
 def _threads(n) -> str:
     return count(n, "thread") if isinstance(n, int) else "? threads"
 
@@ -115,7 +119,7 @@ def print_report(report: EvalReport, console: Console) -> None:
                f"batch {s['batch_size']}"
                + (f", augment {s['augment']}" if s.get("augment", "none") != "none" else "")))
     console.print(f"{report.source}: {report.protocol} protocol · {report.model['name']} · "
-                  f"{report.dataset} test set ({report.test_size:,} images) · {what} · "
+                  f"{report.dataset} {_split(report)} ({report.test_size:,} images) · {what} · "
                   f"seed {s['seed']}", soft_wrap=True)
     made = report.provenance.get("set")
     if made:

@@ -36,6 +36,7 @@ from ddcli.data._api import (
     resumed_data_root,
 )
 from ddcli.data._realdata import RealData, check_pixel_space, normalized_space
+from ddcli.data._split import held_out, validation_split
 
 # Imported for its @register_dataset side effect.
 from ddcli.data import _builtin  # noqa: E402,F401  isort: skip
@@ -61,12 +62,14 @@ __all__ = [
     "dataset_info",
     "default_model",
     "fit_zca",
+    "held_out",
     "list_datasets",
     "load_dataset",
     "normalized_dataset",
     "normalized_space",
     "register_dataset",
     "resolve_data_root",
+    "validation_split",
     "resumed_data_root",
     "zca_dataset",
     "zca_from_record",

@@ -6,6 +6,8 @@ The engine never draws anything. It reports through callbacks (``on_start``,
 
 from __future__ import annotations
 
+import json
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -117,12 +119,19 @@ def resume(
 
 
 def run_bundle(run_dir: str | Path, *, data: RealData | None = None,
-               data_root: str | Path | None = None) -> tuple[Bundle, RealData]:
+               data_root: str | Path | None = None,
+               snapshot: str | Path | None = None) -> tuple[Bundle, RealData]:
     """The bundle of a run folder's last checkpoint, as the run would write it if it
     finished there, and the data it was made on. The run is only read: it may still be
     going (checkpoints are written by rename, so a reader sees the last whole one).
 
-    ``data_root`` is the machine's, as for ``resume``. ``dd eval RUN_DIR`` uses this.
+    ``snapshot`` (a file of ``RUN_DIR/snapshots/``, written by ``--snapshot-every``):
+    the set of that iteration instead, with the time and loss the run's metrics log
+    recorded there; its summary's ``snapshot`` says so. For a set chosen on a validation
+    split (``dd eval SNAPSHOT --validation N``), and for curves.
+
+    ``data_root`` is the machine's, as for ``resume``. ``dd eval RUN_DIR`` and
+    ``dd eval RUN_DIR/snapshots/iter_K.pt`` use this, and ``dd export`` of either.
 
     Example:
         >>> from ddcli.engine.loop import run_bundle
@@ -134,7 +143,58 @@ def run_bundle(run_dir: str | Path, *, data: RealData | None = None,
     overrides = {"data": {"data_root": str(data_root)}} if data_root is not None else None
     rt = Runtime(resumed_config(state.config, overrides), data)
     rt.restore(state)
-    return make_bundle(rt, state, rt.init_source(state)), rt.data
+    checkpointed = state.iteration
+    if snapshot is not None:
+        _rewind_to_snapshot(state, Path(run_dir), Path(snapshot))
+    bundle = make_bundle(rt, state, rt.init_source(state))
+    if snapshot is not None:
+        bundle.summary["snapshot"] = {"file": f"snapshots/{Path(snapshot).name}",
+                                      "iteration": state.iteration,
+                                      "run_checkpointed_at": checkpointed}
+    return bundle, rt.data
+
+
+def _rewind_to_snapshot(state: RunState, run_dir: Path, path: Path) -> None:
+    """``state`` with a snapshot's learned tensors, iteration, time and loss."""
+    try:
+        snap = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ConfigError(f"can't read the snapshot {path}: {exc.strerror or exc}") from None
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise ConfigError(f"can't read the snapshot {path}: not a whole torch file "
+                          f"({type(exc).__name__})") from None
+    if not isinstance(snap, dict) or "iteration" not in snap or "images" not in snap:
+        raise ConfigError(f"{path} is not a ddcli snapshot (no iteration and images)")
+    if "soft_labels" not in snap and "labels" in snap and snap["labels"].is_floating_point():
+        snap = {**snap, "soft_labels": snap["labels"]}  # written before the rename
+    for name, current in state.learned.items():
+        value = snap.get(name)
+        if not isinstance(value, torch.Tensor) or value.shape != current.shape:
+            raise ConfigError(f"{path} does not hold this run's {name} "
+                              f"{tuple(current.shape)}: a snapshot of another run?")
+        setattr(state, name, value.to(dtype=current.dtype, device=current.device))
+    it = int(snap["iteration"])
+    upto = [r for r in _metrics(run_dir / "metrics.jsonl")
+            if "loss" in r and r.get("iteration", 0) <= it]
+    if upto:
+        last = upto[-1]
+        state.elapsed = float(last.get("elapsed", 0.0))
+        state.cpu_s = float(last.get("cpu_s", 0.0))
+        state.last_loss = float(last["loss"])
+    state.iteration = it
+    state.evals = [e for e in state.evals if e.get("iteration", 0) <= it]
+    state.best = None
+
+
+def _metrics(path: Path) -> list[dict]:
+    """The lines of a metrics log, skipping a half-written last one (a live run)."""
+    out = []
+    for line in (path.read_text().splitlines() if path.is_file() else []):
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
 def _check_outputs(out: Path, run_dir: Path) -> None:

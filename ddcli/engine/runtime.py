@@ -21,7 +21,7 @@ from ddcli.core.seeds import derive_seed
 from ddcli.core.schedules import Schedule
 from ddcli.core.objectives import (CLASS_BATCHES, EXPERT_SEGMENT, REAL_BATCH, OuterBatch,
                                    make_objective)
-from ddcli.data import RealData, load_dataset, zca_dataset
+from ddcli.data import RealData, load_dataset, validation_split, zca_dataset
 from ddcli.engine.clipping import initial_average
 from ddcli.engine.batches import BatchSampler, ClassBatchSampler, augment_batch
 from ddcli.engine.inits import (FixedInit, InitSource, initial_images, make_init_source,
@@ -230,13 +230,3 @@ class Runtime:
             lrs_from_raw(learned["raw_lrs"].detach()), x, y, inner=self.inner,
             seed=cfg.init.seed)
         return accs[-1].tolist()
-
-
-def validation_split(n: int, size: int) -> tuple[Tensor, Tensor]:
-    """(train, validation) indices of a training set of ``n``: ``size`` images held out,
-    picked by a permutation seeded by ``n`` alone, so every run on a dataset holds out
-    the same images whatever its seed."""
-    if size >= n:
-        raise ConfigError(f"--validation {size} leaves no training images (the set has {n})")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("validation", n)))
-    return order[size:].sort().values, order[:size].sort().values

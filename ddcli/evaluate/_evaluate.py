@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from ddcli.infra import provenance
 from ddcli.infra.device import resolve_device, retain_freed_memory
 from ddcli.bundle import Bundle
-from ddcli.data import RealData, default_model, load_dataset, zca_dataset
+from ddcli.data import RealData, default_model, held_out, load_dataset, zca_dataset
 from ddcli.errors import ConfigError, ModelError
 from ddcli.init_modes import is_seeded_fixed
 from ddcli.models import check_functional, create_model, model_label
@@ -39,15 +40,18 @@ def evaluate(source: str | os.PathLike, cfg: EvalConfig | None = None,
     and ``evaluate_set``), or a run folder: the bundle of its last checkpoint
     (``ddcli.engine.loop.run_bundle``), while the run goes on or after it stopped."""
     kind = set_kind(source)
-    if kind == "run":
+    if kind in ("run", "snapshot"):
         from ddcli.engine.loop import run_bundle  # the engine imports the evaluator
 
         cfg, options = _settings(cfg, kwargs)  # usage errors before the run is read
-        bundle, data = run_bundle(source, data=options.pop("data", None),
-                                  data_root=options.get("data_root"))
+        run_dir, snapshot = (Path(source).parent.parent, source) if kind == "snapshot" else (
+            source, None)
+        bundle, data = run_bundle(run_dir, data=options.pop("data", None),
+                                  data_root=options.get("data_root"), snapshot=snapshot)
         if options.get("dataset") not in (None, data.name):
             data = None  # another test set: loaded as for any bundle
-        where = f"{source} (checkpoint at iteration {bundle.summary['iterations']})"
+        where = f"{source} ({kind if kind == 'snapshot' else 'checkpoint'} at iteration " \
+                f"{bundle.summary['iterations']})"
         return evaluate_bundle(bundle, cfg, data=data, source=where, **options)
     if kind == "bundle":
         return evaluate_bundle(source, cfg, **kwargs)
@@ -91,6 +95,9 @@ def evaluate_bundle(
     pool = options.pop("pool", None)
     if is_pool_bundle(bundle) and cfg.protocol != "train":
         _fp32_replay(cfg.precision)
+        if cfg.validation:
+            raise ConfigError("--validation applies to fresh nets; a pool bundle replays on "
+                              "the pool's held-out nets (use --protocol train to select)")
         device = resolve_device(cfg.device)
         with retain_freed_memory(device):  # see _evaluate
             report = evaluate_pool_bundle(
@@ -163,6 +170,12 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
     device = resolve_device(cfg.device)
     made = _set_provenance(s)
     notes += [f"warning: {d}" for d in provenance.differences(made, data)]
+    if cfg.validation:
+        # Selection never sees the test set: fresh nets score on held-out training images,
+        # and baselines draw from the rest.
+        data = held_out(data, cfg.validation)
+        notes.append(f"scored on {cfg.validation:,} held-out training images (validation "
+                     "split), not the test set; baselines drew from the other training images")
     train_settings = None
     if protocol != "replay":
         train_settings = protocols.resolve(cfg, data.name, s.lrs)
@@ -233,6 +246,7 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
         source=s.source, kind=s.kind, dataset=data.name, test_size=int(data.test_y.shape[0]),
         protocol=protocol, model=spec, settings={**cfg.to_dict(), **resolved}, rows=rows,
         notes=notes, warnings=chance_warnings(rows, data.num_classes, rate),
+        split="validation" if cfg.validation else "test",
         elapsed_s=time.perf_counter() - t0,
         provenance={"set": made, "eval": provenance.collect(device=str(device))},
         ddranking=scores,

@@ -113,6 +113,10 @@ class EvalConfig:
     baseline_labels: str = _flag("hard", "Soft-label sets: baselines train on their images' "
                                  "own classes (hard) or on the set's labels, slot by slot "
                                  "(set).", BASELINE_PANEL, metavar="hard|set")
+    validation: int = _flag(0, "Score on N training images held out (those `dd distill "
+                            "--validation N` holds out), not the test set; baselines draw "
+                            "from the rest. For choosing between sets.", PROTOCOL,
+                            metavar="N", default_text="0: the test set")
     init_scheme: str | None = _flag(None, "Weight init of fresh nets.", PROTOCOL,
                                     default_text="the bundle's, else xavier")
     device: str = "auto"
@@ -155,6 +159,10 @@ class EvalConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(
                     f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
+        if isinstance(self.validation, bool) or not isinstance(self.validation, int) \
+                or self.validation < 0:
+            raise ConfigError(f"--validation must be a count of images >= 0, got "
+                              f"{self.validation!r}")
         if self.train_lr is not None and not (math.isfinite(self.train_lr) and self.train_lr > 0):
             raise ConfigError(f"--train-lr must be a positive number, got {self.train_lr}")
         if self.baseline_labels not in ("hard", "set"):
@@ -245,7 +253,7 @@ class EvalReport:
         source: the evaluated file or folder.
         kind: "bundle", "pt", "npz" or "imagefolder".
         dataset: the dataset whose test set was used.
-        test_size: test images (the full test set).
+        test_size: images scored: the full test set, or the validation split's.
         protocol: "replay", "train", "dc", "dsa" or "mtt".
         model: the model spec the nets were built from.
         settings: ``EvalConfig.to_dict()`` plus resolved values (lr, steps, init scheme).
@@ -272,6 +280,7 @@ class EvalReport:
     elapsed_s: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
     ddranking: dict[str, Any] | None = None  # IOR, HLR, LRS and the full-data reference
+    split: str = "test"  # or "validation": held-out training images (EvalConfig.validation)
 
     @property
     def primary(self) -> EvalRow:
@@ -291,7 +300,8 @@ class EvalReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source, "kind": self.kind, "dataset": self.dataset,
-            "test_size": self.test_size, "protocol": self.protocol, "model": self.model,
+            "test_size": self.test_size, "split": self.split, "protocol": self.protocol,
+            "model": self.model,
             "settings": self.settings, "rows": [r.to_dict() for r in self.rows],
             "margin_over_random_real": self.margin_over_random_real,
             "notes": self.notes, "warnings": self.warnings, "elapsed_s": round(self.elapsed_s, 3),

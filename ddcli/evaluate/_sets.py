@@ -42,7 +42,7 @@ from ddcli.evaluate._image_set import (  # noqa: F401  PixelSpaceWarning: ddcli.
     space_stats, torch_load, warn_unrecorded,
 )
 
-SET_KINDS = ("bundle", "pt", "npz", "imagefolder", "ddranking", "mtt", "dc", "run")
+SET_KINDS = ("bundle", "pt", "npz", "imagefolder", "ddranking", "mtt", "dc", "run", "snapshot")
 _STEP_NAME = re.compile(r"step(\d+)_(\d+)$")
 
 
@@ -50,14 +50,21 @@ def set_kind(path: str | Path) -> str:
     """The format of ``path``, from its type and suffix (anything else is a bundle)."""
     path = Path(path)
     if path.is_dir():
-        if (path / "config.json").is_file() and any(
-                (path / name).is_file() for name in ("checkpoint.pt", "metrics.jsonl")):
+        if is_run_folder(path):
             return "run"  # a `dd distill` run folder: its last checkpoint's set
         for kind, (images, *_) in EVALUATOR_FILES.items():
             if (path / images).is_file():
                 return kind
         return "imagefolder"
+    if path.suffix == ".pt" and path.parent.name == "snapshots" and is_run_folder(path.parent.parent):
+        return "snapshot"  # RUN_DIR/snapshots/iter_K.pt: the run's set at iteration K
     return {".pt": "pt", ".pth": "pt", ".npz": "npz"}.get(path.suffix.lower(), "bundle")
+
+
+def is_run_folder(path: Path) -> bool:
+    """A `dd distill` run folder: its config and a checkpoint or metrics log."""
+    return (path / "config.json").is_file() and any(
+        (path / name).is_file() for name in ("checkpoint.pt", "metrics.jsonl"))
 
 
 def load_image_set(path: str | Path) -> ImageSet:
@@ -77,6 +84,9 @@ def load_image_set(path: str | Path) -> ImageSet:
         return ImageSet.from_bundle(Bundle.load(path), str(path))
     if kind in ("ddranking", "mtt"):
         return load_evaluator_folder(path, kind)
+    if kind in ("run", "snapshot"):
+        raise ImageSetError(f"{path} is a run's {'folder' if kind == 'run' else kind}: its "
+                            "bundle needs the run's data (ddcli.evaluate.evaluate reads it)")
     if kind != "imagefolder" and not path.is_file():
         raise ImageSetError(f"no such image set: {path}")
     loader = {"pt": _load_pt, "npz": _load_npz, "imagefolder": _load_folder}[kind]
