@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--report", type=Path, required=True, help="dd eval --json output")
     ap.add_argument("--pool", help="the pool folder a pretrained preset needs to build")
     ap.add_argument("--threads", type=int, default=1, help="the evaluation's OMP_NUM_THREADS")
+    ap.add_argument("--selected", help="how the set was chosen, if it was (a snapshot picked "
+                                       "on a validation split: which, among what, on what)")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)  # dd eval's own arguments follow --
     args = ap.parse_args(argv[:cut])
@@ -88,6 +90,8 @@ def main() -> None:
              "rows": report_rows(json.loads(args.report.read_text())),
              "threads": args.threads,
              "preset": args.preset, "distill_overrides": departures(made, preset)}
+    if args.selected:
+        entry["selected"] = args.selected
     index = json.loads(INDEX.read_text())
     index[bundle.name] = entry
     tmp = INDEX.with_suffix(".tmp")
