@@ -95,13 +95,19 @@ def test_a_snapshot_is_the_set_the_run_had_at_that_iteration(tmp_path):
     assert got.primary.accuracies == evaluate_bundle(at4, **kw).primary.accuracies
 
 
-def test_cli_scores_a_snapshot_on_validation_and_exports_it(tmp_path, fixture_root):
+def _cli_run(tmp_path, fixture_root, iterations):
+    """`dd distill` on the MNIST fixture with a snapshot every iteration: (bundle, first
+    snapshot)."""
     out = tmp_path / "m.safetensors"
     r = run("distill", "mnist", "--data-root", fixture_root, "--steps", "1", "--epochs", "1",
-            "--batch-size", "64", "--iterations", "2", "--snapshot-every", "1", "-o", out,
+            "--batch-size", "64", "--iterations", iterations, "--snapshot-every", "1", "-o", out,
             "--quiet")
     assert r.exit_code == 0, r.output
-    snap = tmp_path / "m.run" / "snapshots" / "iter_000001.pt"
+    return out, tmp_path / "m.run" / "snapshots" / "iter_000001.pt"
+
+
+def test_cli_scores_a_snapshot_on_validation_and_exports_it(tmp_path, fixture_root):
+    _, snap = _cli_run(tmp_path, fixture_root, 2)
     r = run("eval", snap, "--data-root", fixture_root, "--protocol", "train", "--n-nets", "1",
             "--train-epochs", "1", "--validation", "100", "--json")
     assert r.exit_code == 0, r.output
@@ -127,11 +133,7 @@ def test_cli_scores_a_snapshot_on_validation_and_exports_it(tmp_path, fixture_ro
 
 
 def test_cli_validation_and_snapshot_errors_are_one_line(tmp_path, fixture_root):
-    out = tmp_path / "m.safetensors"
-    r = run("distill", "mnist", "--data-root", fixture_root, "--steps", "1", "--epochs", "1",
-            "--batch-size", "64", "--iterations", "1", "--snapshot-every", "1", "-o", out,
-            "--quiet")
-    assert r.exit_code == 0, r.output
+    out, snap = _cli_run(tmp_path, fixture_root, 1)
     err = one_line_error(run("eval", out, "--data-root", fixture_root, "--protocol", "train",
                              "--validation", "-3"), 2)
     assert "--validation must be a count of images >= 0" in err
@@ -139,7 +141,6 @@ def test_cli_validation_and_snapshot_errors_are_one_line(tmp_path, fixture_root)
                              "--validation", "600"), 2)
     assert "--validation 600 leaves no training images" in err
 
-    snap = tmp_path / "m.run" / "snapshots" / "iter_000001.pt"
     torch.save({"iteration": 1, "images": torch.zeros(1, 3, 1, 28, 28)}, snap)
     err = one_line_error(run("eval", snap, "--data-root", fixture_root), 2)
     assert "does not hold this run's images" in err

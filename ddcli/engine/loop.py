@@ -6,8 +6,6 @@ The engine never draws anything. It reports through callbacks (``on_start``,
 
 from __future__ import annotations
 
-import json
-import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,8 @@ from ddcli.engine.records import (FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, MASS_MA
                                 MASS_MIN, STOP, Pending)
 from ddcli.engine.clipping import clip_to_average_
 from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, SnapshotInfo, StartInfo
-from ddcli.engine.outputs import RunFolder, default_out, default_run_dir, make_bundle
+from ddcli.engine.outputs import (RunFolder, default_out, default_run_dir, make_bundle,
+                                  rewind_to_snapshot)
 from ddcli.engine.runtime import Runtime
 from ddcli.engine.state import CHECKPOINT_NAME, RunState, load_checkpoint
 from ddcli.progress import DistillProgress
@@ -145,56 +144,13 @@ def run_bundle(run_dir: str | Path, *, data: RealData | None = None,
     rt.restore(state)
     checkpointed = state.iteration
     if snapshot is not None:
-        _rewind_to_snapshot(state, Path(run_dir), Path(snapshot))
+        rewind_to_snapshot(state, Path(run_dir), Path(snapshot))
     bundle = make_bundle(rt, state, rt.init_source(state))
     if snapshot is not None:
         bundle.summary["snapshot"] = {"file": f"snapshots/{Path(snapshot).name}",
                                       "iteration": state.iteration,
                                       "run_checkpointed_at": checkpointed}
     return bundle, rt.data
-
-
-def _rewind_to_snapshot(state: RunState, run_dir: Path, path: Path) -> None:
-    """``state`` with a snapshot's learned tensors, iteration, time and loss."""
-    try:
-        snap = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        raise ConfigError(f"can't read the snapshot {path}: {exc.strerror or exc}") from None
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise ConfigError(f"can't read the snapshot {path}: not a whole torch file "
-                          f"({type(exc).__name__})") from None
-    if not isinstance(snap, dict) or "iteration" not in snap or "images" not in snap:
-        raise ConfigError(f"{path} is not a ddcli snapshot (no iteration and images)")
-    if "soft_labels" not in snap and "labels" in snap and snap["labels"].is_floating_point():
-        snap = {**snap, "soft_labels": snap["labels"]}  # written before the rename
-    for name, current in state.learned.items():
-        value = snap.get(name)
-        if not isinstance(value, torch.Tensor) or value.shape != current.shape:
-            raise ConfigError(f"{path} does not hold this run's {name} "
-                              f"{tuple(current.shape)}: a snapshot of another run?")
-        setattr(state, name, value.to(dtype=current.dtype, device=current.device))
-    it = int(snap["iteration"])
-    upto = [r for r in _metrics(run_dir / "metrics.jsonl")
-            if "loss" in r and r.get("iteration", 0) <= it]
-    if upto:
-        last = upto[-1]
-        state.elapsed = float(last.get("elapsed", 0.0))
-        state.cpu_s = float(last.get("cpu_s", 0.0))
-        state.last_loss = float(last["loss"])
-    state.iteration = it
-    state.evals = [e for e in state.evals if e.get("iteration", 0) <= it]
-    state.best = None
-
-
-def _metrics(path: Path) -> list[dict]:
-    """The lines of a metrics log, skipping a half-written last one (a live run)."""
-    out = []
-    for line in (path.read_text().splitlines() if path.is_file() else []):
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def _check_outputs(out: Path, run_dir: Path) -> None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ddcli.bundle import Bundle
 from ddcli.config import DistillConfig
-from ddcli.engine.records import trim_metrics
+from ddcli.engine.records import read_metrics, trim_metrics
 from ddcli.engine.events import EvalInfo
 from ddcli.engine.state import RunState, save_checkpoint
+from ddcli.errors import ConfigError
 from ddcli.infra import io as _io
 from ddcli.models import model_label
 
@@ -68,6 +71,39 @@ class RunFolder:
 
     def checkpoint(self, state: RunState) -> Path:
         return save_checkpoint(self.path, state) if self.enabled else self.path / "checkpoint.pt"
+
+
+def rewind_to_snapshot(state: RunState, run_dir: Path, path: Path) -> None:
+    """``state`` with a snapshot's learned tensors (``RunFolder.snapshot`` wrote them),
+    iteration, and the time and loss the metrics log recorded there."""
+    try:
+        snap = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ConfigError(f"can't read the snapshot {path}: {exc.strerror or exc}") from None
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise ConfigError(f"can't read the snapshot {path}: not a whole torch file "
+                          f"({type(exc).__name__})") from None
+    if not isinstance(snap, dict) or "iteration" not in snap or "images" not in snap:
+        raise ConfigError(f"{path} is not a ddcli snapshot (no iteration and images)")
+    if "soft_labels" not in snap and "labels" in snap and snap["labels"].is_floating_point():
+        snap = {**snap, "soft_labels": snap["labels"]}  # written before the rename
+    for name, current in state.learned.items():
+        value = snap.get(name)
+        if not isinstance(value, torch.Tensor) or value.shape != current.shape:
+            raise ConfigError(f"{path} does not hold this run's {name} "
+                              f"{tuple(current.shape)}: a snapshot of another run?")
+        setattr(state, name, value.to(dtype=current.dtype, device=current.device))
+    it = int(snap["iteration"])
+    upto = [r for r in read_metrics(run_dir / "metrics.jsonl")
+            if "loss" in r and r.get("iteration", 0) <= it]
+    if upto:
+        last = upto[-1]
+        state.elapsed = float(last.get("elapsed", 0.0))
+        state.cpu_s = float(last.get("cpu_s", 0.0))
+        state.last_loss = float(last["loss"])
+    state.iteration = it
+    state.evals = [e for e in state.evals if e.get("iteration", 0) <= it]
+    state.best = None
 
 
 def make_bundle(rt, state: RunState, source) -> Bundle:

@@ -42,6 +42,17 @@ class Pending:
         return out
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics log, skipping a half-written last line (a live run)."""
+    out = []
+    for line in (path.read_text().splitlines() if path.is_file() else []):
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 def trim_metrics(path: Path, iteration: int) -> None:
     """Drop log lines past the checkpoint, so a resumed run doesn't log them twice."""
     if not path.exists():
