@@ -4,7 +4,10 @@ Each method's points come from one distillation: the periodic snapshots of a run
 (``--run NAME=RUN_DIR``, written with ``--snapshot-every``) or a chain of bundles of one
 run resumed to larger budgets (``--bundles NAME=A.safetensors,B.safetensors,...``).
 Every point's set trains ``--n-nets`` fresh nets under ``--protocol`` through
-``dd eval``'s own code (``evaluate_set``), test set, final epoch, no selection.
+``dd eval``'s own code, test set, final epoch, no selection. A snapshot is evaluated as
+``dd eval RUN/snapshots/iter_K.pt`` does: the bundle the run would have written at K
+(``run_bundle``), learned rates and soft labels included, so ``--protocol mtt`` (the
+set's learned rate) works on snapshots too.
 
 CPU-hours:
 
@@ -43,7 +46,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -105,29 +107,9 @@ def bundle_points(paths: list[str]) -> list[dict]:
     return points
 
 
-def _snapshot_set(snapshot: str, run_dir: Path, data, tmp: Path) -> Path:
-    """An .npz set (what ``dd eval`` reads) from a run's snapshot."""
-    import numpy as np
-    import torch
-
-    cfg = json.loads((run_dir / "config.json").read_text())
-    snap = torch.load(snapshot, map_location="cpu", weights_only=True)
-    images = snap["images"]  # (S, n, C, H, W), class-major in each step
-    ipc = int(cfg["synth"]["images_per_class"])
-    labels = torch.arange(data.num_classes).repeat_interleave(ipc).expand(images.shape[0], -1)
-    out = {"images": images.reshape(-1, *images.shape[2:]).numpy(),
-           "labels": labels.reshape(-1).numpy(), "mean": np.array(data.mean),
-           "std": np.array(data.std), "classes": np.array(data.classes)}
-    if snap.get("soft_labels") is not None:
-        out["soft_labels"] = snap["soft_labels"].reshape(-1, data.num_classes).numpy()
-    path = tmp / "snapshot.npz"
-    np.savez(path, **out)
-    return path
-
-
 def evaluate_points(args) -> None:
     from ddcli.data import load_dataset
-    from ddcli.evaluate import EvalConfig, evaluate_bundle, evaluate_set
+    from ddcli.evaluate import EvalConfig, evaluate, evaluate_bundle
     from ddcli.evaluate._sets import PixelSpaceWarning
     from ddcli.infra import provenance
 
@@ -155,19 +137,22 @@ def evaluate_points(args) -> None:
         cfg = EvalConfig(protocol=args.protocol, n_nets=args.n_nets,
                          precision=args.precision, compile=args.compile,
                          validation=args.validation)
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", PixelSpaceWarning)
-            if run_dir is not None:
-                rep = evaluate_set(_snapshot_set(point["snapshot"], run_dir, data, Path(tmp)),
-                                   cfg, data=data)
+            if run_dir is not None:  # the bundle the run would have written there
+                rep = evaluate(point["snapshot"], cfg, data=data)
             else:
                 rep = evaluate_bundle(point["bundle"], cfg, data=data)
+        for note in rep.notes:
+            if note.startswith("warning:"):
+                print(f"{name} @ {point['iteration']}: {note}", flush=True)
         rec = {"method": name, **point, "cpu_h": point["cpu_h"] + extra.get(name, 0.0),
                "extra_cpu_h": extra.get(name, 0.0), "protocol": args.protocol,
                "n_nets": args.n_nets, "split": split,
                "precision": args.precision, "compile": args.compile,
                "accuracies": rep.primary.accuracies, "mean": rep.primary.mean,
                "std": rep.primary.std, "eval_s": round(rep.elapsed_s, 1),
+               "warnings": [n for n in rep.notes if n.startswith("warning:")],
                "provenance": provenance.collect(device="cpu")}
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -255,12 +255,12 @@ PRESETS.update({
 # matching its epoch t + 2; one learned rate starting at the experts' rate 0.01; images
 # initialised from real ones; 5,000 iterations; one expert per iteration. It needs a
 # --pool of ConvNets pretrained with --trajectories (MTT: 100 experts, 50 epochs of SGD
-# at 0.01; `dd pretrain DATASET --model convnet --optimizer sgd --lr 0.01 --momentum 0
-# --real-epochs 50 --trajectories`; narrower ones, e.g. width 32 through a config file's
+# at 0.01 with DSA; `dd pretrain DATASET --model convnet --optimizer sgd --lr 0.01
+# --momentum 0 --real-epochs 50 --augment dsa --trajectories`; narrower ones, e.g. width 32 through a config file's
 # model.kwargs, on a CPU). Departures: one Adam meta-optimiser (lr 0.01) for images and
 # rate where MTT has SGD at 1,000 (images, momentum 0.5) and 1e-5 (rate); the rate is
-# learned through softplus; the experts train without DSA and, for CIFAR-10, without
-# ZCA (dd pretrain has neither). MTT reports no MNIST row: mtt-mnist-ipc10 applies the
+# learned through softplus; MTT's experts train with DSA (dd pretrain --augment dsa)
+# and, for CIFAR-10, in ZCA space (dd pretrain has no ZCA). MTT reports no MNIST row: mtt-mnist-ipc10 applies the
 # CIFAR-10 settings to MNIST.
 _MTT = {
     "data": {"augment": "dsa"},
@@ -284,7 +284,7 @@ PRESETS.update({
         _with(_MTT, data={"dataset": "mnist"})),
     "mtt-cifar10-ipc10": (
         "As mtt-mnist-ipc10 on CIFAR-10, MTT's own row (MTT: 65.3%); experts without ZCA "
-        "or DSA (docs/methods.md).",
+        "(docs/methods.md).",
         _with(_MTT, data={"dataset": "cifar10"})),
 })
 

@@ -207,3 +207,55 @@ def test_pretrain_options_are_the_recipes_fields(monkeypatch, tmp_path):
         real_epochs=3.0, optimizer="sgd", lr=0.05, weight_decay=0.001, trajectories=True)
     helped = runner.invoke(app, ["pretrain", "--help"]).stdout
     assert all(f.names[0] in helped for f in recipe_flags())
+
+
+def test_augmented_pretraining_is_sgd_on_each_nets_own_dsa_draws(tmp_path):
+    # --augment dsa (MTT's experts): net i's step t trains on DSA(x, seed(i, t)), drawn per
+    # net, so a net trained in a vmapped group of 2 is the net trained alone; checked
+    # against a plain SGD loop written here, and the recipe records the augmentation.
+    from ddcli.core.augment import DSA
+    from ddcli.core.params import init_params
+
+    data = toy_data()
+    recipe = PretrainRecipe(real_epochs=1, optimizer="sgd", lr=0.05, momentum=0.0,
+                            batch_size=len(data.train_x) // 2, augment="dsa")
+    grouped = pretrain(data, out=tmp_path / "g", n_nets=2, recipe=recipe, nets_per_batch=2, **MLP)
+    alone = pretrain(data, out=tmp_path / "a", n_nets=2, recipe=recipe, nets_per_batch=1, **MLP)
+    plain = pretrain(data, out=tmp_path / "p", n_nets=1, nets_per_batch=1, **MLP,
+                     recipe=PretrainRecipe(real_epochs=1, optimizer="sgd", lr=0.05,
+                                           momentum=0.0, batch_size=len(data.train_x) // 2))
+    assert grouped.pool.recipe["augment"] == "dsa" and "augment" not in plain.pool.recipe
+    model = create_model("mlp", in_channels=1, num_classes=3, image_size=8, hidden=[16])
+    n, b = len(data.train_x), len(data.train_x) // 2
+    for i in (0, 1):
+        params = {k: v.clone().requires_grad_(True)
+                  for k, v in init_params(model, "xavier", derive_seed(0, "pool-net", i)).items()}
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(
+            derive_seed(0, "pool-shuffle", i, 0)))
+        for t in range(n // b):
+            idx = perm[t * b:(t + 1) * b]
+            x = DSA()(data.train_x[idx], derive_seed(0, "pool-augment", i, t))
+            loss = torch.nn.functional.cross_entropy(
+                torch.func.functional_call(model, params, (x,)), data.train_y[idx])
+            grads = torch.autograd.grad(loss, list(params.values()))
+            params = {k: (v - 0.05 * g).detach().requires_grad_(True)
+                      for (k, v), g in zip(params.items(), grads)}
+        for pool in (grouped.pool, alone.pool):
+            got = pool.load_net(i)
+            for k, v in params.items():
+                torch.testing.assert_close(got[k], v.detach(), rtol=1e-5, atol=1e-6)
+    unaugmented = plain.pool.load_net(0)
+    assert any(not torch.allclose(unaugmented[k], grouped.pool.load_net(0)[k]) for k in params)
+
+
+@pytest.mark.parametrize("name, needle", [("dc", "DC's evaluation augmentation"),
+                                          ("dsa:blur", "unknown DSA op families"),
+                                          ("jitter", "unknown augmentation")])
+def test_pretrain_refuses_an_unusable_augmentation_in_one_line(tmp_path, fixture_root, name,
+                                                                needle):
+    r = runner.invoke(app, ["pretrain", "mnist", "--data-root", str(fixture_root), "--augment",
+                            name, "-o", str(tmp_path / "p")])
+    err = r.stderr.strip()
+    assert r.exit_code == 2, r.output
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "p").exists()

@@ -68,6 +68,10 @@ def test_a_committed_run_resumes_bit_exactly_in_a_fresh_clone(tmp_path, monkeypa
     assert done.summary["iterations"] == ref.summary["iterations"] == 4
     for name in ("images", "raw_lrs"):
         assert torch.equal(getattr(done, name), getattr(ref, name)), name
+    # the committed config.json keeps the first process's record beside the resume's
+    prov = json.loads((clone / "runs" / "m" / "config.json").read_text())["provenance"]
+    assert len(prov["earlier"]) == 1 and prov["earlier"] == done.provenance["earlier"]
+    assert prov["earlier"][0]["date"] <= prov["date"] and "earlier" not in prov["earlier"][0]
     # nothing in the bundle names a machine's data folder
     text = json.dumps({"config": done.config, "provenance": done.provenance})
     assert str(tmp_path) not in text and done.config["data"]["data_root"] is None
@@ -132,3 +136,27 @@ def test_runs_folder_is_committed_and_small():
                 or (folder / "pool.json").is_file()), folder
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         assert size < 20 * 2**20, f"{folder} holds {size / 2**20:.1f} MB (runs/ takes < 20 MB)"
+
+
+def test_every_committed_run_has_its_pool_committed_with_it():
+    # A run that starts from a pool (MTT's experts, pretrained inits) resumes from a fresh
+    # clone only if the pool's net and trajectory files are committed too: they are
+    # *.safetensors, which .gitignore hides everywhere else.
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("runs/POOL/net-00000.safetensors", "runs/POOL/traj-00000.safetensors"):
+        ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", path],
+                                 capture_output=True)
+        assert ignored.returncode == 1, f".gitignore hides {path}"
+    tracked = set(subprocess.run(["git", "-C", str(ROOT), "ls-files", "runs"],
+                                 capture_output=True, text=True).stdout.split())
+    for config in sorted(t for t in tracked if t.endswith("/config.json")):
+        pool = json.loads((ROOT / config).read_text()).get("init", {}).get("pool")
+        if not pool:
+            continue
+        assert f"{pool}/pool.json" in tracked, f"{config} resumes from {pool}, not committed"
+        manifest = json.loads((ROOT / pool / "pool.json").read_text())
+        for net in manifest["nets"]:
+            for key in ("file", "trajectory"):
+                if net.get(key):
+                    assert f"{pool}/{net[key]}" in tracked, f"{pool}/{net[key]} not committed"

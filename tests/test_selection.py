@@ -172,3 +172,73 @@ def test_the_curve_bench_selects_on_validation_points_only(tmp_path):
     assert lines[1] == ("  dd export runs/x-MTT/snapshots/iter_000500.pt --format bundle "
                         "-o results/x-MTT-500.safetensors")
     assert "validation" not in compute_curve.table(out)  # the table shows test points only
+
+
+def test_a_validation_score_says_when_the_set_saw_its_images(tmp_path):
+    # validation_split(n, N) is a prefix of one permutation: N > M held out by the run
+    # scores on N - M images the set was distilled on; a run that held none out saw all.
+    data = toy_data()
+    kw = dict(data=data, protocol="train", n_nets=1, train_epochs=1, train_lr=0.05)
+    distill(toy_config(optim={"iterations": 1}, data={"validation": 24}),
+            out=tmp_path / "held.safetensors", data=data, progress=False)
+    distill(toy_config(optim={"iterations": 1}), out=tmp_path / "all.safetensors", data=data,
+            progress=False)
+    _, a = validation_split(96, 24)
+    _, b = validation_split(96, 36)
+    assert set(a.tolist()) < set(b.tolist())  # why the overlap is exactly 36 - 24
+
+    def warnings(name, size):
+        rep = evaluate_bundle(tmp_path / name, validation=size, **kw)
+        return [n for n in rep.notes if n.startswith("warning:") and "distilled on" in n]
+
+    assert warnings("held.safetensors", 24) == [] and warnings("held.safetensors", 12) == []
+    (w,) = warnings("held.safetensors", 36)
+    assert "held out 24 training images" in w and "also scores on 12 it was distilled on" in w
+    (w,) = warnings("all.safetensors", 24)
+    assert "was distilled on every training image" in w and "optimistic" in w
+    plain = evaluate_bundle(tmp_path / "all.safetensors", **kw)  # the test set: no warning
+    assert not [n for n in plain.notes if "distilled on" in n]
+
+
+def test_the_curve_bench_scores_a_snapshot_as_dd_eval_does(tmp_path, fixture_root, monkeypatch):
+    # Each curve point of a run is `dd eval RUN/snapshots/iter_K.pt`: the bundle the run
+    # would have written at K (learned rates included), scored on the split asked for,
+    # its warnings kept with the point.
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import compute_curve
+    import ddcli.evaluate as ev
+
+    r = run("distill", "mnist", "--data-root", fixture_root, "--steps", "1", "--epochs", "1",
+            "--batch-size", "64", "--iterations", 2, "--snapshot-every", "1", "--log-every", "1",
+            "-o", tmp_path / "m.safetensors", "--quiet")
+    assert r.exit_code == 0, r.output
+    snap = tmp_path / "m.run" / "snapshots" / "iter_000001.pt"
+    calls = []
+    real = ev.evaluate
+
+    def spy(source, cfg=None, **kw):
+        calls.append((str(source), cfg))
+        cfg = ev.EvalConfig(**{**cfg.__dict__, "train_epochs": 1})  # keep the test short
+        return real(source, cfg, **kw)
+
+    monkeypatch.setattr(ev, "evaluate", spy)
+    out = tmp_path / "curve.jsonl"
+    args = argparse.Namespace(run=[f"m={tmp_path / 'm.run'}"], bundles=[], extra=[],
+                              dataset="mnist", protocol="train", n_nets=1, precision="fp32",
+                              compile=False, min_iteration=0, skip=[], data_root=str(fixture_root),
+                              out=str(out), validation=100)
+    compute_curve.evaluate_points(args)
+    assert [c[0] for c in calls] == [str(snap), str(snap.parent / "iter_000002.pt")]
+    assert all(c[1].validation == 100 for c in calls)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2] and rows[0]["split"] == "validation:100"
+    expected = evaluate(snap, protocol="train", n_nets=1, train_epochs=1, validation=100,
+                        data_root=fixture_root)
+    assert rows[0]["accuracies"] == expected.primary.accuracies
+    # the run held nothing out: its every point says the split is not unseen
+    assert all(any("distilled on every training image" in w for w in r["warnings"])
+               for r in rows)

@@ -183,8 +183,11 @@ class _Run:
         self.state.provenance.append(rt.provenance(preset=preset))
         rt.restore(self.state)
         self.source = rt.init_source(self.state)
+        # config.json: this process's provenance and the earlier ones (a resumed run's
+        # first command stays readable in a committed run folder)
         self.folder.start(cfg, iteration=self.state.iteration,
-                          provenance=self.state.provenance[-1])
+                          provenance={**self.state.provenance[-1],
+                                      "earlier": self.state.provenance[:-1]})
 
     # --- one outer iteration ----------------------------------------------------------------
     def outer_step(self, it: int, stop: bool) -> torch.Tensor:

@@ -176,6 +176,9 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
         data = held_out(data, cfg.validation)
         notes.append(f"scored on {cfg.validation:,} held-out training images (validation "
                      "split), not the test set; baselines drew from the other training images")
+        seen = _validation_seen(s, cfg.validation, data.name)
+        if seen:
+            notes.append(f"warning: {seen}")
     train_settings = None
     if protocol != "replay":
         train_settings = protocols.resolve(cfg, data.name, s.lrs)
@@ -406,3 +409,23 @@ def chance_warnings(rows, num_classes: int, rate: str) -> list[str]:
 def _rates_learned(s: ImageSet) -> bool:
     """False for a bundle whose objective kept its rates at --step-lr (its record says so)."""
     return s.bundle is None or s.bundle.extra.get("objective", {}).get("learned_rates", True)
+
+
+def _validation_seen(s: ImageSet, size: int, dataset: str) -> str | None:
+    """Why a --validation score of a distilled set is optimistic, if it is: the split's
+    images (the first ``size`` of one fixed permutation, ``validation_split``) include
+    training images the set was distilled on. A run held out M images; ``size`` > M
+    scores on ``size`` - M it saw, and M = 0 (every run before ``--validation``) on all."""
+    config = getattr(s.bundle, "config", None) or {}
+    data = config.get("data") or {}
+    if s.bundle is None or data.get("dataset", dataset) != dataset:
+        return None  # not distilled here (an image file, or another dataset's set)
+    held = int(data.get("validation") or 0)
+    if held >= size:
+        return None
+    if held == 0:
+        return (f"{s.source} was distilled on every training image: the {size:,} validation "
+                "images were real data for it, so this score is optimistic")
+    return (f"{s.source} held out {held:,} training images; --validation {size:,} also "
+            f"scores on {size - held:,} it was distilled on (--validation {held:,} scores "
+            "on unseen images only)")

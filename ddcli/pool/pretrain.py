@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ddcli.core.augment import parse_augment
 from ddcli.core.metrics import correct_counts
 from ddcli.core.params import Params, init_params, num_nets, stack_params
 from ddcli.core.seeds import derive_seed
@@ -62,6 +63,10 @@ class PretrainRecipe:
     # Keep every net's weights after each epoch (MTT's expert buffers); whole epochs only.
     trajectories: bool = _flag(False, "Also keep each net's weights after every epoch (expert "
                                "trajectories for --objective trajectory).")
+    # MTT trains its experts with DSA's augmentation (buffer.py, --dsa True); a net's
+    # draws are a pure function of (seed, net, step), whatever group it trains in.
+    augment: str = _flag("none", "Augment each real batch: none, dsa or dsa:FAMILIES "
+                         "(MTT's experts: dsa).", metavar="NAME")
 
     def resolved(self) -> "PretrainRecipe":
         if self.optimizer not in OPTIMIZERS:
@@ -74,19 +79,29 @@ class PretrainRecipe:
         lr = DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
         if not lr > 0:
             raise ConfigError(f"--lr must be a positive number, got {lr}")
+        augment = self.augment or "none"
+        if augment == "dc" or augment.startswith("dc:"):
+            raise ConfigError("--augment dc is DC's evaluation augmentation; pretrain takes "
+                              "none, dsa or dsa:FAMILIES")
+        try:
+            parse_augment(augment)
+        except ValueError as exc:
+            raise ConfigError(f"--augment: {exc}") from None
         if self.trajectories and self.real_epochs != int(self.real_epochs):
             raise ConfigError(f"--trajectories saves the weights after every epoch: "
                               f"--real-epochs must be a whole number, got {self.real_epochs}")
         return PretrainRecipe(float(self.real_epochs), self.optimizer, float(lr),
                               self.batch_size, self.momentum, self.weight_decay,
-                              bool(self.trajectories))
+                              bool(self.trajectories), augment)
 
     def record(self) -> dict[str, Any]:
-        """The recipe as ``pool.json`` stores it (pools without trajectories, as before
-        the option existed, so they still grow)."""
+        """The recipe as ``pool.json`` stores it (without trajectories or augmentation,
+        as before those options existed, so older pools still grow)."""
         out = asdict(self)
         if not self.trajectories:
             del out["trajectories"]
+        if out["augment"] in ("none", "", None):  # pools from before the option grow on
+            del out["augment"]
         return out
 
 
@@ -325,6 +340,7 @@ def _train_group(model: nn.Module, group: list[int], seeds: list[int], scheme: s
     state = step.init({k: v[0] for k, v in params.items()} if single else params)
     if single:
         params = {k: v[0] for k, v in params.items()}
+    augment = parse_augment(recipe.augment)
     n = train_x.shape[0]
     b = min(recipe.batch_size, n)
     per_epoch = max(1, n // b)
@@ -349,6 +365,10 @@ def _train_group(model: nn.Module, group: list[int], seeds: list[int], scheme: s
             ]).to(train_x.device)  # (G, N)
         idx = perms[:, i * b : (i + 1) * b]  # (G, B)
         x, y = train_x[idx], train_y[idx]  # (G, B, C, H, W), (G, B)
+        if augment is not None:  # each net its own draw: (seed, net, step), not the group
+            with torch.no_grad():
+                x = torch.stack([augment(x[k], derive_seed(seed, "pool-augment", j, t))
+                                 for k, j in enumerate(group)])
         if single:
             x, y = x[0], y[0]
         params, state, loss = step.with_loss(params, state, x, y, float(recipe.lr))
