@@ -165,6 +165,9 @@ class DistillProgress(_Display):
             f"{verb} {info.config.data.dataset} with {info.model} ({info.num_params:,} params) "
             f"on {info.device}: {count(info.total_iterations, 'iteration')} "
             f"({info.iterations_per_epoch}/real epoch), run folder {info.run_dir}")
+        for line in getattr(info, "warnings", ()):  # said even with --quiet
+            (self.progress.console if self.progress else self.console).print(
+                f"warning: {line}", soft_wrap=True, markup=False)
         if self.live:
             self._bar = self._add_bar("distill", info.total_iterations, info.start_iteration)
 

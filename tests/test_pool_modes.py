@@ -262,3 +262,67 @@ def test_pool_evaluation_replays_the_sets_inner_loop(pool_dir, tmp_path):
     first = next(n for n in report.nets if n.pool_index == held)
     assert first.after.accuracy == pytest.approx(accuracy(model, want, data.test_x, data.test_y))
     assert any("soft labels" in note for note in report.notes)
+
+
+def test_a_resume_says_what_differs_from_the_process_that_started_it(tmp_path):
+    # A resume on the same machine with the same pool continues bit for bit and warns of
+    # nothing; a pool retrained in place (as after a fresh clone without its files) or
+    # another CPU model is said in one warning line each, and the run still goes on.
+    import shutil
+
+    from ddcli.engine.state import load_checkpoint, save_checkpoint
+    from ddcli.infra.provenance import resume_differences
+
+    data = toy_data()
+    pool = tmp_path / "pool"
+    recipe = PretrainRecipe(real_epochs=1, lr=0.01, batch_size=32)
+    pretrain(data, out=pool, n_nets=4, model="mlp", model_kwargs={"hidden": [16]},
+             recipe=recipe, nets_per_batch=4)
+    seen = []
+
+    class Spy:
+        def on_start(self, info):
+            seen.append(info.warnings)
+
+    distill_until_ctrl_c(cfg(pool), tmp_path / "part.safetensors", data, at=2)
+    first = load_checkpoint(tmp_path / "part.run").provenance[0]
+    assert first["pool_hash"] == Pool.load(pool).content_hash() and first["cpu"]
+    resume(tmp_path / "part.run", data=data, callbacks=Spy(),
+           overrides={"optim": {"iterations": 4}})
+    assert seen[-1] == []
+
+    shutil.rmtree(pool)  # the same command, other weights (another seed here)
+    pretrain(data, out=pool, n_nets=4, model="mlp", model_kwargs={"hidden": [16]},
+             recipe=recipe, nets_per_batch=4, seed=1)
+    state = load_checkpoint(tmp_path / "part.run")
+    state.provenance[0]["cpu"] = "Some Other CPU 9000"
+    save_checkpoint(tmp_path / "part.run", state)
+    resume(tmp_path / "part.run", data=data, callbacks=Spy(), force=True,
+           overrides={"optim": {"iterations": 6}})
+    (cpu,), (pool_line,) = ([w for w in seen[-1] if key in w] for key in ("CPU", "pool"))
+    assert len(seen[-1]) == 2 and "started on Some Other CPU 9000" in cpu
+    assert "not bit for bit" in cpu and "the pool's nets differ" in pool_line
+    # versions and data, from the records alone
+    a = {"versions": {"torch": "2.13.0", "ddcli": "0.1.0"}, "data": {"sha256": "aa"}}
+    b = {"versions": {"torch": "2.14.1", "ddcli": "0.1.0"}, "data": {"sha256": "bb"}}
+    lines = resume_differences(a, b)
+    assert len(lines) == 2 and "torch 2.14.1 here, 2.13.0 when the run started" in lines[0]
+    assert resume_differences(None, b) == [] and resume_differences(a, a) == []
+
+
+def test_cli_resume_prints_its_warnings_even_quiet(tmp_path, fixture_root):
+    from ddcli.engine.state import load_checkpoint, save_checkpoint
+
+    r = runner.invoke(app, ["distill", "mnist", "--data-root", str(fixture_root), "--steps", "1",
+                            "--epochs", "1", "--batch-size", "64", "--iterations", "2",
+                            "-o", str(tmp_path / "m.safetensors"), "-q"])
+    assert r.exit_code == 0, r.output
+    state = load_checkpoint(tmp_path / "m.run")
+    state.provenance[0]["cpu"] = "Some Other CPU 9000"
+    save_checkpoint(tmp_path / "m.run", state)
+    r = runner.invoke(app, ["distill", "--resume", str(tmp_path / "m.run"), "--iterations", "3",
+                            "--data-root", str(fixture_root), "-o",
+                            str(tmp_path / "m3.safetensors"), "-q"])
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.stderr.splitlines() if x.startswith("warning:")]
+    assert len(lines) == 1 and "the run started on Some Other CPU 9000" in lines[0]

@@ -29,6 +29,9 @@ class StartInfo:
     device: str
     model: str
     num_params: int
+    # A resumed run: what differs from the process that started it (versions, data, CPU
+    # model, pool), each a line the CLI prints as a warning.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

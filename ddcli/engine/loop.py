@@ -28,6 +28,7 @@ from ddcli.progress import DistillProgress
 from ddcli.errors import ConfigError, DivergedError, Interrupted, OutputError
 from ddcli.infra import device as _device
 from ddcli.infra import io as _io
+from ddcli.infra import provenance
 from ddcli.infra.signals import stop_on_signals
 from ddcli.layering import resumed_config
 
@@ -183,6 +184,12 @@ class _Run:
         self.state.provenance.append(rt.provenance(preset=preset))
         rt.restore(self.state)
         self.source = rt.init_source(self.state)
+        pool_hash = self.source.describe().get("pool_hash")
+        if pool_hash:  # the pool's content, so a resume can tell if it changed
+            self.state.provenance[-1]["pool_hash"] = pool_hash
+        self.warnings = provenance.resume_differences(
+            self.state.provenance[0] if len(self.state.provenance) > 1 else None,
+            self.state.provenance[-1])
         # config.json: this process's provenance and the earlier ones (a resumed run's
         # first command stays readable in a committed run folder)
         self.folder.start(cfg, iteration=self.state.iteration,
@@ -256,6 +263,7 @@ class _Run:
             iterations_per_epoch=rt.sampler.iterations_per_epoch, device=str(rt.device),
             model=self.cfg.model_name(rt.data.name),
             num_params=sum(p.numel() for p in rt.model.parameters()),
+            warnings=list(self.warnings),
         ))
         t0, elapsed_before = time.perf_counter(), st.elapsed
         c0, cpu_before = time.process_time(), st.cpu_s

@@ -70,12 +70,53 @@ def collect(*, device: str, data=None, preset: str | None = None,
         "device": device,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "cpu": cpu_model(),
     }
     if data is not None:
         record["data"] = {"name": data.name, "sha256": data_sha256(data),
                           "train": int(data.train_y.shape[0]),
                           "test": int(data.test_y.shape[0])}
     return record
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else ``platform.processor()``: what
+    decides which kernels, and so which roundings, a run on the CPU gets."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def resume_differences(first: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """Why a resumed run may not continue bit for bit: what differs between the record of
+    the process that started it (``first``) and this one's (``now``): versions, the data,
+    the CPU model and the content of the pool it draws from."""
+    if not first:
+        return []
+    out = []
+    for name in ("ddcli", "torch"):
+        then, here = (first.get("versions") or {}).get(name), (now.get("versions") or {}).get(name)
+        if then and here != then:
+            out.append(f"{name} {here} here, {then} when the run started")
+    then, here = (first.get("data") or {}).get("sha256"), (now.get("data") or {}).get("sha256")
+    if then and here and then != here:
+        out.append("the data here differs from the data the run started on (another copy "
+                   "or version of the files)")
+    then, here = first.get("cpu"), now.get("cpu")
+    if then and here and then != here and now.get("device", "cpu") == "cpu":
+        out.append(f"the run started on {then}, this is {here}: another CPU rounds some "
+                   "kernels differently, so the iterations from here are not bit for bit "
+                   "what the first machine would have computed")
+    then, here = first.get("pool_hash"), now.get("pool_hash")
+    if then and here and then != here:
+        out.append(f"the pool's nets differ from those the run started with (content hash "
+                   f"{here}, then {then}): the iterations from here draw other weights")
+    return out
 
 
 def portable_command(argv: list[str]) -> list[str]:
