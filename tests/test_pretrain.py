@@ -259,3 +259,38 @@ def test_pretrain_refuses_an_unusable_augmentation_in_one_line(tmp_path, fixture
     assert r.exit_code == 2, r.output
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in r.output
     assert not (tmp_path / "p").exists()
+
+
+def test_validation_images_never_reach_a_pools_training(tmp_path, monkeypatch):
+    # --validation N: every net trains on the training images dd distill --validation N
+    # keeps (the same N held out), and is still tested on the test set.
+    import ddcli.pool.pretrain as pp
+    from ddcli.data import validation_split
+
+    data = toy_data()
+    seen = []
+    real = pp._train_group
+
+    def spy(model, group, seeds, scheme, seed, recipe, total, train_x, train_y, callbacks):
+        seen.append((train_x.clone(), train_y.clone()))
+        return real(model, group, seeds, scheme, seed, recipe, total, train_x, train_y, callbacks)
+
+    monkeypatch.setattr(pp, "_train_group", spy)
+    recipe = PretrainRecipe(real_epochs=1, lr=0.01, batch_size=32, validation=24)
+    result = pretrain(data, out=tmp_path / "p", n_nets=2, recipe=recipe, nets_per_batch=1, **MLP)
+    train, held = validation_split(len(data.train_y), 24)
+    for x, y in seen:
+        assert torch.equal(x, data.train_x[train]) and torch.equal(y, data.train_y[train])
+    assert result.pool.recipe["validation"] == 24
+    model = create_model("mlp", in_channels=1, num_classes=3, image_size=8, hidden=[16])
+    net = result.pool.nets[0]
+    assert accuracy(model, result.pool.load_net(0), data.test_x, data.test_y) == pytest.approx(
+        net.test_acc)
+    assert "validation" not in make_pool(tmp_path / "q", n=1).pool.recipe  # 0: not recorded
+
+
+def test_pretrain_validation_must_be_a_count(tmp_path, fixture_root):
+    r = runner.invoke(app, ["pretrain", "mnist", "--data-root", str(fixture_root), "--validation",
+                            "-3", "-o", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "--validation must be a count of images >= 0" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

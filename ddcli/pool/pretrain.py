@@ -9,6 +9,7 @@ has its own init seed and its own shuffle of the training set in every epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ from ddcli.infra.io import check_writable
 from ddcli.infra.sections import Flag, field_flags, flag
 from ddcli.pool.folder import (MANIFEST, TRAJECTORY_FORMAT_NAME, Pool, PoolNet, net_file,
                                read_net_record, trajectory_file)
-from ddcli.data import RealData, default_model, load_dataset
+from ddcli.data import RealData, default_model, held_out, load_dataset
 from ddcli.errors import ConfigError, DivergedError, PoolError
 from ddcli.models import check_functional, create_model
 
@@ -67,6 +68,10 @@ class PretrainRecipe:
     # draws are a pure function of (seed, net, step), whatever group it trains in.
     augment: str = _flag("none", "Augment each real batch: none, dsa or dsa:FAMILIES "
                          "(MTT's experts: dsa).", metavar="NAME")
+    # The images `dd distill --validation N` holds out (the same N, the same images):
+    # experts that never saw them leave a run's validation split unseen.
+    validation: int = _flag(0, "Training images held out of every net's training (the "
+                            "images dd distill --validation N holds out).", metavar="N")
 
     def resolved(self) -> "PretrainRecipe":
         if self.optimizer not in OPTIMIZERS:
@@ -87,12 +92,16 @@ class PretrainRecipe:
             parse_augment(augment)
         except ValueError as exc:
             raise ConfigError(f"--augment: {exc}") from None
+        if isinstance(self.validation, bool) or not isinstance(self.validation, int) or (
+                self.validation < 0):
+            raise ConfigError(f"--validation must be a count of images >= 0, got "
+                              f"{self.validation!r}")
         if self.trajectories and self.real_epochs != int(self.real_epochs):
             raise ConfigError(f"--trajectories saves the weights after every epoch: "
                               f"--real-epochs must be a whole number, got {self.real_epochs}")
         return PretrainRecipe(float(self.real_epochs), self.optimizer, float(lr),
                               self.batch_size, self.momentum, self.weight_decay,
-                              bool(self.trajectories), augment)
+                              bool(self.trajectories), augment, self.validation)
 
     def record(self) -> dict[str, Any]:
         """The recipe as ``pool.json`` stores it (without trajectories or augmentation,
@@ -102,6 +111,8 @@ class PretrainRecipe:
             del out["trajectories"]
         if out["augment"] in ("none", "", None):  # pools from before the option grow on
             del out["augment"]
+        if not out["validation"]:
+            del out["validation"]
         return out
 
 
@@ -226,6 +237,9 @@ def pretrain(
     if nets_per_batch < 1:
         raise ConfigError(f"--nets-per-batch must be a positive integer, got {nets_per_batch}")
     data = dataset if isinstance(dataset, RealData) else load_dataset(dataset, root=data_root)
+    if recipe.validation:  # train on the rest; test accuracy stays on the test set
+        held = held_out(data, recipe.validation)
+        data = dataclasses.replace(held, test_x=data.test_x, test_y=data.test_y)
     name = model or default_model(data.name)
     net = create_model(name, in_channels=data.in_channels, num_classes=data.num_classes,
                        image_size=data.image_size, **(model_kwargs or {}))
