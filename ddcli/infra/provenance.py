@@ -92,17 +92,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _version_lines(then: dict[str, str] | None, now: dict[str, str] | None,
+                   names: tuple[str, ...], when: str) -> list[str]:
+    """One line per package of ``names`` whose recorded version ``then`` differs from ``now``."""
+    then, now = then or {}, now or {}
+    return [f"{name} {now.get(name)} here, {then[name]} {when}"
+            for name in names if then.get(name) and now.get(name) != then[name]]
+
+
 def resume_differences(first: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
     """Why a resumed run may not continue bit for bit: what differs between the record of
     the process that started it (``first``) and this one's (``now``): versions, the data,
     the CPU model and the content of the pool it draws from."""
     if not first:
         return []
-    out = []
-    for name in ("ddcli", "torch"):
-        then, here = (first.get("versions") or {}).get(name), (now.get("versions") or {}).get(name)
-        if then and here != then:
-            out.append(f"{name} {here} here, {then} when the run started")
+    out = _version_lines(first.get("versions"), now.get("versions"), ("ddcli", "torch"),
+                         "when the run started")
     then, here = (first.get("data") or {}).get("sha256"), (now.get("data") or {}).get("sha256")
     if then and here and then != here:
         out.append("the data here differs from the data the run started on (another copy "
@@ -137,11 +142,8 @@ def differences(stored: dict[str, Any] | None, data=None) -> list[str]:
     """What differs between a stored record and this process: versions and data."""
     if not stored:
         return []
-    out = []
-    now = versions()
-    for name, then in (stored.get("versions") or {}).items():
-        if name in ("ddcli", "torch", "torchvision") and now.get(name) != then:
-            out.append(f"{name} {now.get(name)} here, {then} when the bundle was made")
+    out = _version_lines(stored.get("versions"), versions(), ("ddcli", "torch", "torchvision"),
+                         "when the bundle was made")
     was = (stored.get("data") or {}).get("sha256")
     if data is not None and was and data_sha256(data) != was:
         out.append(f"the {data.name} data here differs from the data the bundle was made "
