@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from pathlib import Path
@@ -14,10 +13,9 @@ import torch
 from ddcli.infra import provenance
 from ddcli.infra.device import resolve_device, retain_freed_memory
 from ddcli.bundle import Bundle
-from ddcli.data import RealData, default_model, held_out, load_dataset, zca_dataset
-from ddcli.errors import ConfigError, ModelError
+from ddcli.data import RealData, held_out, load_dataset, zca_dataset
+from ddcli.errors import ConfigError
 from ddcli.init_modes import is_seeded_fixed
-from ddcli.models import check_functional, create_model, model_label
 from ddcli.evaluate._many_nets import supports_vmap
 from ddcli.evaluate._job import Job, count_stages
 from ddcli.evaluate._replay_protocol import checkpoints, inner_loop_of, run_replay
@@ -26,6 +24,8 @@ from ddcli.evaluate.ddranking import FullDataProtocol, ddranking_scores, full_da
 from ddcli.evaluate.initial_nets import RANDOM
 from ddcli.evaluate.pool_eval import PoolEvalReport, evaluate_pool_bundle, is_pool_bundle
 from ddcli.evaluate._sets import ImageSet, load_image_set, set_kind
+from ddcli.evaluate._fitting import (build_model, match_dataset, rates_learned, set_provenance,
+                                      soft_labels_of, validation_seen)
 from ddcli.evaluate._train_protocol import run_train, score_epochs
 from ddcli.evaluate import protocols
 from ddcli.evaluate.protocols import DEFAULT_TRAIN_LR
@@ -147,7 +147,7 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
                       callbacks: Any = None) -> EvalReport:
     t0 = time.perf_counter()
     # A set whose rates were not learned (distribution matching) has no inner loop to replay.
-    protocol = cfg.protocol or ("replay" if s.kind == "bundle" and _rates_learned(s) else "train")
+    protocol = cfg.protocol or ("replay" if s.kind == "bundle" and rates_learned(s) else "train")
     cfg = dataclasses.replace(cfg, protocol=protocol)
     if protocol == "replay":
         _fp32_replay(cfg.precision)
@@ -166,9 +166,9 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
         # The set lives in ZCA space: whiten the evaluation data the same way (cached fit).
         data = zca_dataset(data, eps=float(space.get("eps", 0.1)))
         notes.append(f"ZCA-whitened {data.name} (eps {space.get('eps', 0.1)}) to match the set")
-    images, labels = _match_dataset(s, data, notes)
+    images, labels = match_dataset(s, data, notes)
     device = resolve_device(cfg.device)
-    made = _set_provenance(s)
+    made = set_provenance(s)
     notes += [f"warning: {d}" for d in provenance.differences(made, data)]
     if cfg.validation:
         # Selection never sees the test set: fresh nets score on held-out training images,
@@ -176,7 +176,7 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
         data = held_out(data, cfg.validation)
         notes.append(f"scored on {cfg.validation:,} held-out training images (validation "
                      "split), not the test set; baselines drew from the other training images")
-        seen = _validation_seen(s, cfg.validation, data.name)
+        seen = validation_seen(s, cfg.validation, data.name)
         if seen:
             notes.append(f"warning: {seen}")
     train_settings = None
@@ -186,7 +186,7 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
         if train_settings.departures:
             notes.append(f"departs from the {protocol} protocol: "
                          + "; ".join(train_settings.departures))
-    model = _build_model(s, cfg, protocol, data).to(device)
+    model = build_model(s, cfg, protocol, data).to(device)
     spec = dict(model.ddcli_spec)
     scheme = cfg.init_scheme or s.init_scheme or "xavier"
     batched = BATCHING[cfg.batching]
@@ -197,7 +197,7 @@ def _evaluate_in_heap(s: ImageSet, cfg: EvalConfig, *, dataset: str | None = Non
               test_x=data.test_x.to(device), test_y=data.test_y.to(device), device=device,
               scheme=scheme, batched=batched, emit=lambda n, p: _emit(callbacks, n, p),
               notes=notes)
-    soft = _soft_labels(s, data)
+    soft = soft_labels_of(s, data)
     if soft is not None:
         job.soft_labels = soft.to(device)
         notes.append("the set's learned soft labels are the nets' targets")
@@ -280,49 +280,6 @@ def _emit(callbacks: Any, name: str, payload: Any) -> None:
         fn(payload)
 
 
-def _match_dataset(
-    s: ImageSet, data: RealData, notes: list[str]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The set's images and labels in the dataset's normalisation and class order."""
-    want = (data.in_channels, data.image_size, data.image_size)
-    if s.input_shape != want:
-        shape = lambda t: "x".join(map(str, t))  # noqa: E731
-        raise ConfigError(f"{s.source} has {shape(s.input_shape)} images but {data.name}'s are "
-                          f"{shape(want)}; pick the dataset the set was made from with --dataset")
-    labels = s.labels
-    if s.classes is not None and list(s.classes) != list(data.classes):
-        if int(labels.max()) >= len(s.classes):
-            raise ConfigError(f"{s.source} has labels beyond its {len(s.classes)} class names")
-        if set(s.classes) <= set(data.classes):
-            mapping = torch.tensor([data.classes.index(c) for c in s.classes])
-            labels = mapping[labels]
-            notes.append(f"labels mapped to {data.name}'s classes by name")
-        elif len(s.classes) == data.num_classes:
-            notes.append(f"the set's class names differ from {data.name}'s; labels used as indices")
-        else:
-            raise ConfigError(f"{s.source} has {len(s.classes)} classes but {data.name} has "
-                              f"{data.num_classes}")
-    if int(labels.max()) >= data.num_classes:
-        raise ConfigError(f"{s.source} has labels up to {int(labels.max())} but {data.name} has "
-                          f"{data.num_classes} classes")
-    images = s.images
-    if s.mean is None or s.std is None:
-        notes.append(f"the {s.kind} set carries no mean/std: taken as normalised like {data.name}")
-    elif not (_close(s.mean, data.mean) and _close(s.std, data.std)):
-        c = (len(data.mean), 1, 1)
-        mean_s, std_s = torch.tensor(s.mean).view(c), torch.tensor(s.std).view(c)
-        mean_d, std_d = torch.tensor(data.mean).view(c), torch.tensor(data.std).view(c)
-        # Back to [0, 1] pixels with the set's statistics, then the dataset's: the test
-        # images and the training images must share one normalisation.
-        images = (images * std_s + mean_s - mean_d) / std_d
-        if s.kind == "imagefolder":
-            notes.append(f"pixels read as [0, 1] and normalised with {data.name}'s mean/std")
-        else:
-            notes.append(f"re-normalised the images from the set's mean {_fmt(s.mean)} / std "
-                         f"{_fmt(s.std)} to {data.name}'s {_fmt(data.mean)} / {_fmt(data.std)}")
-    return images, labels
-
-
 def _ddranking(cfg: EvalConfig, rows, data: RealData, spec: dict, scheme: str,
                device) -> dict[str, Any]:
     """IOR, HLR, LRS of the train-protocol rows, against a full-data net trained with the
@@ -341,91 +298,9 @@ def _ddranking(cfg: EvalConfig, rows, data: RealData, spec: dict, scheme: str,
         "cached": full.cached, "seconds": round(full.seconds, 1)}}
 
 
-def _set_provenance(s: ImageSet) -> dict[str, Any] | None:
-    """How the set was made: the last process that worked on a ddcli bundle."""
-    if s.bundle is None:
-        return None
-    return dict(s.bundle.provenance) or None
-
-
-def _soft_labels(s: ImageSet, data: RealData) -> torch.Tensor | None:
-    """The set's learned labels, with their class columns in the dataset's order."""
-    soft = s.bundle.soft_labels if s.bundle is not None else getattr(s, "soft_labels", None)
-    if soft is None or s.classes is None or list(s.classes) == list(data.classes):
-        return soft
-    out = torch.zeros(*soft.shape[:-1], data.num_classes)
-    for c, name in enumerate(s.classes):
-        out[..., data.classes.index(name)] = soft[..., c]
-    return out
-
-
-def _close(a, b) -> bool:
-    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7)
-                                    for x, y in zip(a, b))
-
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
-
-
-def _build_model(s: ImageSet, cfg: EvalConfig, protocol: str, data: RealData):
-    own = s.model  # the spec the set was made for (bundles, ddcli image folders)
-    if protocol == "replay":
-        assert own is not None
-        if cfg.model is not None and cfg.model != own.get("name"):
-            if not _same_factory(cfg.model, own.get("name")):
-                raise ConfigError(f"--model applies to --protocol train; replay runs the bundle's "
-                                  f"own {own.get('name')} (its rates were learned for it)")
-            own = {**own, "name": cfg.model}  # your model's file, moved since the bundle was made
-        model = create_model(**own)
-    elif cfg.model is None and own is not None:
-        model = create_model(**own)
-    else:
-        name = cfg.model or default_model(data.name)
-        c, h = data.in_channels, data.image_size
-        try:
-            model = create_model(name, in_channels=c, num_classes=data.num_classes, image_size=h)
-        except ModelError as exc:
-            raise ModelError(f"--model {name} can't take this set's {c}x{h}x{h} images: "
-                             f"{exc}") from None
-    check_functional(model)
-    return model
-
-
-def _same_factory(given: str, recorded: Any) -> bool:
-    """Both name your own model's factory, by the same name (the file may have moved)."""
-    return (isinstance(recorded, str) and ":" in given and ":" in recorded
-            and model_label(given) == model_label(recorded))
-
-
 def chance_warnings(rows, num_classes: int, rate: str) -> list[str]:
     """One line per trained row whose mean is within ``CHANCE_MARGIN`` of chance."""
     chance = 1.0 / num_classes
     return [f"{row.label}: {100 * row.mean:.2f} % is within {100 * CHANCE_MARGIN:.0f} points "
             f"of chance ({100 * chance:.0f} %) at {rate}"
             for row in rows if row.name != "knn" and abs(row.mean - chance) <= CHANCE_MARGIN]
-
-
-def _rates_learned(s: ImageSet) -> bool:
-    """False for a bundle whose objective kept its rates at --step-lr (its record says so)."""
-    return s.bundle is None or s.bundle.extra.get("objective", {}).get("learned_rates", True)
-
-
-def _validation_seen(s: ImageSet, size: int, dataset: str) -> str | None:
-    """Why a --validation score of a distilled set is optimistic, if it is: the split's
-    images (the first ``size`` of one fixed permutation, ``validation_split``) include
-    training images the set was distilled on. A run held out M images; ``size`` > M
-    scores on ``size`` - M it saw, and M = 0 (every run before ``--validation``) on all."""
-    config = getattr(s.bundle, "config", None) or {}
-    data = config.get("data") or {}
-    if s.bundle is None or data.get("dataset", dataset) != dataset:
-        return None  # not distilled here (an image file, or another dataset's set)
-    held = int(data.get("validation") or 0)
-    if held >= size:
-        return None
-    if held == 0:
-        return (f"{s.source} was distilled on every training image: the {size:,} validation "
-                "images were real data for it, so this score is optimistic")
-    return (f"{s.source} held out {held:,} training images; --validation {size:,} also "
-            f"scores on {size - held:,} it was distilled on (--validation {held:,} scores "
-            "on unseen images only)")
