@@ -190,7 +190,7 @@ def test_pretrain_options_are_the_recipes_fields(monkeypatch, tmp_path):
     # pool is trained with PretrainRecipe() itself, and each given one lands in its field.
     import ddcli.cli.pretrain as pretrain_cli
     from ddcli.errors import DDError
-    from ddcli.pool.pretrain import recipe_flags
+    from ddcli.pool.recipe import recipe_flags
 
     seen = []
 

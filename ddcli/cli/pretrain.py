@@ -10,7 +10,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ddcli.config import OUTPUT
-from ddcli.pool.pretrain import PretrainRecipe, PretrainResult, pretrain, recipe_flags
+from ddcli.pool.pretrain import PretrainResult, pretrain
+from ddcli.pool.recipe import PretrainRecipe, recipe_flags
 from ddcli.cli._app import app
 from ddcli.cli._options import (DataRoot, DatasetArg, Device, Json, Model, Quiet, Seed,
                                 config_options, parse_model_args)
