@@ -153,8 +153,8 @@ def export(bundle: Bundle | str | os.PathLike, fmt: str, path: str | os.PathLike
 def run_or_snapshot_bundle(path: str | os.PathLike, *,
                            data_root: str | os.PathLike | None = None) -> Bundle:
     """The bundle of a run folder's last checkpoint, or of one of its snapshots
-    (``RUN_DIR/snapshots/iter_K.pt``), as ``ddcli.engine.loop.run_bundle`` builds it."""
-    from ddcli.engine.loop import run_bundle  # the engine imports the evaluator
+    (``RUN_DIR/snapshots/iter_K.pt``), as ``ddcli.engine.reader.run_bundle`` builds it."""
+    from ddcli.engine.reader import run_bundle  # the engine imports the evaluator
 
     path = Path(path)
     if set_kind(path) == "snapshot":

@@ -6,7 +6,7 @@ import json
 import torch
 
 from ddcli import Bundle, resume
-from ddcli.engine.loop import run_bundle
+from ddcli.engine.reader import run_bundle
 from ddcli.evaluate import evaluate, evaluate_bundle
 from ddcli.evaluate._sets import set_kind
 

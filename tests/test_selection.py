@@ -9,7 +9,7 @@ import torch
 
 from ddcli import Bundle, distill
 from ddcli.data import held_out, validation_split
-from ddcli.engine.loop import run_bundle
+from ddcli.engine.reader import run_bundle
 from ddcli.engine.runtime import Runtime
 from ddcli.evaluate import _evaluate, evaluate, evaluate_bundle
 from ddcli.evaluate._sets import set_kind

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from ddcli.bundle import Bundle
 from ddcli.config import DistillConfig
 from ddcli.core.rates import lrs_from_raw
 from ddcli.data import RealData
@@ -20,8 +19,7 @@ from ddcli.engine.records import (FINITE, LOSS, LR_MAX, LR_MEAN, LR_MIN, MASS_MA
                                 MASS_MIN, STOP, Pending)
 from ddcli.engine.clipping import clip_to_average_
 from ddcli.engine.events import DistillResult, EvalInfo, IterationInfo, SnapshotInfo, StartInfo
-from ddcli.engine.outputs import (RunFolder, default_out, default_run_dir, make_bundle,
-                                  rewind_to_snapshot)
+from ddcli.engine.outputs import RunFolder, default_out, default_run_dir, make_bundle
 from ddcli.engine.runtime import Runtime
 from ddcli.engine.state import CHECKPOINT_NAME, RunState, load_checkpoint
 from ddcli.progress import DistillProgress
@@ -116,42 +114,6 @@ def resume(
     _check_outputs(out, run_dir)
     state.out = str(out.absolute())
     return _Run(cfg, out, run_dir, data, callbacks, state=state).loop()
-
-
-def run_bundle(run_dir: str | Path, *, data: RealData | None = None,
-               data_root: str | Path | None = None,
-               snapshot: str | Path | None = None) -> tuple[Bundle, RealData]:
-    """The bundle of a run folder's last checkpoint, as the run would write it if it
-    finished there, and the data it was made on. The run is only read: it may still be
-    going (checkpoints are written by rename, so a reader sees the last whole one).
-
-    ``snapshot`` (a file of ``RUN_DIR/snapshots/``, written by ``--snapshot-every``):
-    the set of that iteration instead, with the time and loss the run's metrics log
-    recorded there; its summary's ``snapshot`` says so. For a set chosen on a validation
-    split (``dd eval SNAPSHOT --validation N``), and for curves.
-
-    ``data_root`` is the machine's, as for ``resume``. ``dd eval RUN_DIR`` and
-    ``dd eval RUN_DIR/snapshots/iter_K.pt`` use this, and ``dd export`` of either.
-
-    Example:
-        >>> from ddcli.engine.loop import run_bundle
-        >>> bundle, data = run_bundle("runs/dm-mnist-ipc1")  # doctest: +SKIP
-        >>> bundle.summary["iterations"]  # doctest: +SKIP
-        1200
-    """
-    state = load_checkpoint(run_dir)
-    overrides = {"data": {"data_root": str(data_root)}} if data_root is not None else None
-    rt = Runtime(resumed_config(state.config, overrides), data)
-    rt.restore(state)
-    checkpointed = state.iteration
-    if snapshot is not None:
-        rewind_to_snapshot(state, Path(run_dir), Path(snapshot))
-    bundle = make_bundle(rt, state, rt.init_source(state))
-    if snapshot is not None:
-        bundle.summary["snapshot"] = {"file": f"snapshots/{Path(snapshot).name}",
-                                      "iteration": state.iteration,
-                                      "run_checkpointed_at": checkpointed}
-    return bundle, rt.data
 
 
 def _check_outputs(out: Path, run_dir: Path) -> None:

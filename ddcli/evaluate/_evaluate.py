@@ -38,10 +38,10 @@ def evaluate(source: str | os.PathLike, cfg: EvalConfig | None = None,
              **kwargs: Any) -> EvalReport | PoolEvalReport:
     """Evaluate a bundle, ``.pt``, ``.npz`` or ImageFolder path (see ``evaluate_bundle``
     and ``evaluate_set``), or a run folder: the bundle of its last checkpoint
-    (``ddcli.engine.loop.run_bundle``), while the run goes on or after it stopped."""
+    (``ddcli.engine.reader.run_bundle``), while the run goes on or after it stopped."""
     kind = set_kind(source)
     if kind in ("run", "snapshot"):
-        from ddcli.engine.loop import run_bundle  # the engine imports the evaluator
+        from ddcli.engine.reader import run_bundle  # the engine imports the evaluator
 
         cfg, options = _settings(cfg, kwargs)  # usage errors before the run is read
         run_dir, snapshot = (Path(source).parent.parent, source) if kind == "snapshot" else (
