@@ -326,3 +326,29 @@ def test_cli_resume_prints_its_warnings_even_quiet(tmp_path, fixture_root):
     assert r.exit_code == 0, r.output
     lines = [x for x in r.stderr.splitlines() if x.startswith("warning:")]
     assert len(lines) == 1 and "the run started on Some Other CPU 9000" in lines[0]
+
+
+def test_a_pool_from_another_dataset_is_said_and_adapt_is_not_warned(pool_dir, tmp_path):
+    # The toy pool's images have the same shape as `other`'s, so check_fits passes: only
+    # the names tell the datasets apart. A distill run from it says so in one warning
+    # line; an adapt run, which means to start from the source dataset, does not.
+    import dataclasses
+
+    other = dataclasses.replace(toy_data(seed=1), name="other")
+    seen = []
+
+    class Spy:
+        def on_start(self, info):
+            seen.append(info.warnings)
+
+    distill(cfg(pool_dir, optim={"iterations": 1}), out=tmp_path / "a.safetensors",
+            data=other, callbacks=Spy())
+    (line,) = seen[-1]
+    assert "pretrained on toy, not other" in line and "--source-dataset toy" in line
+    distill(cfg(pool_dir, optim={"iterations": 1}), out=tmp_path / "b.safetensors",
+            data=toy_data(), callbacks=Spy())
+    assert seen[-1] == []
+    distill(cfg(pool_dir, optim={"iterations": 1},
+                objective={"kind": "adapt", "source_dataset": "toy"}),
+            out=tmp_path / "c.safetensors", data=other, callbacks=Spy())
+    assert seen[-1] == []

@@ -372,3 +372,15 @@ def test_cli_dry_run_of_trajectory_matching_counts_no_real_batch(mnist_experts, 
     est = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)["estimate_bytes"]
     assert est["real_batch"] == 0 and est["outer_graph"] == 2 * est["weights"]
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_experts_of_another_dataset_are_refused_in_one_line(experts, tmp_path):
+    # Same image shape, so only the dataset's name tells them apart; the run must not
+    # start (the set would be led towards another dataset's weights).
+    other = dataclasses.replace(toy_data(seed=1), name="other")
+    with pytest.raises(PoolError) as err:
+        distill(_mtt(experts), out=tmp_path / "m.safetensors", data=other)
+    msg = str(err.value)
+    assert "experts trained on toy, but this run distils other" in msg and "\n" not in msg
+    assert "dd pretrain other --trajectories" in msg
+    assert not (tmp_path / "m.safetensors").exists()

@@ -253,10 +253,12 @@ class ExpertSegments(PretrainedRandomInit):
 
 
 def make_init_source(cfg, model: nn.Module, device: torch.device, *,
-                     segments: bool = False) -> InitSource:
+                     segments: bool = False, dataset: str | None = None) -> InitSource:
     """Build the init source named by ``cfg.init.mode``; with ``segments`` (an objective
-    that matches expert trajectories) a pretrained-random one yields expert segments."""
+    that matches expert trajectories) a pretrained-random one yields expert segments.
+    ``dataset``: the name of the data distilled (default ``cfg.data.dataset``)."""
     i = cfg.init
+    dataset = dataset or cfg.data.dataset
     if i.mode == InitMode.FIXED:
         params = init_params(model, cfg.model.init_scheme, i.seed)
         return FixedInit({k: v.to(device) for k, v in params.items()})
@@ -267,7 +269,7 @@ def make_init_source(cfg, model: nn.Module, device: torch.device, *,
 
         pool = Pool.load(i.pool)
         spec = model.ddcli_spec
-        pool.check_fits(spec, dataset=cfg.data.dataset, num_classes=spec["num_classes"],
+        pool.check_fits(spec, dataset=dataset, num_classes=spec["num_classes"],
                         input_shape=(spec["in_channels"], spec["image_size"], spec["image_size"]))
         source = cfg.objective.source_dataset
         if source and source != pool.dataset:
@@ -277,6 +279,13 @@ def make_init_source(cfg, model: nn.Module, device: torch.device, *,
         if is_fixed(i.mode):
             return PretrainedFixedInit(pool, i.pool_index, i.pool_holdout, device, names)
         if segments:
+            if pool.dataset != dataset:
+                # Same-shaped images pass check_fits, but another dataset's experts lead
+                # the set towards that dataset's weights.
+                raise PoolError(
+                    f"pool {i.pool} holds experts trained on {pool.dataset}, but this run "
+                    f"distils {dataset}: trajectory matching follows experts trained on the "
+                    f"data it distils (`dd pretrain {dataset} --trajectories -o DIR`)")
             o = cfg.objective
             return ExpertSegments(pool, i.sample_n_nets, i.seed, i.pool_holdout,
                                   o.expert_epochs, o.max_start_epoch, device, names)

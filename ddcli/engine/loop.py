@@ -146,12 +146,18 @@ class _Run:
         self.state.provenance.append(rt.provenance(preset=preset))
         rt.restore(self.state)
         self.source = rt.init_source(self.state)
-        pool_hash = self.source.describe().get("pool_hash")
-        if pool_hash:  # the pool's content, so a resume can tell if it changed
-            self.state.provenance[-1]["pool_hash"] = pool_hash
+        described = self.source.describe()
+        if described.get("pool_hash"):  # the pool's content, so a resume can tell if it changed
+            self.state.provenance[-1]["pool_hash"] = described["pool_hash"]
         self.warnings = provenance.resume_differences(
             self.state.provenance[0] if len(self.state.provenance) > 1 else None,
             self.state.provenance[-1])
+        pool_data = described.get("pool_dataset")
+        if pool_data and pool_data != rt.data.name and cfg.objective.kind != "adapt":
+            self.warnings.append(
+                f"the pool's nets were pretrained on {pool_data}, not {rt.data.name}: this run "
+                f"starts from another dataset's weights (--objective adapt --source-dataset "
+                f"{pool_data} is the run that means to)")
         # config.json: this process's provenance and the earlier ones (a resumed run's
         # first command stays readable in a committed run folder)
         self.folder.start(cfg, iteration=self.state.iteration,

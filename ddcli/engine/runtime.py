@@ -165,7 +165,8 @@ class Runtime:
 
     def make_source(self) -> InitSource:
         return make_init_source(self.cfg, self.model, self.init_device,
-                                segments=self.objective.needs == EXPERT_SEGMENT)
+                                segments=self.objective.needs == EXPERT_SEGMENT,
+                                dataset=self.data.name)
 
     def provenance(self, *, preset: str | None = None) -> dict[str, Any]:
         """This process's record: versions, command, code, device, threads, data."""
