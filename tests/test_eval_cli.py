@@ -131,3 +131,24 @@ def test_eval_options_are_eval_configs_fields(monkeypatch, tmp_path):
     helped = run("eval", "--help").stdout
     for f in eval_flags():
         assert f.names[0] in helped
+
+
+def test_eval_reads_the_data_where_the_bundles_run_read_it(mnist_bundle, fixture_root,
+                                                           tmp_path, monkeypatch):
+    # As a resume does: without --data-root, the root recorded in the bundle's config is
+    # used if that folder is here; a root from another machine falls back to this one's
+    # rules (here an empty $DDCLI_DATA_ROOT, offline: one error line).
+    monkeypatch.setenv("DDCLI_DATA_ROOT", str(tmp_path / "empty"))
+    b = Bundle.load(mnist_bundle)
+    b.config = {"data": {"dataset": "mnist", "data_root": str(fixture_root)}}
+    here = b.save(tmp_path / "here.safetensors")
+    r = run("eval", here, "--n-nets", "1", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["test_size"] == 500  # the fixture's test set
+    b.config = {"data": {"dataset": "mnist", "data_root": str(tmp_path / "elsewhere")}}
+    gone = b.save(tmp_path / "gone.safetensors")
+    err = one_line_error(run("eval", gone, "--n-nets", "1"), 1)
+    assert "not found in" in err and str(tmp_path / "empty") in err
+    # --data-root still wins over the record
+    r = run("eval", gone, "--data-root", fixture_root, "--n-nets", "1", "--json")
+    assert r.exit_code == 0, r.output

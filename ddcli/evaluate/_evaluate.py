@@ -13,7 +13,7 @@ import torch
 from ddcli.infra import provenance
 from ddcli.infra.device import resolve_device, retain_freed_memory
 from ddcli.bundle import Bundle
-from ddcli.data import RealData, held_out, load_dataset, zca_dataset
+from ddcli.data import RealData, held_out, load_dataset, resumed_data_root, zca_dataset
 from ddcli.errors import ConfigError
 from ddcli.init_modes import is_seeded_fixed
 from ddcli.evaluate._many_nets import supports_vmap
@@ -92,6 +92,10 @@ def evaluate_bundle(
     source = options.pop("source", None) or "<bundle>"
     if not isinstance(bundle, Bundle):
         source, bundle = str(bundle), Bundle.load(bundle)
+    if options.get("data_root") is None and options.get("dataset") in (None, bundle.dataset):
+        # As a resume does: the root the bundle's run read, if that folder is here.
+        recorded = ((bundle.config or {}).get("data") or {}).get("data_root")
+        options["data_root"] = resumed_data_root(recorded)
     pool = options.pop("pool", None)
     if is_pool_bundle(bundle) and cfg.protocol != "train":
         _fp32_replay(cfg.precision)
