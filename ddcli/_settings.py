@@ -92,6 +92,10 @@ class SynthConfig(Section):
     init_images: str = _flag("noise", "Start from N(0, 1) noise or from real training "
                              "images of each slot's class.", SYNTH, choices=INIT_IMAGES,
                              metavar="FROM")
+    # Another run's set as the start: MTT from a DM set, say (a bundle file).
+    init_from: str | None = _flag(None, "Start from the images of a bundle (.safetensors) of "
+                                  "the same dataset and images per class; overrides "
+                                  "--init-images.", SYNTH, metavar="BUNDLE")
     # The rate itself, not raw: every learned GD rate starts here.
     step_lr: float = _flag(0.02, "Initial value of the learned rates.", SYNTH,
                            aliases=("--distill-lr",))

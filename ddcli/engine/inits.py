@@ -8,7 +8,8 @@ import abc
 import torch
 from torch import nn
 
-from ddcli.errors import ConfigError, PoolError
+from ddcli.bundle import Bundle
+from ddcli.errors import BundleFormatError, ConfigError, PoolError
 from ddcli.core.params import Params, init_params
 from ddcli.core.seeds import derive_seed
 from ddcli.init_modes import InitMode, is_fixed, is_pretrained
@@ -44,6 +45,43 @@ def real_initial_images(train_x: torch.Tensor, train_y: torch.Tensor, labels: to
         pick = members[torch.randperm(members.numel(), generator=g)[: slots.numel()]]
         out[slots] = train_x[pick.to(train_x.device)].cpu()
     return out.view(*labels.shape, *train_x.shape[1:])
+
+
+def bundle_initial_images(path: str, data, labels: torch.Tensor) -> torch.Tensor:
+    """``--init-from BUNDLE``: the run starts from another bundle's images (a DM set as
+    MTT's start, say), class by class in the bundle's class-major order; (S, n, C, H, W)
+    on the CPU. The bundle must be of ``data``'s dataset, pixel space and image shape,
+    with as many images of each class as the run has slots; its labels, rates and soft
+    labels are not used.
+    """
+    try:
+        bundle = Bundle.load(path)
+    except BundleFormatError as exc:
+        raise ConfigError(f"--init-from: {exc}") from None
+    here = f"--init-from {path}"
+    if bundle.dataset != data.name:
+        raise ConfigError(f"{here} is a {bundle.dataset} set; this run distils {data.name}")
+    if bundle.pixel_space_record != data.pixel_space_record:
+        raise ConfigError(f"{here} is in another pixel space ({bundle.pixel_space_record['kind']}) "
+                          f"than this run's ({data.pixel_space_record['kind']}); "
+                          "pass --zca as that run did, or leave it off")
+    shape = (data.in_channels, data.image_size, data.image_size)
+    if tuple(bundle.input_shape) != shape:
+        raise ConfigError(f"{here} has images of shape {tuple(bundle.input_shape)}; this run's "
+                          f"are {shape}")
+    images, bundle_labels = bundle.flat()
+    flat_labels = labels.flatten().cpu()
+    out = torch.empty(flat_labels.numel(), *shape, dtype=torch.float32)
+    for c in range(data.num_classes):
+        slots = torch.nonzero(flat_labels == c).flatten()
+        # stable: the bundle's step-major order within a class, as class_major_order
+        members = torch.nonzero(bundle_labels == c).flatten()
+        if members.numel() != slots.numel():
+            raise ConfigError(f"{here} has {members.numel()} images of class {c}; this run "
+                              f"has {slots.numel()} (pass --ipc {members.numel()}, or "
+                              "distil that many per class)")
+        out[slots] = images[members].float()
+    return out.view(*labels.shape, *shape)
 
 
 class InitSource(abc.ABC):

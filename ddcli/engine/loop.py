@@ -144,6 +144,9 @@ class _Run:
         self.folder = RunFolder(run_dir, enabled=rt.dist.is_main)
         self.state = state if state is not None else rt.fresh_state(out)
         self.state.provenance.append(rt.provenance(preset=preset))
+        if state is None and cfg.synth.init_from is not None:  # which file the images came from
+            self.state.provenance[-1]["init_from_sha256"] = provenance.file_sha256(
+                cfg.synth.init_from)
         rt.restore(self.state)
         self.source = rt.init_source(self.state)
         described = self.source.describe()

@@ -24,8 +24,8 @@ from ddcli.core.objectives import (CLASS_BATCHES, EXPERT_SEGMENT, REAL_BATCH, Ou
 from ddcli.data import RealData, load_dataset, validation_split, zca_dataset
 from ddcli.engine.clipping import initial_average
 from ddcli.engine.batches import BatchSampler, ClassBatchSampler, augment_batch
-from ddcli.engine.inits import (FixedInit, InitSource, initial_images, make_init_source,
-                                real_initial_images)
+from ddcli.engine.inits import (FixedInit, InitSource, bundle_initial_images, initial_images,
+                                make_init_source, real_initial_images)
 from ddcli.engine.state import RunState
 from ddcli.errors import ConfigError
 from ddcli.evaluate._many_nets import replay_accuracies
@@ -98,14 +98,16 @@ class Runtime:
     # --- state --------------------------------------------------------------------------------
     def fresh_state(self, out) -> RunState:
         """Iteration 0: N(0, 1) images from the seed (or real ones, ``--init-images
-        real``), every rate at ``step_lr``."""
+        real``, or a bundle's, ``--init-from``), every rate at ``step_lr``."""
         cfg, d = self.cfg, self.data
         s = cfg.synth
         shape = (s.steps, d.num_classes * s.images_per_class, d.in_channels, d.image_size,
                  d.image_size)
         source = self.make_source()
         images = initial_images(shape, cfg.init.seed)
-        if s.init_images == "real":
+        if s.init_from is not None:
+            images = bundle_initial_images(s.init_from, d, self.labels)
+        elif s.init_images == "real":
             images = real_initial_images(self.train_x, self.train_y, self.labels, cfg.init.seed)
         soft = None
         if s.learn_labels:  # one-hot, so the run starts exactly where hard labels would

@@ -34,6 +34,11 @@ def data_sha256(data) -> str:
     return h.hexdigest()[:16]
 
 
+def file_sha256(path) -> str:
+    """A short hash of a file's bytes (an ``--init-from`` bundle's, say)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def git_commit() -> str | None:
     """ddcli's commit (with "+dirty" for uncommitted changes) when it runs from a git
     checkout; None when installed from a wheel."""

@@ -152,7 +152,11 @@ def starting_images(bundle: Bundle) -> Tensor:
     if not isinstance(init, dict) or "seed" not in init:
         raise ConfigError("--change needs a bundle made by `dd distill`: this one doesn't "
                           "record the seed its images started from")
-    if bundle.config.get("synth", {}).get("init_images", "noise") != "noise":
+    synth = bundle.config.get("synth", {})
+    if synth.get("init_from"):
+        raise ConfigError("--change subtracts the starting noise; this bundle's run started "
+                          f"from another bundle's images (--init-from {synth['init_from']})")
+    if synth.get("init_images", "noise") != "noise":
         raise ConfigError("--change subtracts the starting noise; this bundle's run started "
                           "from real images (--init-images real)")
     return initial_images(bundle.images.shape, int(init["seed"]))
