@@ -93,9 +93,9 @@ class SynthConfig(Section):
                              "images of each slot's class.", SYNTH, choices=INIT_IMAGES,
                              metavar="FROM")
     # Another run's set as the start: MTT from a DM set, say (a bundle file).
-    init_from: str | None = _flag(None, "Start from the images of a bundle (.safetensors) of "
-                                  "the same dataset and images per class; overrides "
-                                  "--init-images.", SYNTH, metavar="BUNDLE")
+    # listed with the pools (where a run starts from), off the first screen of --help
+    init_from: str | None = _flag(None, "Start from another bundle's images.", POOLS,
+                                  metavar="BUNDLE")
     # The rate itself, not raw: every learned GD rate starts here.
     step_lr: float = _flag(0.02, "Initial value of the learned rates.", SYNTH,
                            aliases=("--distill-lr",))

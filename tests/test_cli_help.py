@@ -61,8 +61,8 @@ def test_distill_help_is_about_a_screen_with_the_common_case_first(monkeypatch):
     lines = help_lines(monkeypatch, "distill")
     lines = lines[:next(i for i, x in enumerate(lines) if "─ Examples ─" in x)]  # the flags
     # 198 before the panels; the inner-loop panel adds ~20, the objectives' and
-    # RaT-BPTT's later flags 5, trajectory matching's 3, gradient matching's 4
-    assert len(lines) <= 132
+    # RaT-BPTT's later flags 5, trajectory matching's 3, gradient matching's 4, --init-from 1
+    assert len(lines) <= 133
     titles = [i for i, line in enumerate(lines) if line.startswith("╭─ ")]
     # Usage, presets, the synthetic set, model and init, and the budget: one screenful.
     assert titles[panel_titles(lines).index("Data")] < 57
