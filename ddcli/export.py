@@ -25,7 +25,6 @@ own pixel space, with a manifest) are built by ``ddcli._export_evaluators``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ import torch
 from PIL import Image
 
 from ddcli.infra import io as _io
+from ddcli.infra.provenance import file_sha256
 from ddcli._export_evaluators import FILES, evaluator_manifest, evaluator_set, evaluator_tensors
 from ddcli._version import __version__
 from ddcli.bundle import Bundle
@@ -115,7 +115,7 @@ def export(bundle: Bundle | str | os.PathLike, fmt: str, path: str | os.PathLike
     if not isinstance(bundle, Bundle):
         bundle_path = Path(bundle)
         bundle = Bundle.load(bundle_path)
-        source = {"path": str(bundle_path.absolute()), "sha256": _sha256(bundle_path)}
+        source = {"path": str(bundle_path.absolute()), "sha256": file_sha256(bundle_path)}
     path = Path(path)
     _io.check_writable(path, f"the {fmt} export", folder=fmt in FOLDER_FORMATS)
     report = ExportReport(fmt, path, bundle.images.shape[0] * bundle.images.shape[1])
@@ -165,14 +165,6 @@ def run_or_snapshot_bundle(path: str | os.PathLike, *,
 def _flat(bundle: Bundle) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = bundle.flat()  # (N, C, H, W), (N,)
     return images.detach().float().cpu().contiguous(), labels.long().cpu().contiguous()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _soft(bundle: Bundle) -> dict[str, torch.Tensor]:

@@ -146,7 +146,7 @@ class _Run:
         self.state.provenance.append(rt.provenance(preset=preset))
         if state is None and cfg.synth.init_from is not None:  # which file the images came from
             self.state.provenance[-1]["init_from_sha256"] = provenance.file_sha256(
-                cfg.synth.init_from)
+                cfg.synth.init_from)[:16]  # short, as the data's hash
         rt.restore(self.state)
         self.source = rt.init_source(self.state)
         described = self.source.describe()

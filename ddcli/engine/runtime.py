@@ -104,11 +104,12 @@ class Runtime:
         shape = (s.steps, d.num_classes * s.images_per_class, d.in_channels, d.image_size,
                  d.image_size)
         source = self.make_source()
-        images = initial_images(shape, cfg.init.seed)
         if s.init_from is not None:
             images = bundle_initial_images(s.init_from, d, self.labels)
         elif s.init_images == "real":
             images = real_initial_images(self.train_x, self.train_y, self.labels, cfg.init.seed)
+        else:
+            images = initial_images(shape, cfg.init.seed)
         soft = None
         if s.learn_labels:  # one-hot, so the run starts exactly where hard labels would
             soft = F.one_hot(self.labels.cpu(), d.num_classes).float()  # (S, n, classes)

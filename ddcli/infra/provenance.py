@@ -35,8 +35,13 @@ def data_sha256(data) -> str:
 
 
 def file_sha256(path) -> str:
-    """A short hash of a file's bytes (an ``--init-from`` bundle's, say)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    """The sha256 of a file's bytes, read in 1 MiB chunks (an exported bundle's, an
+    ``--init-from`` bundle's)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def git_commit() -> str | None:
